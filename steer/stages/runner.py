@@ -1,0 +1,138 @@
+"""Running stages in order, skipping the finished ones.
+
+Stages talk only through files in the run directory. ``stages.json`` (the ledger) records, for
+every finished stage, a fingerprint of the config keys it depends on and of the stages before it.
+A stage whose outputs exist under the same fingerprint is skipped; a changed key re-runs it and
+everything after it. The ledger is written only after a stage's outputs are in place, so an
+interrupted stage simply runs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from steer.atomic import atomic_write_text
+
+log = logging.getLogger("steer")
+
+LEDGER = "stages.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A step of a run: what it reads from the config, what it writes, what must run before."""
+
+    name: str
+    run: Callable[..., None]
+    keys: tuple[str, ...]
+    outputs: tuple[str, ...]
+    after: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = field(default_factory=tuple)
+    # Implicit stages are not named in ``stages``: they run whenever a later stage needs them.
+    implicit: bool = False
+
+
+def config_subset(cfg: DictConfig, keys: Sequence[str], ignore: Sequence[str] = ()) -> dict:
+    """The resolved values of ``keys`` (dotted paths) minus ``ignore``: what a stage depends on."""
+    subset = {}
+    for key in keys:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            value = OmegaConf.to_container(value, resolve=True)
+        subset[key] = value
+    for key in ignore:
+        head, _, tail = key.partition(".")
+        if tail and isinstance(subset.get(head), dict):
+            subset[head].pop(tail, None)
+        else:
+            subset.pop(key, None)
+    return subset
+
+
+class Ledger:
+    """``stages.json``: fingerprints and timings of the finished stages of one run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LEDGER
+        self.entries: dict = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def fingerprint(self, stage: Stage, cfg: DictConfig) -> str:
+        upstream = [self.entries.get(name, {}).get("fingerprint") for name in stage.after]
+        payload = json.dumps([config_subset(cfg, stage.keys, stage.ignore), upstream], sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def is_done(self, stage: Stage, cfg: DictConfig, run_dir: Path) -> bool:
+        entry = self.entries.get(stage.name)
+        return (
+            entry is not None
+            and entry.get("fingerprint") == self.fingerprint(stage, cfg)
+            and all((run_dir / out).exists() for out in stage.outputs)
+        )
+
+    def changed_keys(self, stage: Stage, cfg: DictConfig) -> list[str]:
+        old = self.entries.get(stage.name, {}).get("config", {})
+        new = config_subset(cfg, stage.keys, stage.ignore)
+        return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+    def record(self, stage: Stage, cfg: DictConfig, seconds: float) -> None:
+        self.entries[stage.name] = {
+            "fingerprint": self.fingerprint(stage, cfg),
+            "config": config_subset(cfg, stage.keys, stage.ignore),
+            "seconds": round(seconds, 3),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        atomic_write_text(self.path, json.dumps(self.entries, indent=2) + "\n")
+
+    def forget(self, names: Sequence[str]) -> None:
+        for name in names:
+            self.entries.pop(name, None)
+
+
+def run_stage_list(
+    stages: Sequence[Stage], requested: Sequence[str], cfg: DictConfig, run_dir: Path, ctx, force: bool
+) -> list[str]:
+    """Run the ``requested`` stages in the order of ``stages``, implicit ones where needed.
+
+    Returns the names of the stages that ran.
+    """
+    ledger = Ledger(run_dir)
+    ran: list[str] = []
+    for stage in stages:
+        wanted = stage.name in requested
+        if ledger.is_done(stage, cfg, run_dir) and not (force and wanted):
+            log.info("stage %s: done for this config, skipped (force=true re-runs it)", stage.name)
+            continue
+        if not wanted and not (stage.implicit and any(stage.name in s.after for s in stages if s.name in requested)):
+            continue
+        missing = [up for up in stage.after if up not in ran and not ledger.is_done(_by_name(stages, up), cfg, run_dir)]
+        if missing:
+            raise RuntimeError(
+                f"stage {stage.name} needs the outputs of {', '.join(missing)} for this config in "
+                f"{run_dir}; add {', '.join(missing)} to stages (e.g. stages=[{', '.join([*missing, stage.name])}])"
+            )
+        if stage.name in ledger.entries:
+            changed = ledger.changed_keys(stage, cfg)
+            log.info(
+                "stage %s: re-running (%s)", stage.name, ", ".join(changed) if changed else "forced or upstream changed"
+            )
+        log.info("stage %s: running", stage.name)
+        start = time.perf_counter()
+        stage.run(ctx)
+        ledger.forget([s.name for s in stages if stage.name in s.after])
+        ledger.record(stage, cfg, time.perf_counter() - start)
+        ran.append(stage.name)
+        log.info("stage %s: finished in %.1f s", stage.name, time.perf_counter() - start)
+    return ran
+
+
+def _by_name(stages: Sequence[Stage], name: str) -> Stage:
+    return next(s for s in stages if s.name == name)

@@ -1,0 +1,123 @@
+"""The m-sweep engine: pairs × intervention × grid of multipliers → answer losses and log-odds.
+
+One entry point, ``sweep``. Sequences are length-sorted into batches so padding stays small, the
+layers before the steered one run once per batch rather than once per m, and the model runs in
+eval mode under ``torch.inference_mode`` so the losses are deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from steer.data import PairRecord
+from steer.interventions import DynamicAffine
+from steer.metrics import Encoded, answer_logprobs, encode, pref_odds, util_odds
+from steer.prefix import capture_layer_input, reuse_prefix
+
+COLUMNS = ["split", "example_id", "m", "loss_pos", "loss_neg", "pref_odds", "util_odds"]
+
+
+def length_batches(encoded: Sequence[Encoded], batch_size: int) -> list[list[int]]:
+    """Indices of ``encoded`` grouped into batches of similar length."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def answer_losses(
+    model: nn.Module, encoded: Sequence[Encoded], batch_size: int = 16, per_token: bool = False
+) -> np.ndarray:
+    """L(A|q) for every encoded sequence with the model as it is now (hooks included)."""
+    losses = np.empty(len(encoded), dtype=np.float64)
+    with torch.inference_mode():
+        for batch in length_batches(encoded, batch_size):
+            lp = answer_logprobs(model, [encoded[i] for i in batch], per_token=per_token)
+            losses[batch] = -lp.double().cpu().numpy()
+    return losses
+
+
+def grid_losses(
+    model: nn.Module,
+    encoded: Sequence[Encoded],
+    intervention: DynamicAffine,
+    grid: Sequence[float],
+    batch_size: int = 16,
+    per_token: bool = False,
+    progress: bool = True,
+) -> np.ndarray:
+    """Losses [len(grid), len(encoded)] with the intervention at every m of ``grid``.
+
+    Per batch, the first m runs the whole model and records the input of the steered layer; the
+    other m reuse it and run only layers l..L (``steer.prefix``).
+    """
+    layer = intervention.info.layer
+    losses = np.empty((len(grid), len(encoded)), dtype=np.float64)
+    batches = length_batches(encoded, batch_size)
+    bar = tqdm(total=len(batches) * len(grid), desc="sweep", unit="pass", disable=not progress)
+    with torch.inference_mode(), intervention.attached(model):
+        for batch in batches:
+            rows = [encoded[i] for i in batch]
+            for k, m in enumerate(grid):
+                intervention.set_multiplier(float(m))
+                if k == 0:
+                    with capture_layer_input(model, layer) as prefix:
+                        lp = answer_logprobs(model, rows, per_token=per_token)
+                else:
+                    with reuse_prefix(model, layer, prefix.value):
+                        lp = answer_logprobs(model, rows, per_token=per_token)
+                losses[k, batch] = -lp.double().cpu().numpy()
+                bar.update()
+    bar.close()
+    return losses
+
+
+def sweep(
+    model: nn.Module,
+    tokenizer,
+    records: Sequence[PairRecord],
+    intervention: DynamicAffine,
+    grid: Sequence[float],
+    batch_size: int = 16,
+    per_token: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Score A_p and A_n of every record at every multiplier of ``grid``.
+
+    Returns one row per (m, record) with the columns of ``sweep.parquet``.
+    """
+    if not records:
+        raise ValueError("sweep: no pairs to score")
+    if not len(grid):
+        raise ValueError("sweep.grid is empty")
+    encoded = [encode(tokenizer, r.prompt_text, a) for r in records for a in (r.positive, r.negative)]
+    model.eval()
+    losses = grid_losses(model, encoded, intervention, grid, batch_size, per_token, progress)
+    frames = []
+    for k, m in enumerate(grid):
+        pairs = losses[k].reshape(-1, 2)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "split": [r.split for r in records],
+                    "example_id": [r.example_id for r in records],
+                    "m": float(m),
+                    "loss_pos": pairs[:, 0],
+                    "loss_neg": pairs[:, 1],
+                    "pref_odds": pref_odds(pairs[:, 0], pairs[:, 1]),
+                    "util_odds": util_odds(pairs[:, 0], pairs[:, 1]),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)[COLUMNS]
+
+
+def summarize(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean PrefOdds / UtilOdds per split and m: the table a run prints at the end."""
+    table = frame.groupby(["split", "m"])[["pref_odds", "util_odds"]].mean().unstack("split")
+    table.columns = [f"{metric}[{split}]" for metric, split in table.columns]
+    return table
