@@ -8,11 +8,13 @@ Every other model loads by hub id or local path through the same ``load_model``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -98,20 +100,43 @@ def resolve_source(source: str) -> str:
     return source
 
 
+@contextlib.contextmanager
+def naming_source(source: str) -> Iterator[None]:
+    """Re-raise a hub or file failure with the config key to change."""
+    try:
+        yield
+    except OSError as err:
+        raise OSError(
+            f"model.source={source!r} could not be loaded ({err}). Without network access, set "
+            "model.source to a local folder holding the model (config.json, weights, tokenizer)."
+        ) from err
+
+
 def load_config(source: str):
     """The model's config alone: cheap, used to validate a layer index before loading weights."""
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(resolve_source(source))
+    path = resolve_source(source)
+    with naming_source(source):
+        return AutoConfig.from_pretrained(path)
+
+
+def load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    path = resolve_source(source)
+    with naming_source(source):
+        return AutoTokenizer.from_pretrained(path)
 
 
 def load_model(source: str, dtype: str = "float32", device: str = "cpu"):
     """Load a frozen causal LM in eval mode and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     path = resolve_source(source)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    tokenizer = load_tokenizer(source)
+    with naming_source(source):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     model.to(device)
     model.eval()
     model.requires_grad_(False)

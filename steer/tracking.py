@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password)", re.IGNORECASE)
+SECRET_KEY = re.compile(r"(^|[_-])(api[_-]?key|token|secret|password)s?($|[_-])", re.IGNORECASE)
 
 
 def scrub(config: dict) -> dict:

@@ -56,6 +56,8 @@ def validate(cfg: DictConfig) -> None:
     form = cfg.intervention.form
     if form not in FORMS:
         raise ConfigError(f"intervention.form={form!r} is not one of {', '.join(FORMS)}")
+    if form == "lora" and not (isinstance(cfg.intervention.rank, int) and cfg.intervention.rank > 0):
+        raise ConfigError(f"intervention.rank must be a positive integer for lora, got {cfg.intervention.rank!r}")
     objective = cfg.objective.name
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective={objective!r} is not one of {', '.join(OBJECTIVES)}")
@@ -63,8 +65,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"objective={objective} trains only intervention={'/'.join(OBJECTIVES[objective])}, not intervention={form}"
         )
-    if form == "lora" and not (isinstance(cfg.intervention.rank, int) and cfg.intervention.rank > 0):
-        raise ConfigError(f"intervention.rank must be a positive integer for lora, got {cfg.intervention.rank!r}")
     if not isinstance(cfg.layer, int) or isinstance(cfg.layer, bool):
         raise ConfigError(f"layer must be an integer (a 0-based decoder layer index), got {cfg.layer!r}")
     grid = cfg.sweep.grid
@@ -81,7 +81,10 @@ def validate(cfg: DictConfig) -> None:
 
 def check_layer(cfg: DictConfig) -> None:
     """The layer index against the model's config (no weights are loaded for this)."""
-    n = num_layers(load_config(cfg.model.source))
+    try:
+        n = num_layers(load_config(cfg.model.source))
+    except OSError as err:
+        raise ConfigError(str(err)) from err
     if not 0 <= cfg.layer < n:
         raise ConfigError(f"layer={cfg.layer} is out of range: model {cfg.model.name} has layers 0..{n - 1}")
 
@@ -92,7 +95,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunResult:
     validate(cfg)
     check_layer(cfg)
     ctx = RunContext(cfg, run_dir)
-    if not Ledger(run_dir).is_done(data.STAGE, cfg, run_dir):
+    if not Ledger(run_dir, STAGES).is_done(data.STAGE, cfg, run_dir):
         try:
             data.load_dataset(cfg)  # fails on a bad data set before anything is written
         except (ValueError, FileNotFoundError) as err:

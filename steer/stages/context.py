@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from steer.data import PairRecord, read_pairs
-from steer.models import load_model, resolve_source
+from steer.models import load_model, load_tokenizer
 from steer.tracking import Tracker
 
 log = logging.getLogger("steer")
@@ -52,9 +52,7 @@ class RunContext:
     def tokenizer(self):
         if "_loaded" in self.__dict__:
             return self._loaded[1]
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(resolve_source(self.cfg.model.source))
+        return load_tokenizer(self.cfg.model.source)
 
     def records(self, split: str | None = None) -> list[PairRecord]:
         """The pairs of ``pairs.jsonl`` (one split, or all)."""

@@ -61,12 +61,14 @@ def config_subset(cfg: DictConfig, keys: Sequence[str], ignore: Sequence[str] = 
 class Ledger:
     """``stages.json``: fingerprints and timings of the finished stages of one run directory."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, stages: Sequence[Stage]) -> None:
         self.path = run_dir / LEDGER
+        self.stages = {s.name: s for s in stages}
         self.entries: dict = json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     def fingerprint(self, stage: Stage, cfg: DictConfig) -> str:
-        upstream = [self.entries.get(name, {}).get("fingerprint") for name in stage.after]
+        """A hash of the stage's config keys and, recursively, of every stage before it."""
+        upstream = [self.fingerprint(self.stages[name], cfg) for name in stage.after]
         payload = json.dumps([config_subset(cfg, stage.keys, stage.ignore), upstream], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -92,9 +94,12 @@ class Ledger:
         }
         atomic_write_text(self.path, json.dumps(self.entries, indent=2) + "\n")
 
-    def forget(self, names: Sequence[str]) -> None:
-        for name in names:
-            self.entries.pop(name, None)
+    def forget_downstream(self, name: str) -> None:
+        """A stage that ran again invalidates every stage built on it, transitively."""
+        for stage in self.stages.values():
+            if name in stage.after and stage.name in self.entries:
+                del self.entries[stage.name]
+                self.forget_downstream(stage.name)
 
 
 def run_stage_list(
@@ -104,7 +109,7 @@ def run_stage_list(
 
     Returns the names of the stages that ran.
     """
-    ledger = Ledger(run_dir)
+    ledger = Ledger(run_dir, stages)
     ran: list[str] = []
     for stage in stages:
         wanted = stage.name in requested
@@ -113,7 +118,7 @@ def run_stage_list(
             continue
         if not wanted and not (stage.implicit and any(stage.name in s.after for s in stages if s.name in requested)):
             continue
-        missing = [up for up in stage.after if up not in ran and not ledger.is_done(_by_name(stages, up), cfg, run_dir)]
+        missing = [up for up in stage.after if up not in ran and not ledger.is_done(ledger.stages[up], cfg, run_dir)]
         if missing:
             raise RuntimeError(
                 f"stage {stage.name} needs the outputs of {', '.join(missing)} for this config in "
@@ -127,12 +132,8 @@ def run_stage_list(
         log.info("stage %s: running", stage.name)
         start = time.perf_counter()
         stage.run(ctx)
-        ledger.forget([s.name for s in stages if stage.name in s.after])
+        ledger.forget_downstream(stage.name)
         ledger.record(stage, cfg, time.perf_counter() - start)
         ran.append(stage.name)
         log.info("stage %s: finished in %.1f s", stage.name, time.perf_counter() - start)
     return ran
-
-
-def _by_name(stages: Sequence[Stage], name: str) -> Stage:
-    return next(s for s in stages if s.name == name)

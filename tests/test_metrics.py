@@ -1,0 +1,114 @@
+"""PrefOdds / UtilOdds against closed forms, and answer log-likelihoods against plain transformers."""
+
+from __future__ import annotations
+
+import decimal
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from steer.metrics import UTIL_EPS, answer_logprobs, encode, pref_odds, util_odds
+from tests.conftest import tiny_model
+
+
+def util_odds_decimal(lp: float, ln: float) -> float:
+    """UtilOdds with 60 significant digits: an independent reference."""
+    ctx = decimal.Context(prec=60)
+    pu = ctx.exp(ctx.minus(decimal.Decimal(lp))) + ctx.exp(ctx.minus(decimal.Decimal(ln)))
+    return float(ctx.ln(pu / (1 - pu)))
+
+
+LOSSES = [1e-6, 1e-3, 0.1, 0.7, 1.0, 3.0, 10.0, 50.0, 300.0, 1e3]
+
+
+@pytest.mark.parametrize("lp", LOSSES)
+@pytest.mark.parametrize("ln", [1e-3, 0.5, 2.0, 40.0, 1e3])
+def test_util_odds_matches_high_precision(lp, ln):
+    pu = math.exp(-lp) + math.exp(-ln)
+    got = float(util_odds(lp, ln))
+    assert np.isfinite(got)
+    if pu < 1 - 1e-9:
+        want = util_odds_decimal(lp, ln)
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-9)
+    else:  # P_u at or past 1: saturates at the documented cap
+        assert got == pytest.approx(math.log((1 - UTIL_EPS) / UTIL_EPS), rel=1e-6)
+
+
+def test_util_odds_is_finite_and_vectorised_over_the_whole_range():
+    grid = np.array(LOSSES)
+    lp, ln = np.meshgrid(grid, grid)
+    out = util_odds(lp, ln)
+    assert out.shape == lp.shape and np.isfinite(out).all()
+    assert out.tolist() == [
+        [float(util_odds(a, b)) for a, b in zip(ra, rb, strict=True)] for ra, rb in zip(lp, ln, strict=True)
+    ]
+
+
+def test_util_odds_tiny_probability_is_log_pu():
+    # P_u ≈ 2e^-1000: 1 − P_u = 1, UtilOdds = log P_u exactly in floating point
+    assert float(util_odds(1e3, 1e3)) == pytest.approx(-1e3 + math.log(2), abs=1e-9)
+
+
+def test_pref_odds_is_loss_difference():
+    assert pref_odds([1.0, 5.0], [3.0, 2.0]).tolist() == [2.0, -3.0]
+
+
+def test_encode_applies_the_token_rule(smol):
+    _, tok = smol
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Hi?"}], tokenize=False, add_generation_prompt=True)
+    e = encode(tok, prompt, "Yes")
+    want = tok(prompt, add_special_tokens=False)["input_ids"] + tok("Yes", add_special_tokens=False)["input_ids"]
+    assert list(e.ids) == want
+    assert e.n_prompt == len(tok(prompt, add_special_tokens=False)["input_ids"])
+    with pytest.raises(ValueError, match="tokenises to nothing"):
+        encode(tok, prompt, "")
+
+
+def reference_logprob(model, ids: list[int], n_prompt: int) -> float:
+    """Plain transformers: full logits of one unpadded sequence, summed over the answer."""
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].double()
+    logp = torch.log_softmax(logits, -1)
+    return sum(logp[t - 1, ids[t]].item() for t in range(n_prompt, len(ids)))
+
+
+def test_answer_logprobs_match_plain_transformers_on_the_embedded_model(smol):
+    model, tok = smol
+    prompts = ["Is the sky blue?", "Write a long and detailed review of a film you liked very much."]
+    batch = []
+    for p in prompts:
+        text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for answer in ("Yes", "No, it is not, and here is why."):
+            batch.append(encode(tok, text, answer))
+    with torch.no_grad():
+        got = answer_logprobs(model, batch).tolist()
+    want = [reference_logprob(model, list(e.ids), e.n_prompt) for e in batch]
+    assert got == pytest.approx(want, abs=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2"])
+def test_answer_logprobs_padding_and_softcap_on_tiny_models(arch):
+    model = tiny_model(arch)
+    rng = np.random.default_rng(0)
+    from steer.metrics import Encoded
+
+    batch = [Encoded(tuple(int(x) for x in rng.integers(3, 120, n)), k) for n, k in [(9, 4), (17, 11), (5, 2)]]
+    with torch.no_grad():
+        got = answer_logprobs(model, batch)
+        per_token = answer_logprobs(model, batch, per_token=True)
+    want = [reference_logprob(model, list(e.ids), e.n_prompt) for e in batch]
+    assert got.tolist() == pytest.approx(want, abs=1e-4)
+    assert per_token.tolist() == pytest.approx([w / e.n_answer for w, e in zip(want, batch, strict=True)], abs=1e-4)
+
+
+def test_answer_logprobs_is_differentiable():
+    from steer.metrics import Encoded
+
+    model = tiny_model("llama")
+    emb = model.get_input_embeddings().weight
+    emb.requires_grad_(True)
+    lp = answer_logprobs(model, [Encoded((5, 6, 7, 8), 2)])
+    lp.sum().backward()
+    assert emb.grad is not None and emb.grad.abs().sum() > 0

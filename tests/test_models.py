@@ -1,0 +1,103 @@
+"""The embedded model's conversion cache, loading by path, and finding steering sites."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from steer.models import (
+    EMBEDDED_SHA256,
+    EMBEDDED_SOURCE,
+    convert_gguf,
+    decoder_layer,
+    down_proj,
+    embedded_gguf_path,
+    load_config,
+    load_model,
+    resolve_source,
+    sha256_file,
+)
+from tests.conftest import REPO, tiny_model
+
+
+def test_embedded_gguf_is_the_pinned_file():
+    assert sha256_file(embedded_gguf_path()) == EMBEDDED_SHA256
+
+
+def test_converted_cache_is_plain_safetensors(smol):
+    folder = Path(resolve_source(EMBEDDED_SOURCE))
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert "quantization_config" not in config
+    assert config["num_hidden_layers"] == 30 and config["hidden_size"] == 576
+    assert (folder / "model.safetensors").is_file()
+    assert not list(folder.parent.glob(".*tmp-*")), "no half-written conversion left behind"
+
+
+def test_loading_by_local_path_is_the_same_model(smol):
+    model, tok = smol
+    again, tok2 = load_model(resolve_source(EMBEDDED_SOURCE))
+    ids = torch.tensor([tok("Hello there", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, again(ids).logits)
+    assert not again.training and not any(p.requires_grad for p in again.parameters())
+
+
+def test_conversion_checks_the_sha_before_anything(tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"not a gguf")
+    target = tmp_path / "out"
+    with pytest.raises(ValueError, match="sha256"):
+        convert_gguf(fake, target, sha256=EMBEDDED_SHA256)
+    assert not target.exists()
+
+
+def test_failed_conversion_leaves_no_cache(tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"GGUF but broken")
+    target = tmp_path / "out"
+    with pytest.raises(Exception):  # noqa: B017 - whatever the GGUF reader raises
+        convert_gguf(fake, target)
+    assert list(tmp_path.iterdir()) == [fake], "neither the target nor a temporary folder may remain"
+
+
+def test_offline_hub_source_names_the_key(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="model.source='google/gemma-2-9b-it'"):
+        load_config("google/gemma-2-9b-it")
+
+
+@pytest.mark.parametrize(
+    "name,source,layer",
+    [("gemma-2-9b-it", "google/gemma-2-9b-it", 20), ("qwen2.5-7b-instruct", "Qwen/Qwen2.5-7B-Instruct", 14)],
+)
+def test_paper_model_configs(name, source, layer):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={name}"])
+    assert cfg.model.source == source and cfg.layer == layer and cfg.model.dtype == "bfloat16"
+    assert cfg.run_id.startswith(f"sentiment/{name}/")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2"])
+def test_sites_on_every_architecture(arch):
+    model = tiny_model(arch)
+    assert decoder_layer(model, 3) is model.model.layers[3]
+    assert down_proj(model, 1) is model.model.layers[1].mlp.down_proj
+    with pytest.raises(IndexError, match="layer=4 is out of range: the model has layers 0..3"):
+        down_proj(model, 4)
+
+
+@pytest.mark.slow
+def test_converted_model_equals_the_gguf_load(smol):
+    from transformers import AutoModelForCausalLM
+
+    model, tok = smol
+    gguf = embedded_gguf_path()
+    direct = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).eval()
+    ids = torch.tensor([tok("The quick brown fox", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, direct(ids).logits)

@@ -1,0 +1,45 @@
+"""Prefix reuse gives the same answer losses as running every layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from steer.metrics import Encoded, answer_logprobs
+from steer.prefix import capture_layer_input, reuse_prefix
+from steer.sweep import grid_losses
+from tests.conftest import tiny_model
+from tests.test_interventions import randomised
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2"])
+@pytest.mark.parametrize("form", ["local_weight", "lora", "vector"])
+def test_reused_prefix_equals_full_forward(arch, form):
+    model = tiny_model(arch)
+    rng = np.random.default_rng(1)
+    batch = [Encoded(tuple(int(x) for x in rng.integers(3, 120, n)), 3) for n in (12, 7, 9)]
+    iv = randomised(model, form, 2, scale=0.5)
+    with torch.no_grad(), iv.attached(model, multiplier=0.0):
+        with capture_layer_input(model, 2) as prefix:
+            answer_logprobs(model, batch)
+        for m in (-2.0, 1.0, 3.0):
+            iv.set_multiplier(m)
+            full = answer_logprobs(model, batch)
+            with reuse_prefix(model, 2, prefix.value):
+                reused = answer_logprobs(model, batch)
+            assert torch.equal(reused, full)
+    assert all(type(layer).__name__ != "PassThrough" for layer in model.model.layers)
+
+
+def test_grid_losses_equal_one_pass_per_multiplier():
+    model = tiny_model("llama")
+    rng = np.random.default_rng(2)
+    encoded = [Encoded(tuple(int(x) for x in rng.integers(3, 120, n)), 4) for n in (6, 9, 12, 8, 10)]
+    iv = randomised(model, "vector", 2, scale=0.5)
+    grid = [-1.0, 0.0, 2.0]
+    got = grid_losses(model, encoded, iv, grid, batch_size=2, progress=False)
+    for k, m in enumerate(grid):
+        with torch.no_grad(), iv.attached(model, multiplier=m):
+            want = [-answer_logprobs(model, [e]).item() for e in encoded]
+        assert got[k] == pytest.approx(want, abs=1e-5)
