@@ -1,13 +1,14 @@
 """The m-sweep engine: pairs × intervention × grid of multipliers → answer losses and log-odds.
 
-One entry point, ``sweep``. Sequences are length-sorted into batches so padding stays small, the
-layers before the steered one run once per batch rather than once per m, and the model runs in
-eval mode under ``torch.inference_mode`` so the losses are deterministic.
+One entry point, ``sweep``. Pairs are length-sorted into batches so padding stays small, each
+prompt runs once for both of its answers, the layers before the steered one run once per batch
+rather than once per m, only answer positions reach the output head, and the model runs in eval
+mode under ``torch.inference_mode`` so the losses are deterministic.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 
 import numpy as np
 import pandas as pd
@@ -17,15 +18,15 @@ from tqdm.auto import tqdm
 
 from steer.data import PairRecord
 from steer.interventions import DynamicAffine
-from steer.metrics import Encoded, answer_logprobs, encode, pref_odds, util_odds
+from steer.metrics import Encoded, EncodedPair, answer_logprobs, encode_pair, pair_logprobs, pref_odds, util_odds
 from steer.prefix import capture_layer_input, reuse_prefix
 
 COLUMNS = ["split", "example_id", "m", "loss_pos", "loss_neg", "pref_odds", "util_odds"]
 
 
-def length_batches(encoded: Sequence[Encoded], batch_size: int) -> list[list[int]]:
-    """Indices of ``encoded`` grouped into batches of similar length."""
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+def length_batches(items: Sequence[Sized], batch_size: int) -> list[list[int]]:
+    """Indices of ``items`` grouped into batches of similar length (``len(item)`` tokens)."""
+    order = sorted(range(len(items)), key=lambda i: len(items[i]))
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
@@ -43,33 +44,34 @@ def answer_losses(
 
 def grid_losses(
     model: nn.Module,
-    encoded: Sequence[Encoded],
+    pairs: Sequence[EncodedPair],
     intervention: DynamicAffine,
     grid: Sequence[float],
     batch_size: int = 16,
     per_token: bool = False,
     progress: bool = True,
 ) -> np.ndarray:
-    """Losses [len(grid), len(encoded)] with the intervention at every m of ``grid``.
+    """Losses [len(grid), len(pairs), 2] (A_p, A_n) with the intervention at every m of ``grid``.
 
-    Per batch, the first m runs the whole model and records the input of the steered layer; the
-    other m reuse it and run only layers l..L (``steer.prefix``).
+    Both answers of a pair share one packed forward (``pair_logprobs``). Per batch, the first m
+    runs the whole model and records the input of the steered layer; the other m reuse it and run
+    only layers l..L (``steer.prefix``).
     """
     layer = intervention.info.layer
-    losses = np.empty((len(grid), len(encoded)), dtype=np.float64)
-    batches = length_batches(encoded, batch_size)
+    losses = np.empty((len(grid), len(pairs), 2), dtype=np.float64)
+    batches = length_batches(pairs, batch_size)
     bar = tqdm(total=len(batches) * len(grid), desc="sweep", unit="pass", disable=not progress)
     with torch.inference_mode(), intervention.attached(model):
         for batch in batches:
-            rows = [encoded[i] for i in batch]
+            rows = [pairs[i] for i in batch]
             for k, m in enumerate(grid):
                 intervention.set_multiplier(float(m))
                 if k == 0:
                     with capture_layer_input(model, layer) as prefix:
-                        lp = answer_logprobs(model, rows, per_token=per_token)
+                        lp = pair_logprobs(model, rows, per_token=per_token)
                 else:
                     with reuse_prefix(model, layer, prefix.value):
-                        lp = answer_logprobs(model, rows, per_token=per_token)
+                        lp = pair_logprobs(model, rows, per_token=per_token)
                 losses[k, batch] = -lp.double().cpu().numpy()
                 bar.update()
     bar.close()
@@ -94,22 +96,22 @@ def sweep(
         raise ValueError("sweep: no pairs to score")
     if not len(grid):
         raise ValueError("sweep.grid is empty")
-    encoded = [encode(tokenizer, r.prompt_text, a) for r in records for a in (r.positive, r.negative)]
+    encoded = [encode_pair(tokenizer, r.prompt_text, r.positive, r.negative) for r in records]
     model.eval()
     losses = grid_losses(model, encoded, intervention, grid, batch_size, per_token, progress)
     frames = []
     for k, m in enumerate(grid):
-        pairs = losses[k].reshape(-1, 2)
+        at_m = losses[k]
         frames.append(
             pd.DataFrame(
                 {
                     "split": [r.split for r in records],
                     "example_id": [r.example_id for r in records],
                     "m": float(m),
-                    "loss_pos": pairs[:, 0],
-                    "loss_neg": pairs[:, 1],
-                    "pref_odds": pref_odds(pairs[:, 0], pairs[:, 1]),
-                    "util_odds": util_odds(pairs[:, 0], pairs[:, 1]),
+                    "loss_pos": at_m[:, 0],
+                    "loss_neg": at_m[:, 1],
+                    "pref_odds": pref_odds(at_m[:, 0], at_m[:, 1]),
+                    "util_odds": util_odds(at_m[:, 0], at_m[:, 1]),
                 }
             )
         )

@@ -112,3 +112,23 @@ def test_answer_logprobs_is_differentiable():
     lp = answer_logprobs(model, [Encoded((5, 6, 7, 8), 2)])
     lp.sum().backward()
     assert emb.grad is not None and emb.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2"])
+def test_packed_pairs_equal_two_separate_passes(arch):
+    """Gemma-2's tiny config has a sliding window of 4, so the packed sliding mask is exercised."""
+    from steer.metrics import Encoded, EncodedPair, pair_logprobs
+
+    model = tiny_model(arch)
+    rng = np.random.default_rng(3)
+    tokens = lambda n: tuple(int(x) for x in rng.integers(3, 120, n))  # noqa: E731
+    batch = [EncodedPair(tokens(p), tokens(a), tokens(b)) for p, a, b in [(5, 3, 4), (9, 1, 6), (3, 7, 2)]]
+    with torch.no_grad():
+        got = pair_logprobs(model, batch)
+        got_per_token = pair_logprobs(model, batch, per_token=True)
+    for row, e in enumerate(batch):
+        for col, answer in enumerate((e.positive, e.negative)):
+            want = reference_logprob(model, list(e.prompt + answer), len(e.prompt))
+            assert got[row, col].item() == pytest.approx(want, abs=1e-4)
+            assert got_per_token[row, col].item() == pytest.approx(want / len(answer), abs=1e-4)
+    assert Encoded((1, 2, 3), 1).n_answer == 2

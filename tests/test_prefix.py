@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from steer.metrics import Encoded, answer_logprobs
+from steer.metrics import Encoded, EncodedPair, answer_logprobs
 from steer.prefix import capture_layer_input, reuse_prefix
 from steer.sweep import grid_losses
 from tests.conftest import tiny_model
@@ -32,14 +32,18 @@ def test_reused_prefix_equals_full_forward(arch, form):
     assert all(type(layer).__name__ != "PassThrough" for layer in model.model.layers)
 
 
-def test_grid_losses_equal_one_pass_per_multiplier():
-    model = tiny_model("llama")
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_grid_losses_equal_one_unpacked_pass_per_answer_and_multiplier(arch):
+    model = tiny_model(arch)
     rng = np.random.default_rng(2)
-    encoded = [Encoded(tuple(int(x) for x in rng.integers(3, 120, n)), 4) for n in (6, 9, 12, 8, 10)]
-    iv = randomised(model, "vector", 2, scale=0.5)
+    tokens = lambda n: tuple(int(x) for x in rng.integers(3, 120, n))  # noqa: E731
+    pairs = [EncodedPair(tokens(p), tokens(a), tokens(b)) for p, a, b in [(4, 2, 3), (6, 5, 1), (3, 3, 7), (8, 2, 2)]]
+    iv = randomised(model, "lora", 2, scale=0.5)
     grid = [-1.0, 0.0, 2.0]
-    got = grid_losses(model, encoded, iv, grid, batch_size=2, progress=False)
+    got = grid_losses(model, pairs, iv, grid, batch_size=3, progress=False)
     for k, m in enumerate(grid):
         with torch.no_grad(), iv.attached(model, multiplier=m):
-            want = [-answer_logprobs(model, [e]).item() for e in encoded]
-        assert got[k] == pytest.approx(want, abs=1e-5)
+            for i, e in enumerate(pairs):
+                for j, answer in enumerate((e.positive, e.negative)):
+                    want = -answer_logprobs(model, [Encoded(e.prompt + answer, len(e.prompt))]).item()
+                    assert got[k, i, j] == pytest.approx(want, abs=1e-5)
