@@ -1,0 +1,157 @@
+"""The training objectives: SFT, RePS and SPLIT as losses of answer log-likelihoods.
+
+Every objective sees one *direction* of a pair at a time: under +m the winner is A_p and the loser
+A_n; under −m the roles swap (the trainer calls the loss once per direction). The plain functions
+take per-row tensors and return per-row losses; the dataclasses hold an objective's settings from
+config and decide which tensors the trainer has to compute.
+
+* ``sft_loss``   = −log p(winner): language-model cross-entropy on the winner only.
+* ``split_loss`` = λ_w·L_w + λ_l·L_l + γ·ReLU(θ − (L_l − L_w)), with L = −log p (the paper's SPLIT;
+  λ_w = λ_p, λ_l = λ_n in its notation, applied to the pair as swapped for −m).
+* ``reps_loss``  = −log σ(s·log p(w)/|w| − log p(l)/|l|), s = max(c·(log p_ref(l) − log p_ref(w)), 1):
+  AxBench's "scaled SimPO" (β = 1, no margin), the reference being the model with the
+  intervention off. As in AxBench, |·| is the length of the whole sequence (prompt + answer);
+  ``length="answer"`` divides by the answer tokens instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Side:
+    """One answer of a direction: steered log p (summed over answer tokens, differentiable), the
+    reference log p with the intervention off, and its lengths."""
+
+    logp: torch.Tensor
+    ref_logp: torch.Tensor
+    n_answer: torch.Tensor
+    n_sequence: torch.Tensor
+
+
+def sft_loss(logp_win: torch.Tensor) -> torch.Tensor:
+    """−log p(winner) per row."""
+    return -logp_win
+
+
+def split_loss(
+    logp_win: torch.Tensor,
+    logp_lose: torch.Tensor,
+    lambda_win: float,
+    lambda_lose: float,
+    gamma: float,
+    theta: float,
+) -> torch.Tensor:
+    """λ_w·L_w + λ_l·L_l + γ·ReLU(θ − (L_l − L_w)) per row, L = −log p. The margin term switches
+    off once the winner leads by more than θ; the likelihood terms keep both answers fluent."""
+    loss_win, loss_lose = -logp_win, -logp_lose
+    return lambda_win * loss_win + lambda_lose * loss_lose + gamma * F.relu(theta - (loss_lose - loss_win))
+
+
+def reps_loss(
+    logp_win: torch.Tensor,
+    logp_lose: torch.Tensor,
+    ref_logp_win: torch.Tensor,
+    ref_logp_lose: torch.Tensor,
+    len_win: torch.Tensor,
+    len_lose: torch.Tensor,
+    simpo_scaler: float = 1.0,
+) -> torch.Tensor:
+    """AxBench's scaled SimPO per row. The winner's length-normalised log p is scaled by
+    max(c·(log p_ref(l) − log p_ref(w)), 1): the more the unsteered model prefers the loser, the
+    harder the winner is pushed."""
+    scale = torch.clamp_min(simpo_scaler * (ref_logp_lose - ref_logp_win).detach(), 1.0)
+    logits = scale * logp_win / len_win - logp_lose / len_lose
+    return -F.logsigmoid(logits)
+
+
+def _per_token(side: Side, per_token: bool) -> torch.Tensor:
+    return side.logp / side.n_answer if per_token else side.logp
+
+
+@dataclass(frozen=True)
+class SFT:
+    """Cross-entropy on A_p under +m and on A_n under −m (summed over answer tokens, or the mean
+    per token with ``per_token``)."""
+
+    per_token: bool = False
+    uses_loser = False
+
+    def __call__(self, win: Side, lose: Side | None) -> torch.Tensor:
+        return sft_loss(_per_token(win, self.per_token))
+
+
+@dataclass(frozen=True)
+class SPLIT:
+    """The paper's objective: likelihood of both answers plus a preference margin."""
+
+    lambda_p: float = 1.0
+    lambda_n: float = 0.5
+    gamma: float = 6.0
+    theta: float = 0.5
+    per_token: bool = False
+    uses_loser = True
+
+    def __call__(self, win: Side, lose: Side) -> torch.Tensor:
+        return split_loss(
+            _per_token(win, self.per_token),
+            _per_token(lose, self.per_token),
+            self.lambda_p,
+            self.lambda_n,
+            self.gamma,
+            self.theta,
+        )
+
+
+LENGTHS = ("sequence", "answer")
+
+
+@dataclass(frozen=True)
+class RePS:
+    """AxBench's reference-scaled SimPO, trained in both directions."""
+
+    simpo_scaler: float = 1.0
+    length: str = "sequence"
+    uses_loser = True
+
+    def __post_init__(self) -> None:
+        if self.length not in LENGTHS:
+            raise ValueError(f"objective.length={self.length!r} is not one of {', '.join(LENGTHS)}")
+
+    def __call__(self, win: Side, lose: Side) -> torch.Tensor:
+        n_win = win.n_sequence if self.length == "sequence" else win.n_answer
+        n_lose = lose.n_sequence if self.length == "sequence" else lose.n_answer
+        return reps_loss(win.logp, lose.logp, win.ref_logp, lose.ref_logp, n_win, n_lose, self.simpo_scaler)
+
+
+Objective = SFT | SPLIT | RePS
+OBJECTIVES: dict[str, type] = {"sft": SFT, "reps": RePS, "split": SPLIT}
+
+
+def make_objective(name: str, options: dict) -> Objective:
+    """The objective ``name`` with ``options`` (the ``objective.*`` keys other than its name);
+    an unknown key or a value of the wrong type is reported by name."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"objective={name!r} has no training loss (trained objectives: {', '.join(OBJECTIVES)})")
+    cls = OBJECTIVES[name]
+    types = inspect.get_annotations(cls, eval_str=True)
+    accepted = {f.name for f in fields(cls)}
+    for key, value in options.items():
+        if key not in accepted:
+            raise ValueError(f"objective.{key} is not an option of {name} (it takes: {', '.join(sorted(accepted))})")
+        if not _fits(value, types[key]):
+            raise ValueError(f"objective.{key}={value!r} must be a {types[key].__name__}")
+    return cls(**options)
+
+
+def _fits(value, expected: type) -> bool:
+    if expected is bool or isinstance(value, bool):
+        return expected is bool and isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, expected)
