@@ -1,0 +1,335 @@
+"""Training Δ of one intervention with the base model frozen: one loop for CPU, one GPU or many.
+
+The loop runs on ``accelerate``. Started with ``accelerate launch``, every process trains on a
+fixed shard of the pairs (example i belongs to process i mod N) and DDP averages the gradients of
+Δ; alone, the same code runs in one process. Layers before the steered one do not depend on Δ, so
+a first pass caches each sequence's layer-l input (and its reference log-likelihood, the
+intervention off) and every step runs only layers l..L (``steer.prefix``).
+
+Each step, each pair of the batch gets a multiplier m drawn from ``train_factors`` and is scored in
+both directions: A_p is the winner under +m, A_n under −m. The draws and the shuffling depend only
+on (seed, epoch), so a run resumed from its end-of-epoch checkpoint continues exactly as if it had
+never stopped, and the same pairs get the same m whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from steer.atomic import atomic_path
+from steer.interventions import DynamicAffine
+from steer.metrics import Encoded, answer_logprobs
+from steer.objectives import Objective, Side
+from steer.prefix import capture_layer_input, reuse_prefix
+from steer.sweep import length_batches
+
+log = logging.getLogger("steer")
+
+LOG_COLUMNS = ["step", "epoch", "loss", "lr", "grad_norm", "seconds"]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimiser and schedule. ``batch_size`` counts pairs per process and micro-step."""
+
+    lr: float
+    epochs: int
+    batch_size: int
+    train_factors: tuple[float, ...]
+    grad_accum: int = 1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "lr": self.lr > 0,
+            "epochs": isinstance(self.epochs, int) and self.epochs >= 1,
+            "batch_size": isinstance(self.batch_size, int) and self.batch_size >= 1,
+            "grad_accum": isinstance(self.grad_accum, int) and self.grad_accum >= 1,
+            "train_factors": len(self.train_factors) > 0 and all(m > 0 for m in self.train_factors),
+            "grad_clip": self.grad_clip > 0,
+            "weight_decay": self.weight_decay >= 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ValueError(f"train.{key}={getattr(self, key)!r} is not valid (see conf/intervention/*.yaml)")
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What a training run measured; ``log`` holds one row per optimiser step (LOG_COLUMNS)."""
+
+    steps: int
+    seconds_per_step: float
+    prefix_seconds: float
+    peak_memory_mib: float
+    memory_kind: str
+    resumed_epochs: int
+    log: list[dict]
+
+    def summary(self) -> str:
+        return (
+            f"{self.steps} steps, {self.seconds_per_step:.2f} s/step, prefix cache {self.prefix_seconds:.1f} s, "
+            f"peak memory {self.peak_memory_mib:.0f} MiB ({self.memory_kind})"
+        )
+
+
+@dataclass(frozen=True)
+class Cached:
+    """One sequence with what the frozen base gives it once: its layer-l input, its reference
+    log p (the intervention off)."""
+
+    encoded: Encoded
+    hidden: torch.Tensor
+    ref_logp: float
+
+
+def cache_prefix(model: nn.Module, encoded: Sequence[Encoded], layer: int, batch_size: int) -> list[Cached]:
+    """Run the bare model once over ``encoded``; keep the input of layer ``layer`` (on CPU) and the
+    answer log p of every sequence. Call it with no intervention attached."""
+    cached: list[Cached | None] = [None] * len(encoded)
+    with torch.no_grad():  # not inference_mode: the cached tensors later enter autograd graphs
+        for batch in length_batches(encoded, batch_size):
+            rows = [encoded[i] for i in batch]
+            with capture_layer_input(model, layer) as captured:
+                logp = answer_logprobs(model, rows)
+            for j, i in enumerate(batch):
+                hidden = captured.value[j, : len(rows[j].ids)].detach().to("cpu").clone()
+                cached[i] = Cached(rows[j], hidden, float(logp[j]))
+    return cached
+
+
+def padded_hidden(hiddens: Sequence[torch.Tensor], device) -> torch.Tensor:
+    """Right-pad cached layer inputs to [rows, width, d], matching ``steer.metrics.collate``."""
+    width = max(h.shape[0] for h in hiddens)
+    out = hiddens[0].new_zeros(len(hiddens), width, hiddens[0].shape[-1])
+    for row, h in enumerate(hiddens):
+        out[row, : h.shape[0]] = h
+    return out.to(device)
+
+
+class SteeredLogprobs(nn.Module):
+    """log p of answer rows with Δ at per-row multipliers, from cached layer-l inputs.
+
+    The base model is held outside the module tree, so DDP sees, broadcasts and averages only Δ.
+    """
+
+    def __init__(self, intervention: DynamicAffine, model: nn.Module) -> None:
+        super().__init__()
+        self.intervention = intervention
+        self._base = [model]
+
+    def forward(self, encoded: list[Encoded], multipliers: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        model = self._base[0]
+        self.intervention.set_multiplier(multipliers)
+        with reuse_prefix(model, self.intervention.info.layer, hidden):
+            return answer_logprobs(model, encoded)
+
+
+def epoch_plan(n: int, settings: TrainSettings, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(order of the n pairs, multiplier of each pair) for ``epoch``: a function of seed and epoch."""
+    rng = np.random.default_rng([settings.seed, epoch])
+    order = rng.permutation(n)
+    factors = np.asarray(settings.train_factors, dtype=np.float64)[rng.integers(len(settings.train_factors), size=n)]
+    return order, factors
+
+
+def batch_loss(
+    module: nn.Module, objective: Objective, cache: Sequence[Cached], pairs: Sequence[int], factors: Sequence[float]
+) -> torch.Tensor:
+    """Mean objective over ``pairs`` (positions in the cache: A_p at 2k, A_n at 2k+1) in both
+    directions, in one forward pass: winners first (A_p at +m, A_n at −m), then losers."""
+    pos = [cache[2 * k] for k in pairs]
+    neg = [cache[2 * k + 1] for k in pairs]
+    ms = [float(m) for m in factors]
+    rows = pos + neg
+    signs = ms + [-m for m in ms]
+    if objective.uses_loser:
+        rows = rows + neg + pos
+        signs = signs + signs
+    device = next(module.parameters()).device
+    logp = module(
+        [c.encoded for c in rows],
+        torch.tensor(signs, dtype=torch.float32, device=device),
+        padded_hidden([c.hidden for c in rows], device),
+    )
+    n_win = 2 * len(pairs)
+    win = _side(logp[:n_win], rows[:n_win], device)
+    lose = _side(logp[n_win:], rows[n_win:], device) if objective.uses_loser else None
+    return objective(win, lose).mean()
+
+
+def _side(logp: torch.Tensor, rows: Sequence[Cached], device) -> Side:
+    as_tensor = lambda values: torch.tensor(values, dtype=logp.dtype, device=device)  # noqa: E731
+    return Side(
+        logp=logp,
+        ref_logp=as_tensor([c.ref_logp for c in rows]),
+        n_answer=as_tensor([c.encoded.n_answer for c in rows]),
+        n_sequence=as_tensor([len(c.encoded.ids) for c in rows]),
+    )
+
+
+def peak_memory(device: torch.device) -> tuple[float, str]:
+    """Peak memory in MiB: allocated CUDA memory on a GPU, the process's max RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "CUDA max allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "max RSS of the process"
+
+
+def train_intervention(
+    model: nn.Module,
+    pairs: Sequence[tuple[Encoded, Encoded]],
+    intervention: DynamicAffine,
+    objective: Objective,
+    settings: TrainSettings,
+    accelerator,
+    *,
+    progress: bool = True,
+    log_metrics: Callable[[dict], None] | None = None,
+    log_path: Path | None = None,
+    checkpoint: Path | None = None,
+    fingerprint: str = "",
+) -> TrainReport:
+    """Train ``intervention``'s Δ on ``pairs`` (encoded A_p, A_n) with the base model frozen.
+
+    ``accelerator`` is an ``accelerate.Accelerator``. The main process writes ``log_path`` (the loss
+    curve, CSV) and, after every epoch but the last, ``checkpoint`` (Δ, optimiser, schedule, log);
+    a checkpoint with the same ``fingerprint`` and number of processes is resumed from. Returns
+    timings and the log.
+    """
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if len(pairs) < world:
+        raise ValueError(f"{len(pairs)} training pairs cannot feed {world} processes")
+    main = accelerator.is_main_process
+    layer = intervention.info.layer
+    model.eval()
+    model.requires_grad_(False)
+    torch.manual_seed(settings.seed)
+
+    start = time.perf_counter()
+    shard = [i for i in range(len(pairs)) if i % world == rank]
+    position = {i: k for k, i in enumerate(shard)}
+    intervention.detach()
+    cache = cache_prefix(model, [e for i in shard for e in pairs[i]], layer, 2 * settings.batch_size)
+    prefix_seconds = time.perf_counter() - start
+
+    params = list(intervention.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    n_batches = math.ceil(math.ceil(len(pairs) / world) / settings.batch_size)
+    steps_per_epoch = math.ceil(n_batches / settings.grad_accum)
+    total = settings.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / total))
+    key = f"{fingerprint}/{world}"  # resumed only by the same configuration and number of processes
+    rows, first_epoch = _resume(checkpoint, key, intervention, optimizer, scheduler)
+    if first_epoch:
+        log.info("train: resuming after epoch %d of %d from %s", first_epoch, settings.epochs, checkpoint)
+
+    intervention.attach(model)
+    module = accelerator.prepare(SteeredLogprobs(intervention, model))
+    bar = tqdm(total=total, initial=len(rows), desc="train", unit="step", disable=not (progress and main))
+    loop_start, steps_run = time.perf_counter(), 0
+    try:
+        for epoch in range(first_epoch, settings.epochs):
+            order, factors = epoch_plan(len(pairs), settings, epoch)
+            mine = [i for i in order if i % world == rank]
+            batches = np.array_split(np.asarray(mine), n_batches)
+            for b in range(0, n_batches, settings.grad_accum):
+                group = batches[b : b + settings.grad_accum]
+                running = torch.zeros((), device=accelerator.device)
+                for j, batch in enumerate(group):
+                    last = j == len(group) - 1
+                    with contextlib.nullcontext() if last else accelerator.no_sync(module):
+                        loss = batch_loss(module, objective, cache, [position[i] for i in batch], factors[batch])
+                        accelerator.backward(loss / len(group))
+                    running += loss.detach() / len(group)
+                grad_norm = accelerator.clip_grad_norm_(params, settings.grad_clip)
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                steps_run += 1
+                row = {
+                    "step": len(rows) + 1,
+                    "epoch": epoch + 1,
+                    "loss": float(accelerator.reduce(running, reduction="mean")),
+                    "lr": lr,
+                    "grad_norm": float(grad_norm),
+                    "seconds": round(time.perf_counter() - loop_start, 3),
+                }
+                rows.append(row)
+                if log_metrics is not None:
+                    log_metrics({f"train/{k}": v for k, v in row.items()})
+                bar.update()
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+            if main:
+                _write_log(log_path, rows)
+                if checkpoint is not None and epoch + 1 < settings.epochs:
+                    _save_checkpoint(checkpoint, key, epoch + 1, intervention, optimizer, scheduler, rows)
+    finally:
+        bar.close()
+        intervention.detach()
+        intervention.set_multiplier(0.0)
+        for p in params:
+            p.requires_grad_(False)
+    seconds = time.perf_counter() - loop_start
+    memory, kind = peak_memory(accelerator.device)
+    return TrainReport(
+        steps=steps_run,
+        seconds_per_step=seconds / max(steps_run, 1),
+        prefix_seconds=prefix_seconds,
+        peak_memory_mib=memory,
+        memory_kind=kind,
+        resumed_epochs=first_epoch,
+        log=rows,
+    )
+
+
+def _write_log(path: Path | None, rows: list[dict]) -> None:
+    if path is not None:
+        with atomic_path(path) as tmp:
+            pd.DataFrame(rows, columns=LOG_COLUMNS).to_csv(tmp, index=False)
+
+
+def _save_checkpoint(path: Path, fingerprint: str, epochs_done: int, intervention, optimizer, scheduler, rows) -> None:
+    state = {
+        "fingerprint": fingerprint,
+        "epochs_done": epochs_done,
+        "intervention": intervention.tensors(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "log": rows,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _resume(path: Path | None, fingerprint: str, intervention, optimizer, scheduler) -> tuple[list[dict], int]:
+    """Load the end-of-epoch checkpoint if it belongs to this configuration; (log rows, epochs done)."""
+    if path is None or not path.is_file():
+        return [], 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != fingerprint:
+        log.info("train: ignoring %s, it was written for another configuration or process count", path)
+        return [], 0
+    with torch.no_grad():
+        for name, value in state["intervention"].items():
+            getattr(intervention, name).copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return list(state["log"]), int(state["epochs_done"])

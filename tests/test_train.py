@@ -1,0 +1,151 @@
+"""The training loop on tiny models: prefix cache, accumulation, resume, what it changes."""
+
+from __future__ import annotations
+
+import random
+
+import pandas as pd
+import pytest
+import torch
+from accelerate import Accelerator
+
+import steer.train as train_module
+from steer.interventions import new_intervention
+from steer.metrics import Encoded, answer_logprobs
+from steer.objectives import SFT, SPLIT, RePS
+from steer.train import (
+    LOG_COLUMNS,
+    SteeredLogprobs,
+    TrainSettings,
+    cache_prefix,
+    padded_hidden,
+    train_intervention,
+)
+from tests.conftest import tiny_model
+
+LAYER = 2
+
+
+def tiny_pairs(n: int, seed: int = 0) -> list[tuple[Encoded, Encoded]]:
+    """n pairs sharing a prompt, answers of different lengths (so rows need padding)."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        prompt = tuple(rng.randrange(1, 128) for _ in range(rng.randint(4, 7)))
+        pos = tuple(rng.randrange(1, 128) for _ in range(rng.randint(2, 5)))
+        neg = tuple(rng.randrange(1, 128) for _ in range(rng.randint(2, 5)))
+        pairs.append((Encoded(prompt + pos, len(prompt)), Encoded(prompt + neg, len(prompt))))
+    return pairs
+
+
+def settings(**overrides) -> TrainSettings:
+    base = dict(lr=0.05, epochs=3, batch_size=4, train_factors=(0.5, 1.0, 2.0), seed=0)
+    return TrainSettings(**{**base, **overrides})
+
+
+def run_training(model, form, objective, pairs, tmp_path=None, **overrides):
+    iv = new_intervention(model, form, LAYER, rank=2, init_scale=0.01, seed=1)
+    report = train_intervention(
+        model,
+        pairs,
+        iv,
+        objective,
+        settings(**overrides),
+        Accelerator(cpu=True),
+        progress=False,
+        log_path=None if tmp_path is None else tmp_path / "train_log.csv",
+        checkpoint=None if tmp_path is None else tmp_path / "ckpt.pt",
+        fingerprint="f",
+    )
+    return iv, report
+
+
+@pytest.mark.parametrize("form", ["vector", "lora", "local_weight"])
+def test_cached_prefix_forward_equals_the_full_forward(tiny, form):
+    pairs = tiny_pairs(3)
+    seqs = [e for pair in pairs for e in pair]
+    cache = cache_prefix(tiny, seqs, LAYER, batch_size=4)
+    with torch.no_grad():
+        reference = answer_logprobs(tiny, seqs)
+    assert [c.ref_logp for c in cache] == pytest.approx(reference.tolist(), abs=1e-5)
+    iv = new_intervention(tiny, form, LAYER, rank=2, init_scale=0.5, seed=3)
+    with torch.no_grad():
+        for p in iv.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    multipliers = torch.tensor([1.5, -2.0, 0.5, 1.0, -0.7, 2.5])
+    with torch.no_grad(), iv.attached(tiny, multiplier=multipliers):
+        full = answer_logprobs(tiny, seqs)
+        cached = SteeredLogprobs(iv, tiny)(seqs, multipliers, padded_hidden([c.hidden for c in cache], "cpu"))
+    assert cached.tolist() == pytest.approx(full.tolist(), abs=1e-4)
+    assert not torch.allclose(full, reference)  # the intervention did act
+
+
+@pytest.mark.parametrize("objective", [SFT(), SPLIT(), RePS()], ids=["sft", "split", "reps"])
+def test_training_changes_only_delta_and_separates_the_answers(objective):
+    model = tiny_model("llama")
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    pairs = tiny_pairs(4)
+    seqs = [e for pair in pairs for e in pair]
+    iv, report = run_training(model, "vector", objective, pairs, epochs=8, lr=0.1)
+    assert all(torch.equal(base[k], v) for k, v in model.state_dict().items())
+    assert not model.get_decoder().layers[LAYER]._forward_hooks  # detached after training
+    assert report.steps == 8 and len(report.log) == 8
+    with torch.no_grad():
+        bare = answer_logprobs(model, seqs).view(-1, 2)
+        with iv.attached(model, multiplier=1.0):
+            up = answer_logprobs(model, seqs).view(-1, 2)
+        with iv.attached(model, multiplier=-1.0):
+            down = answer_logprobs(model, seqs).view(-1, 2)
+    pref = lambda lp: (lp[:, 0] - lp[:, 1]).mean().item()  # noqa: E731
+    assert pref(up) > pref(bare) > pref(down)
+
+
+def test_gradient_accumulation_matches_one_big_batch():
+    pairs = tiny_pairs(4)
+    model = tiny_model("qwen2")
+    big, _ = run_training(model, "lora", SPLIT(), pairs, batch_size=4, grad_accum=1)
+    small, report = run_training(model, "lora", SPLIT(), pairs, batch_size=2, grad_accum=2)
+    assert report.steps == 3  # one optimiser step per epoch either way
+    for name, value in big.tensors().items():
+        torch.testing.assert_close(small.tensors()[name], value, rtol=1e-4, atol=1e-6)
+
+
+def test_interrupted_run_resumes_from_its_epoch_checkpoint(tmp_path, monkeypatch):
+    pairs = tiny_pairs(6)
+    model = tiny_model("gemma2")
+    straight, straight_report = run_training(model, "local_weight", RePS(), pairs, batch_size=2)
+
+    save = train_module._save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(model, "local_weight", RePS(), pairs, tmp_path, batch_size=2)
+    assert len(pd.read_csv(tmp_path / "train_log.csv")) == 3  # the first epoch was logged
+    monkeypatch.setattr(train_module, "_save_checkpoint", save)
+
+    resumed, report = run_training(model, "local_weight", RePS(), pairs, tmp_path, batch_size=2)
+    assert report.resumed_epochs == 1 and report.steps == 6
+    log = pd.read_csv(tmp_path / "train_log.csv")
+    assert list(log.columns) == LOG_COLUMNS and log["step"].tolist() == list(range(1, 10))
+    assert log["loss"].tolist() == pytest.approx([r["loss"] for r in straight_report.log], rel=1e-5)
+    for name, value in straight.tensors().items():
+        torch.testing.assert_close(resumed.tensors()[name], value, rtol=1e-5, atol=1e-7)
+
+
+def test_checkpoint_of_another_configuration_is_ignored(tmp_path):
+    pairs = tiny_pairs(4)
+    model = tiny_model("llama")
+    torch.save({"fingerprint": "other", "epochs_done": 2}, tmp_path / "ckpt.pt")
+    _, report = run_training(model, "vector", SFT(), pairs, tmp_path)  # fingerprint "f"
+    assert report.resumed_epochs == 0 and report.steps == 3
+
+
+def test_bad_settings_name_their_key():
+    with pytest.raises(ValueError, match=r"train.train_factors=\(\) is not valid"):
+        settings(train_factors=())
+    with pytest.raises(ValueError, match="train.epochs=0 is not valid"):
+        settings(epochs=0)
