@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from steer.atomic import atomic_write_text
 from steer.interventions import FORMS
@@ -29,7 +30,7 @@ STAGES = (data.STAGE, train.STAGE, sweep.STAGE)
 # Stages of the full pipeline, in order; those without a module yet are refused by name.
 PIPELINE = ("train", "sweep", "fit", "judge")
 # Which intervention forms each objective can train.
-OBJECTIVES = {"diffmean": ("vector",)}
+OBJECTIVES = {"diffmean": ("vector",), "sft": FORMS, "reps": FORMS, "split": FORMS}
 
 
 class ConfigError(ValueError):
@@ -77,6 +78,11 @@ def validate(cfg: DictConfig) -> None:
     limit = cfg.dataset.get("limit")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"dataset.limit must be a positive integer or null, got {limit!r}")
+    if "train" in stages:
+        try:
+            train.check(cfg)
+        except (ValueError, OmegaConfBaseException) as err:
+            raise ConfigError(str(err)) from err
 
 
 def check_layer(cfg: DictConfig) -> None:
@@ -100,6 +106,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunResult:
             data.load_dataset(cfg)  # fails on a bad data set before anything is written
         except (ValueError, FileNotFoundError) as err:
             raise ConfigError(str(err)) from err
+    if not ctx.is_main:  # under accelerate launch: the main process writes files, logs and reports
+        logging.getLogger("steer").setLevel(logging.WARNING)
+        ran = run_stage_list(STAGES, list(cfg.stages), cfg, run_dir, ctx, bool(cfg.force))
+        return RunResult(run_dir, ran)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(scrub(resolved))))

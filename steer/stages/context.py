@@ -1,12 +1,20 @@
-"""What the stages of one run share: the config, the run directory, and a lazily loaded model."""
+"""What the stages of one run share: the config, the run directory, the processes, and a lazily
+loaded model.
+
+Under ``accelerate launch`` every process builds its own context; ``state`` (accelerate's
+``PartialState``) says which one is the main process and holds the barrier the runner uses.
+"""
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import DistributedType
 from omegaconf import DictConfig
 
 from steer.data import PairRecord, read_pairs
@@ -16,6 +24,8 @@ from steer.tracking import Tracker
 log = logging.getLogger("steer")
 
 PAIRS_FILE = "pairs.jsonl"
+# While the main process runs a stage alone (data, sweep), the others wait at a barrier: allow long.
+BARRIER_TIMEOUT = timedelta(hours=48)
 
 
 def pick_device(device: str) -> str:
@@ -31,13 +41,21 @@ class RunContext:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.tracker = tracker or Tracker.disabled()
+        self.state = PartialState(cpu=pick_device(cfg.device) == "cpu", timeout=BARRIER_TIMEOUT)
 
     def path(self, name: str) -> Path:
         return self.run_dir / name
 
     @property
     def device(self) -> str:
-        return pick_device(self.cfg.device)
+        """This process's device: its own GPU (or the CPU) when launched as several processes."""
+        if self.state.distributed_type == DistributedType.NO:
+            return pick_device(self.cfg.device)
+        return "cpu" if self.state.device.type == "cpu" else str(self.state.device)
+
+    @property
+    def is_main(self) -> bool:
+        return self.state.is_main_process
 
     @cached_property
     def _loaded(self):

@@ -5,6 +5,11 @@ every finished stage, a fingerprint of the config keys it depends on and of the 
 A stage whose outputs exist under the same fingerprint is skipped; a changed key re-runs it and
 everything after it. The ledger is written only after a stage's outputs are in place, so an
 interrupted stage simply runs again.
+
+Several processes (``accelerate launch``): every process walks the same stage list. Before each
+stage all of them meet at a barrier and read the ledger, so they take the same decision; a
+``parallel`` stage (training) runs in every process, any other stage in the main process alone
+while the rest wait at the next barrier. Only the main process writes the ledger.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ class Stage:
     ignore: tuple[str, ...] = field(default_factory=tuple)
     # Implicit stages are not named in ``stages``: they run whenever a later stage needs them.
     implicit: bool = False
+    # Parallel stages run in every process (data-parallel); the others in the main process only.
+    parallel: bool = False
 
 
 def config_subset(cfg: DictConfig, keys: Sequence[str], ignore: Sequence[str] = ()) -> dict:
@@ -107,33 +114,56 @@ def run_stage_list(
 ) -> list[str]:
     """Run the ``requested`` stages in the order of ``stages``, implicit ones where needed.
 
-    Returns the names of the stages that ran.
+    ``ctx.state`` is accelerate's process state (main process, barrier). Returns the names of the
+    stages that ran (in any process).
     """
-    ledger = Ledger(run_dir, stages)
+    state = ctx.state
     ran: list[str] = []
     for stage in stages:
-        wanted = stage.name in requested
-        if ledger.is_done(stage, cfg, run_dir) and not (force and wanted):
-            log.info("stage %s: done for this config, skipped (force=true re-runs it)", stage.name)
+        state.wait_for_everyone()  # what the main process wrote for earlier stages is in place
+        ledger = Ledger(run_dir, stages)
+        run_it = _should_run(stage, stages, requested, cfg, run_dir, ledger, ran, force)
+        state.wait_for_everyone()  # every process has decided before the main process writes again
+        if not run_it:
             continue
-        if not wanted and not (stage.implicit and any(stage.name in s.after for s in stages if s.name in requested)):
-            continue
-        missing = [up for up in stage.after if up not in ran and not ledger.is_done(ledger.stages[up], cfg, run_dir)]
-        if missing:
-            raise RuntimeError(
-                f"stage {stage.name} needs the outputs of {', '.join(missing)} for this config in "
-                f"{run_dir}; add {', '.join(missing)} to stages (e.g. stages=[{', '.join([*missing, stage.name])}])"
-            )
-        if stage.name in ledger.entries:
-            changed = ledger.changed_keys(stage, cfg)
-            log.info(
-                "stage %s: re-running (%s)", stage.name, ", ".join(changed) if changed else "forced or upstream changed"
-            )
-        log.info("stage %s: running", stage.name)
         start = time.perf_counter()
-        stage.run(ctx)
-        ledger.forget_downstream(stage.name)
-        ledger.record(stage, cfg, time.perf_counter() - start)
+        if stage.parallel or state.is_main_process:
+            stage.run(ctx)
+        if state.is_main_process:
+            ledger.forget_downstream(stage.name)
+            ledger.record(stage, cfg, time.perf_counter() - start)
         ran.append(stage.name)
         log.info("stage %s: finished in %.1f s", stage.name, time.perf_counter() - start)
+    state.wait_for_everyone()
     return ran
+
+
+def _should_run(
+    stage: Stage,
+    stages: Sequence[Stage],
+    requested: Sequence[str],
+    cfg: DictConfig,
+    run_dir: Path,
+    ledger: Ledger,
+    ran: list[str],
+    force: bool,
+) -> bool:
+    wanted = stage.name in requested
+    if ledger.is_done(stage, cfg, run_dir) and not (force and wanted):
+        log.info("stage %s: done for this config, skipped (force=true re-runs it)", stage.name)
+        return False
+    if not wanted and not (stage.implicit and any(stage.name in s.after for s in stages if s.name in requested)):
+        return False
+    missing = [up for up in stage.after if up not in ran and not ledger.is_done(ledger.stages[up], cfg, run_dir)]
+    if missing:
+        raise RuntimeError(
+            f"stage {stage.name} needs the outputs of {', '.join(missing)} for this config in "
+            f"{run_dir}; add {', '.join(missing)} to stages (e.g. stages=[{', '.join([*missing, stage.name])}])"
+        )
+    if stage.name in ledger.entries:
+        changed = ledger.changed_keys(stage, cfg)
+        log.info(
+            "stage %s: re-running (%s)", stage.name, ", ".join(changed) if changed else "forced or upstream changed"
+        )
+    log.info("stage %s: running", stage.name)
+    return True

@@ -1,0 +1,70 @@
+"""A real ``accelerate launch`` with two CPU processes trains the same Δ as one process would."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import REPO
+
+COMMON = [
+    "stages=[train]",
+    "intervention=lora",
+    "objective=split",
+    "dataset.limit=2",
+    "intervention.train.epochs=2",
+    "device=cpu",
+    "progress=false",
+    "tracking.wandb=false",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_match_one(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    # one process, both pairs in one batch  vs  two processes, one pair each: DDP averages
+    # the two gradients into the one-process gradient.
+    subprocess.run(
+        [sys.executable, "run.py", *COMMON, "intervention.train.batch_size=2", f"hydra.run.dir={one}"],
+        cwd=REPO,
+        env=env,
+        check=True,
+    )
+    launch = f"launch --multi_gpu --num_processes 2 --num_machines 1 --main_process_port {free_port()}".split()
+    subprocess.run(
+        [str(Path(sys.executable).parent / "accelerate"), *launch, "run.py", *COMMON]
+        + ["intervention.train.batch_size=1", f"hydra.run.dir={two}"],
+        cwd=REPO,
+        env=env,
+        check=True,
+    )
+    meta = json.loads((two / "intervention.json").read_text())
+    assert meta["training"]["processes"] == 2 and meta["training"]["steps"] == 2
+    assert json.loads((one / "intervention.json").read_text())["training"]["processes"] == 1
+    expected, actual = (load_file(str(d / "intervention.safetensors")) for d in (one, two))
+    assert torch.count_nonzero(actual["lora_B"]) > 0
+    for name, value in expected.items():
+        torch.testing.assert_close(actual[name], value, rtol=1e-4, atol=1e-6)
+    losses = [pd.read_csv(d / "train_log.csv")["loss"].tolist() for d in (one, two)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    # only the main process wrote: one ledger entry per stage, one log line per stage start
+    assert set(json.loads((two / "stages.json").read_text())) == {"data", "train"}
+    assert (two / "run.log").read_text().count("stage train: running") == 1
+    assert not (two / "train_checkpoint.pt").exists()
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
