@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.steer-installed
 ARGS ?=
 
-.PHONY: setup run test test-slow lint format bench clean
+.PHONY: setup run test test-slow lint format bench clean train-matrix
 
 setup: $(STAMP)
 
@@ -36,6 +36,11 @@ format: setup
 
 bench: setup
 	$(PY) experiments/bench.py $(ARGS)
+
+# The nine trained combinations (3 forms x sft/reps/split) on the built-in set: steering table,
+# SPLIT vs SFT utility at equal preference, time per step and peak memory.
+train-matrix: setup
+	$(PY) experiments/train_matrix.py $(ARGS)
 
 clean:
 	rm -rf outputs .pytest_cache

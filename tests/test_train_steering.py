@@ -1,0 +1,72 @@
+"""A short training run with the per-form default settings steers the embedded model: mean test
+PrefOdds at -m < at 0 < at +m, for every objective (fast: one form; slow: all nine)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from accelerate import Accelerator
+from omegaconf import OmegaConf
+
+from steer.data import apply_limit, to_records
+from steer.datasets.sentiment import load
+from steer.interventions import new_intervention
+from steer.metrics import encode, pref_odds
+from steer.objectives import make_objective
+from steer.sweep import grid_losses
+from steer.train import TrainSettings, train_intervention
+from tests.conftest import REPO
+
+LAYER = 15
+TABLE_M = {"vector": 8.0, "lora": 1.0, "local_weight": 1.0}
+
+
+def defaults(form: str, objective: str):
+    """The form's ``train`` section and the objective's options, as shipped in conf/."""
+    train = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "intervention" / f"{form}.yaml").train)
+    options = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "objective" / f"{objective}.yaml"))
+    options.pop("name")
+    return train, make_objective(objective, options)
+
+
+def pref_after_training(smol, form: str, objective: str, limit: int, epochs: int) -> list[float]:
+    model, tokenizer = smol
+    records = to_records(tokenizer, apply_limit(load(), limit))
+    encoded = {
+        split: [
+            (encode(tokenizer, r.prompt_text, r.positive), encode(tokenizer, r.prompt_text, r.negative))
+            for r in records
+            if r.split == split
+        ]
+        for split in ("train", "test")
+    }
+    train, loss = defaults(form, objective)
+    settings = TrainSettings(
+        lr=train["lr"],
+        epochs=epochs,
+        batch_size=min(train["batch_size"], limit),
+        train_factors=tuple(train["train_factors"]),
+        grad_accum=train["grad_accum"],
+        weight_decay=train["weight_decay"],
+        grad_clip=train["grad_clip"],
+    )
+    iv = new_intervention(model, form, LAYER, rank=4, init_scale=train.get("init_scale", 0.0))
+    train_intervention(model, encoded["train"], iv, loss, settings, Accelerator(cpu=True), progress=False)
+    m = TABLE_M[form]
+    test = [e for pair in encoded["test"] for e in pair]
+    losses = grid_losses(model, test, iv, [-m, 0.0, m], progress=False)
+    return [float(np.mean(pref_odds(row[0::2], row[1::2]))) for row in losses]
+
+
+@pytest.mark.parametrize("objective", ["sft", "reps", "split"])
+def test_short_training_steers_local_weight(smol, objective):
+    down, bare, up = pref_after_training(smol, "local_weight", objective, limit=2, epochs=2)
+    assert down < bare < up
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["sft", "reps", "split"])
+@pytest.mark.parametrize("form", ["vector", "lora", "local_weight"])
+def test_short_training_steers_every_combination(smol, form, objective):
+    down, bare, up = pref_after_training(smol, form, objective, limit=8, epochs=2)
+    assert down < bare < up
