@@ -3,7 +3,7 @@
 Every objective sees one *direction* of a pair at a time: under +m the winner is A_p and the loser
 A_n; under −m the roles swap (the trainer calls the loss once per direction). The plain functions
 take per-row tensors and return per-row losses; the dataclasses hold an objective's settings from
-config and decide which tensors the trainer has to compute.
+config and apply its function to the winner's and loser's ``Side``.
 
 * ``sft_loss``   = −log p(winner): language-model cross-entropy on the winner only.
 * ``split_loss`` = λ_w·L_w + λ_l·L_l + γ·ReLU(θ − (L_l − L_w)), with L = −log p (the paper's SPLIT;
@@ -80,9 +80,8 @@ class SFT:
     per token with ``per_token``)."""
 
     per_token: bool = False
-    uses_loser = False
 
-    def __call__(self, win: Side, lose: Side | None) -> torch.Tensor:
+    def __call__(self, win: Side, lose: Side) -> torch.Tensor:
         return sft_loss(_per_token(win, self.per_token))
 
 
@@ -95,7 +94,6 @@ class SPLIT:
     gamma: float = 6.0
     theta: float = 0.5
     per_token: bool = False
-    uses_loser = True
 
     def __call__(self, win: Side, lose: Side) -> torch.Tensor:
         return split_loss(
@@ -117,7 +115,6 @@ class RePS:
 
     simpo_scaler: float = 1.0
     length: str = "sequence"
-    uses_loser = True
 
     def __post_init__(self) -> None:
         if self.length not in LENGTHS:

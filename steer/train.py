@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from steer.atomic import atomic_path
 from steer.interventions import DynamicAffine
-from steer.metrics import Encoded, answer_logprobs
+from steer.metrics import EncodedPair, pair_logprobs
 from steer.objectives import Objective, Side
 from steer.prefix import capture_layer_input, reuse_prefix
 from steer.sweep import length_batches
@@ -90,31 +90,31 @@ class TrainReport:
 
 @dataclass(frozen=True)
 class Cached:
-    """One sequence with what the frozen base gives it once: its layer-l input, its reference
-    log p (the intervention off)."""
+    """One pair with what the frozen base gives it once: the layer-l input of its packed row
+    [prompt | A_p | A_n] and the reference log p of (A_p, A_n), the intervention off."""
 
-    encoded: Encoded
+    pair: EncodedPair
     hidden: torch.Tensor
-    ref_logp: float
+    ref_logp: tuple[float, float]
 
 
-def cache_prefix(model: nn.Module, encoded: Sequence[Encoded], layer: int, batch_size: int) -> list[Cached]:
-    """Run the bare model once over ``encoded``; keep the input of layer ``layer`` (on CPU) and the
-    answer log p of every sequence. Call it with no intervention attached."""
-    cached: list[Cached | None] = [None] * len(encoded)
+def cache_prefix(model: nn.Module, pairs: Sequence[EncodedPair], layer: int, batch_size: int) -> list[Cached]:
+    """Run the bare model once over ``pairs``; keep the input of layer ``layer`` (on CPU) and both
+    answers' log p of every pair. Call it with no intervention attached."""
+    cached: list[Cached | None] = [None] * len(pairs)
     with torch.no_grad():  # not inference_mode: the cached tensors later enter autograd graphs
-        for batch in length_batches(encoded, batch_size):
-            rows = [encoded[i] for i in batch]
+        for batch in length_batches(pairs, batch_size):
+            rows = [pairs[i] for i in batch]
             with capture_layer_input(model, layer) as captured:
-                logp = answer_logprobs(model, rows)
+                logp = pair_logprobs(model, rows)
             for j, i in enumerate(batch):
-                hidden = captured.value[j, : len(rows[j].ids)].detach().to("cpu").clone()
-                cached[i] = Cached(rows[j], hidden, float(logp[j]))
+                hidden = captured.value[j, : rows[j].width].detach().to("cpu").clone()
+                cached[i] = Cached(rows[j], hidden, (float(logp[j, 0]), float(logp[j, 1])))
     return cached
 
 
 def padded_hidden(hiddens: Sequence[torch.Tensor], device) -> torch.Tensor:
-    """Right-pad cached layer inputs to [rows, width, d], matching ``steer.metrics.collate``."""
+    """Right-pad cached layer inputs to [rows, width, d], as ``steer.metrics.packed_inputs`` pads."""
     width = max(h.shape[0] for h in hiddens)
     out = hiddens[0].new_zeros(len(hiddens), width, hiddens[0].shape[-1])
     for row, h in enumerate(hiddens):
@@ -123,7 +123,7 @@ def padded_hidden(hiddens: Sequence[torch.Tensor], device) -> torch.Tensor:
 
 
 class SteeredLogprobs(nn.Module):
-    """log p of answer rows with Δ at per-row multipliers, from cached layer-l inputs.
+    """[rows, 2] log p of (A_p, A_n) with Δ at per-row multipliers, from cached layer-l inputs.
 
     The base model is held outside the module tree, so DDP sees, broadcasts and averages only Δ.
     """
@@ -133,11 +133,11 @@ class SteeredLogprobs(nn.Module):
         self.intervention = intervention
         self._base = [model]
 
-    def forward(self, encoded: list[Encoded], multipliers: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, pairs: list[EncodedPair], multipliers: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         model = self._base[0]
         self.intervention.set_multiplier(multipliers)
         with reuse_prefix(model, self.intervention.info.layer, hidden):
-            return answer_logprobs(model, encoded)
+            return pair_logprobs(model, pairs)
 
 
 def epoch_plan(n: int, settings: TrainSettings, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -151,35 +151,31 @@ def epoch_plan(n: int, settings: TrainSettings, epoch: int) -> tuple[np.ndarray,
 def batch_loss(
     module: nn.Module, objective: Objective, cache: Sequence[Cached], pairs: Sequence[int], factors: Sequence[float]
 ) -> torch.Tensor:
-    """Mean objective over ``pairs`` (positions in the cache: A_p at 2k, A_n at 2k+1) in both
-    directions, in one forward pass: winners first (A_p at +m, A_n at −m), then losers."""
-    pos = [cache[2 * k] for k in pairs]
-    neg = [cache[2 * k + 1] for k in pairs]
-    ms = [float(m) for m in factors]
-    rows = pos + neg
-    signs = ms + [-m for m in ms]
-    if objective.uses_loser:
-        rows = rows + neg + pos
-        signs = signs + signs
+    """Mean objective over ``pairs`` (positions in ``cache``) in both directions, in one forward
+    pass of 2 rows per pair: at +m the winner is A_p, at −m it is A_n."""
+    rows = [cache[k] for k in pairs] * 2
+    signs = [float(m) for m in factors] + [-float(m) for m in factors]
     device = next(module.parameters()).device
     logp = module(
-        [c.encoded for c in rows],
+        [c.pair for c in rows],
         torch.tensor(signs, dtype=torch.float32, device=device),
         padded_hidden([c.hidden for c in rows], device),
     )
-    n_win = 2 * len(pairs)
-    win = _side(logp[:n_win], rows[:n_win], device)
-    lose = _side(logp[n_win:], rows[n_win:], device) if objective.uses_loser else None
+    winner = [0] * len(pairs) + [1] * len(pairs)  # column of the winner: 0 = A_p, 1 = A_n
+    win = _side(logp, rows, winner)
+    lose = _side(logp, rows, [1 - w for w in winner])
     return objective(win, lose).mean()
 
 
-def _side(logp: torch.Tensor, rows: Sequence[Cached], device) -> Side:
-    as_tensor = lambda values: torch.tensor(values, dtype=logp.dtype, device=device)  # noqa: E731
+def _side(logp: torch.Tensor, rows: Sequence[Cached], columns: Sequence[int]) -> Side:
+    """The answers in ``columns`` (0 = A_p, 1 = A_n) of every row."""
+    as_tensor = lambda values: torch.tensor(values, dtype=logp.dtype, device=logp.device)  # noqa: E731
+    answers = [len(c.pair.positive) if k == 0 else len(c.pair.negative) for c, k in zip(rows, columns, strict=True)]
     return Side(
-        logp=logp,
-        ref_logp=as_tensor([c.ref_logp for c in rows]),
-        n_answer=as_tensor([c.encoded.n_answer for c in rows]),
-        n_sequence=as_tensor([len(c.encoded.ids) for c in rows]),
+        logp=logp[torch.arange(len(rows), device=logp.device), as_tensor(columns).long()],
+        ref_logp=as_tensor([c.ref_logp[k] for c, k in zip(rows, columns, strict=True)]),
+        n_answer=as_tensor(answers),
+        n_sequence=as_tensor([len(c.pair.prompt) + n for c, n in zip(rows, answers, strict=True)]),
     )
 
 
@@ -192,7 +188,7 @@ def peak_memory(device: torch.device) -> tuple[float, str]:
 
 def train_intervention(
     model: nn.Module,
-    pairs: Sequence[tuple[Encoded, Encoded]],
+    pairs: Sequence[EncodedPair],
     intervention: DynamicAffine,
     objective: Objective,
     settings: TrainSettings,
@@ -204,7 +200,7 @@ def train_intervention(
     checkpoint: Path | None = None,
     fingerprint: str = "",
 ) -> TrainReport:
-    """Train ``intervention``'s Δ on ``pairs`` (encoded A_p, A_n) with the base model frozen.
+    """Train ``intervention``'s Δ on ``pairs`` (prompt, A_p, A_n tokenised) with the base model frozen.
 
     ``accelerator`` is an ``accelerate.Accelerator``. The main process writes ``log_path`` (the loss
     curve, CSV) and, after every epoch but the last, ``checkpoint`` (Δ, optimiser, schedule, log);
@@ -224,7 +220,7 @@ def train_intervention(
     shard = [i for i in range(len(pairs)) if i % world == rank]
     position = {i: k for k, i in enumerate(shard)}
     intervention.detach()
-    cache = cache_prefix(model, [e for i in shard for e in pairs[i]], layer, 2 * settings.batch_size)
+    cache = cache_prefix(model, [pairs[i] for i in shard], layer, 2 * settings.batch_size)
     prefix_seconds = time.perf_counter() - start
 
     params = list(intervention.parameters())

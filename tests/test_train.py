@@ -11,7 +11,7 @@ from accelerate import Accelerator
 
 import steer.train as train_module
 from steer.interventions import new_intervention
-from steer.metrics import Encoded, answer_logprobs
+from steer.metrics import EncodedPair, pair_logprobs
 from steer.objectives import SFT, SPLIT, RePS
 from steer.train import (
     LOG_COLUMNS,
@@ -26,16 +26,11 @@ from tests.conftest import tiny_model
 LAYER = 2
 
 
-def tiny_pairs(n: int, seed: int = 0) -> list[tuple[Encoded, Encoded]]:
-    """n pairs sharing a prompt, answers of different lengths (so rows need padding)."""
+def tiny_pairs(n: int, seed: int = 0) -> list[EncodedPair]:
+    """n random pairs of different widths (so rows need padding)."""
     rng = random.Random(seed)
-    pairs = []
-    for _ in range(n):
-        prompt = tuple(rng.randrange(1, 128) for _ in range(rng.randint(4, 7)))
-        pos = tuple(rng.randrange(1, 128) for _ in range(rng.randint(2, 5)))
-        neg = tuple(rng.randrange(1, 128) for _ in range(rng.randint(2, 5)))
-        pairs.append((Encoded(prompt + pos, len(prompt)), Encoded(prompt + neg, len(prompt))))
-    return pairs
+    tokens = lambda low, high: tuple(rng.randrange(1, 128) for _ in range(rng.randint(low, high)))  # noqa: E731
+    return [EncodedPair(tokens(4, 7), tokens(2, 5), tokens(2, 5)) for _ in range(n)]
 
 
 def settings(**overrides) -> TrainSettings:
@@ -62,21 +57,20 @@ def run_training(model, form, objective, pairs, tmp_path=None, **overrides):
 
 @pytest.mark.parametrize("form", ["vector", "lora", "local_weight"])
 def test_cached_prefix_forward_equals_the_full_forward(tiny, form):
-    pairs = tiny_pairs(3)
-    seqs = [e for pair in pairs for e in pair]
-    cache = cache_prefix(tiny, seqs, LAYER, batch_size=4)
+    pairs = tiny_pairs(6)
+    cache = cache_prefix(tiny, pairs, LAYER, batch_size=4)
     with torch.no_grad():
-        reference = answer_logprobs(tiny, seqs)
-    assert [c.ref_logp for c in cache] == pytest.approx(reference.tolist(), abs=1e-5)
+        reference = pair_logprobs(tiny, pairs)
+    torch.testing.assert_close(torch.tensor([c.ref_logp for c in cache]), reference, rtol=0, atol=1e-5)
     iv = new_intervention(tiny, form, LAYER, rank=2, init_scale=0.5, seed=3)
     with torch.no_grad():
         for p in iv.parameters():
             p.add_(0.3 * torch.randn_like(p))
     multipliers = torch.tensor([1.5, -2.0, 0.5, 1.0, -0.7, 2.5])
     with torch.no_grad(), iv.attached(tiny, multiplier=multipliers):
-        full = answer_logprobs(tiny, seqs)
-        cached = SteeredLogprobs(iv, tiny)(seqs, multipliers, padded_hidden([c.hidden for c in cache], "cpu"))
-    assert cached.tolist() == pytest.approx(full.tolist(), abs=1e-4)
+        full = pair_logprobs(tiny, pairs)
+        cached = SteeredLogprobs(iv, tiny)(pairs, multipliers, padded_hidden([c.hidden for c in cache], "cpu"))
+    torch.testing.assert_close(cached, full, rtol=0, atol=1e-4)
     assert not torch.allclose(full, reference)  # the intervention did act
 
 
@@ -85,17 +79,16 @@ def test_training_changes_only_delta_and_separates_the_answers(objective):
     model = tiny_model("llama")
     base = {k: v.clone() for k, v in model.state_dict().items()}
     pairs = tiny_pairs(4)
-    seqs = [e for pair in pairs for e in pair]
     iv, report = run_training(model, "vector", objective, pairs, epochs=8, lr=0.1)
     assert all(torch.equal(base[k], v) for k, v in model.state_dict().items())
     assert not model.get_decoder().layers[LAYER]._forward_hooks  # detached after training
     assert report.steps == 8 and len(report.log) == 8
     with torch.no_grad():
-        bare = answer_logprobs(model, seqs).view(-1, 2)
+        bare = pair_logprobs(model, pairs)
         with iv.attached(model, multiplier=1.0):
-            up = answer_logprobs(model, seqs).view(-1, 2)
+            up = pair_logprobs(model, pairs)
         with iv.attached(model, multiplier=-1.0):
-            down = answer_logprobs(model, seqs).view(-1, 2)
+            down = pair_logprobs(model, pairs)
     pref = lambda lp: (lp[:, 0] - lp[:, 1]).mean().item()  # noqa: E731
     assert pref(up) > pref(bare) > pref(down)
 

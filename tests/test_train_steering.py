@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from steer.data import apply_limit, to_records
 from steer.datasets.sentiment import load
 from steer.interventions import new_intervention
-from steer.metrics import encode, pref_odds
+from steer.metrics import encode_pair, pref_odds
 from steer.objectives import make_objective
 from steer.sweep import grid_losses
 from steer.train import TrainSettings, train_intervention
@@ -33,11 +33,7 @@ def pref_after_training(smol, form: str, objective: str, limit: int, epochs: int
     model, tokenizer = smol
     records = to_records(tokenizer, apply_limit(load(), limit))
     encoded = {
-        split: [
-            (encode(tokenizer, r.prompt_text, r.positive), encode(tokenizer, r.prompt_text, r.negative))
-            for r in records
-            if r.split == split
-        ]
+        split: [encode_pair(tokenizer, r.prompt_text, r.positive, r.negative) for r in records if r.split == split]
         for split in ("train", "test")
     }
     train, loss = defaults(form, objective)
@@ -53,9 +49,8 @@ def pref_after_training(smol, form: str, objective: str, limit: int, epochs: int
     iv = new_intervention(model, form, LAYER, rank=4, init_scale=train.get("init_scale", 0.0))
     train_intervention(model, encoded["train"], iv, loss, settings, Accelerator(cpu=True), progress=False)
     m = TABLE_M[form]
-    test = [e for pair in encoded["test"] for e in pair]
-    losses = grid_losses(model, test, iv, [-m, 0.0, m], progress=False)
-    return [float(np.mean(pref_odds(row[0::2], row[1::2]))) for row in losses]
+    losses = grid_losses(model, encoded["test"], iv, [-m, 0.0, m], progress=False)
+    return [float(np.mean(pref_odds(at_m[:, 0], at_m[:, 1]))) for at_m in losses]
 
 
 @pytest.mark.parametrize("objective", ["sft", "reps", "split"])

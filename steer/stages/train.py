@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from steer.diffmean import diffmean_vector
 from steer.interventions import new_intervention
-from steer.metrics import encode
+from steer.metrics import encode_pair
 from steer.objectives import Objective, make_objective
 from steer.stages.context import RunContext
 from steer.stages.data import STAGE as DATA_STAGE
@@ -103,10 +103,7 @@ def fit(ctx: RunContext, iv) -> None:
     from accelerate import Accelerator
 
     cfg = ctx.cfg
-    pairs = [
-        (encode(ctx.tokenizer, r.prompt_text, r.positive), encode(ctx.tokenizer, r.prompt_text, r.negative))
-        for r in ctx.records("train")
-    ]
+    pairs = [encode_pair(ctx.tokenizer, r.prompt_text, r.positive, r.negative) for r in ctx.records("train")]
     accelerator = Accelerator(cpu=ctx.device == "cpu")
     report = train_intervention(
         ctx.model,
