@@ -2,9 +2,10 @@
 
 The loop runs on ``accelerate``. Started with ``accelerate launch``, every process trains on a
 fixed shard of the pairs (example i belongs to process i mod N) and DDP averages the gradients of
-Δ; alone, the same code runs in one process. Layers before the steered one do not depend on Δ, so
-a first pass caches each sequence's layer-l input (and its reference log-likelihood, the
-intervention off) and every step runs only layers l..L (``steer.prefix``).
+Δ; alone, the same code runs in one process. A pair is one packed row [prompt | A_p | A_n]
+(``steer.metrics.pair_logprobs``). Layers before the steered one do not depend on Δ, so a first
+pass caches each pair's layer-l input (and its reference log-likelihoods, the intervention off)
+and every step runs only layers l..L (``steer.prefix``).
 
 Each step, each pair of the batch gets a multiplier m drawn from ``train_factors`` and is scored in
 both directions: A_p is the winner under +m, A_n under −m. The draws and the shuffling depend only
@@ -220,7 +221,7 @@ def train_intervention(
     shard = [i for i in range(len(pairs)) if i % world == rank]
     position = {i: k for k, i in enumerate(shard)}
     intervention.detach()
-    cache = cache_prefix(model, [pairs[i] for i in shard], layer, 2 * settings.batch_size)
+    cache = cache_prefix(model, [pairs[i] for i in shard], layer, settings.batch_size)
     prefix_seconds = time.perf_counter() - start
 
     params = list(intervention.parameters())

@@ -15,8 +15,10 @@ from steer.metrics import EncodedPair, pair_logprobs
 from steer.objectives import SFT, SPLIT, RePS
 from steer.train import (
     LOG_COLUMNS,
+    Cached,
     SteeredLogprobs,
     TrainSettings,
+    batch_loss,
     cache_prefix,
     padded_hidden,
     train_intervention,
@@ -63,6 +65,7 @@ def test_cached_prefix_forward_equals_the_full_forward(tiny, form):
         reference = pair_logprobs(tiny, pairs)
     torch.testing.assert_close(torch.tensor([c.ref_logp for c in cache]), reference, rtol=0, atol=1e-5)
     iv = new_intervention(tiny, form, LAYER, rank=2, init_scale=0.5, seed=3)
+    torch.manual_seed(0)
     with torch.no_grad():
         for p in iv.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -72,6 +75,42 @@ def test_cached_prefix_forward_equals_the_full_forward(tiny, form):
         cached = SteeredLogprobs(iv, tiny)(pairs, multipliers, padded_hidden([c.hidden for c in cache], "cpu"))
     torch.testing.assert_close(cached, full, rtol=0, atol=1e-4)
     assert not torch.allclose(full, reference)  # the intervention did act
+
+
+class FixedLogprobs(torch.nn.Module):
+    """Returns given log p rows and records the multipliers it was called with."""
+
+    def __init__(self, logp: torch.Tensor) -> None:
+        super().__init__()
+        self.logp = torch.nn.Parameter(logp)
+        self.multipliers = None
+
+    def forward(self, pairs, multipliers, hidden):
+        self.multipliers = multipliers
+        return self.logp
+
+
+def test_batch_loss_scores_both_directions_with_swapped_roles():
+    cache = [
+        Cached(EncodedPair((1, 2, 3), (4, 5), (6, 7, 8)), torch.zeros(8, 2), (-1.0, -2.0)),
+        Cached(EncodedPair((1, 2), (3,), (4, 5)), torch.zeros(5, 2), (-3.0, -4.0)),
+    ]
+    # rows: pair 0 at +2, pair 1 at +0.5, pair 0 at -2, pair 1 at -0.5; columns (A_p, A_n)
+    module = FixedLogprobs(torch.tensor([[-10.0, -20.0], [-30.0, -40.0], [-11.0, -21.0], [-31.0, -41.0]]))
+    seen = {}
+
+    def objective(win, lose):
+        seen.update(win=win, lose=lose)
+        return win.logp - lose.logp
+
+    loss = batch_loss(module, objective, cache, [0, 1], [2.0, 0.5])
+    assert module.multipliers.tolist() == [2.0, 0.5, -2.0, -0.5]
+    win, lose = seen["win"], seen["lose"]
+    assert win.logp.tolist() == [-10, -30, -21, -41] and lose.logp.tolist() == [-20, -40, -11, -31]
+    assert win.ref_logp.tolist() == [-1, -3, -2, -4] and lose.ref_logp.tolist() == [-2, -4, -1, -3]
+    assert win.n_answer.tolist() == [2, 1, 3, 2] and lose.n_answer.tolist() == [3, 2, 2, 1]
+    assert win.n_sequence.tolist() == [5, 3, 6, 4] and lose.n_sequence.tolist() == [6, 4, 5, 3]
+    assert loss.item() == pytest.approx((10 + 10 - 10 - 10) / 4)
 
 
 @pytest.mark.parametrize("objective", [SFT(), SPLIT(), RePS()], ids=["sft", "split", "reps"])

@@ -1,0 +1,51 @@
+"""The train stage through ``run``: config errors before any work, what a trained run writes."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from steer.interventions import DynamicAffine
+from steer.stages import ConfigError, run
+from steer.train import LOG_COLUMNS
+from tests.test_stages import config as stages_config
+
+
+def config(*overrides: str):
+    return stages_config("stages=[train]", *overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["objective=split", "+objective.gama=1"], "objective.gama is not an option of split"),
+        (["objective=sft", "objective.per_token=maybe"], "objective.per_token='maybe' must be a bool"),
+        (["objective=reps", "objective.length=tokens"], "objective.length='tokens' is not one of sequence, answer"),
+        (["objective=sft", "intervention.train.lr=-1"], "train.lr=-1.0 is not valid"),
+        (["objective=sft", "intervention.train.train_factors=[]"], "train.train_factors=() is not valid"),
+        (["objective=sft", "intervention.train.epochs=0"], "train.epochs=0 is not valid"),
+        (["objective=sft", "intervention.train.init=zeros"], "intervention.train.init='zeros' is not one of"),
+    ],
+)
+def test_bad_training_config_fails_before_anything_is_written(tmp_path, overrides, message):
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run(config(*overrides), run_dir)
+    assert not run_dir.exists()
+
+
+def test_trained_run_writes_log_and_training_record(tmp_path, smol):
+    run_dir = tmp_path / "run"
+    cfg = config("objective=split", "intervention=lora", "intervention.train.epochs=2")
+    assert run(cfg, run_dir).ran == ["data", "train"]
+    log = pd.read_csv(run_dir / "train_log.csv")
+    assert list(log.columns) == LOG_COLUMNS and log["step"].tolist() == [1, 2]
+    meta = json.loads((run_dir / "intervention.json").read_text())
+    assert meta["objective"] == "split" and meta["training"]["steps"] == 2 and meta["training"]["processes"] == 1
+    assert meta["training"]["final_loss"] == pytest.approx(log["loss"].iloc[-1])
+    assert not (run_dir / "train_checkpoint.pt").exists()
+    assert DynamicAffine.load(run_dir).lora_B.abs().sum() > 0  # trained, and loads from the files
+    assert run(cfg, run_dir).ran == []  # finished: skipped
