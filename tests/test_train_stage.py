@@ -49,3 +49,13 @@ def test_trained_run_writes_log_and_training_record(tmp_path, smol):
     assert not (run_dir / "train_checkpoint.pt").exists()
     assert DynamicAffine.load(run_dir).lora_B.abs().sum() > 0  # trained, and loads from the files
     assert run(cfg, run_dir).ran == []  # finished: skipped
+
+
+def test_vector_can_start_from_diffmean(tmp_path, smol):
+    run(config(), tmp_path / "diffmean")  # objective=diffmean by default
+    tiny_step = ["objective=sft", "intervention.train.init=diffmean", "intervention.train.lr=1e-9"]
+    run(config(*tiny_step, "intervention.train.epochs=1"), tmp_path / "sft")
+    start = DynamicAffine.load(tmp_path / "diffmean").delta_b
+    trained = DynamicAffine.load(tmp_path / "sft").delta_b
+    assert start.norm() > 1.0
+    assert (trained - start).abs().max() < 1e-6  # one AdamW step of 1e-9 away from DiffMean
