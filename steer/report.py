@@ -330,7 +330,9 @@ def figure_panel(runs: Sequence[Run], split: str) -> Panel:
 
 
 def build_figure(name: str, outputs: Path, datasets: Sequence[str] | None = None, split: str = "train") -> list[Path]:
-    runs, skipped = find_runs(outputs)
+    found, skipped = find_runs(outputs)
+    runs = [r for r in found if (r.path / SWEEP_FILE).is_file()]
+    skipped += [(r.path, f"{SWEEP_FILE} is missing") for r in found if r not in runs]
     if not runs:
         raise NoRuns(_no_runs_message(outputs, skipped))
     targets = list(datasets) if datasets else [FIGURES[name]]

@@ -113,6 +113,9 @@ def test_figure_of_one_data_set(tmp_path, capsys):
             write_fit(run_dir, r2s(0.9, 0.9))
     assert report.main(["fig2", "--outputs", str(out)]) == 1  # fig2 defaults to psychopathy: absent
     assert "--dataset" in capsys.readouterr().err
+    no_sweep = out / "axbench-c2" / "smollm2-135m" / "vector-sft" / "layer15"
+    write_config(no_sweep, form="vector", objective="sft", dataset="axbench-c2", loader="axbench")
+    write_fit(no_sweep, r2s(0.9, 0.9))  # finished once, its sweep.parquet since deleted
 
     assert report.main(["fig5", "--outputs", str(out)]) == 0
     png = out / "reports" / "fig5-smollm2-135m-L15-axbench.png"
@@ -131,6 +134,7 @@ def test_figure_of_one_data_set(tmp_path, capsys):
     md = (out / "reports" / "fig5.md").read_text()
     assert "![fig5-smollm2-135m-L15-axbench](fig5-smollm2-135m-L15-axbench.png)" in md
     assert "## Runs used (8)" in md
+    assert "axbench-c2/smollm2-135m/vector-sft/layer15: sweep.parquet is missing" in md
 
 
 def test_fit_json_from_the_stage_is_read(tmp_path):
