@@ -3,6 +3,8 @@ parameter recovery on curves generated from the model, and the documented degene
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -211,3 +213,18 @@ def test_fit_sweep_json_shape_and_transfer():
         expected = F.r_squared(test["mean"], F.curve(kind, test["m"], out[kind]["train"]["params"]))
         assert out[kind]["transfer"]["r2"] == pytest.approx(expected)
     assert out["regions"]["positive"]["linear_end"] > 0 > out["regions"]["negative"]["linear_end"]
+
+
+def test_fit_sweep_of_an_inert_intervention():
+    """An untrained LoRA (B = 0) leaves every curve flat in m: documented nulls, no crash."""
+    frame = sweep_frame()
+    frame["pref_odds"] = frame.example_id.map({f"{s}{i}": float(i) for s in ("train", "test") for i in range(5)})
+    frame["util_odds"] = -3.0
+    out = F.fit_sweep(frame, restarts=2).to_json()
+    for kind in ("pref", "util"):
+        for split in ("train", "test"):
+            assert out[kind][split]["r2"] is None and out[kind][split]["degenerate"] == "flat"
+        assert out[kind]["transfer"]["r2"] is None
+    assert out["pref"]["train"]["params"]["b"] == pytest.approx(2.0)  # mean of 0..4
+    assert out["regions"]["positive"] == {"slope_at_0": 0.0, "linear_end": None, "convergence_start": None}
+    json.dumps(out, allow_nan=False)  # valid JSON: no NaN
