@@ -14,12 +14,18 @@ examples) with scipy's SLSQP and analytic gradients, in normalised units (m / ma
 standardised; the parameters are mapped back):
 - continuity of D at m = 0 is an equality constraint (the branches may meet at an angle);
 - L± and p± are optimised as logarithms, so they stay positive, within bounds;
-- each branch's half width at half maximum, √(L·(2^(1/p) − 1)), is at least half the smallest
-  spacing of the swept m (an inequality constraint): a decay narrower than the grid is not
-  determined by the data and would let the fit thread spikes between the points;
+- each branch's peak width √(L / 2p) (D ≈ 1 − (m − centre)² / (2·width²) near its centre) is at
+  least the smallest spacing of the swept m (an inequality constraint): a decay sharper than the
+  grid is not determined by the data and would let the fit thread spikes between the points;
+- between two neighbouring swept points the curve stays within their two values widened by
+  ``ENVELOPE`` (10 %) of the data's range (inequality constraints on points half the minimum
+  peak width apart, so no peak fits between them): the data cannot see an excursion between two
+  points, so a fit must not use one;
 - restarts are deterministic: ``SCREEN`` decays drawn with ``seed`` (made continuous, linear
   parameters solved by least squares) are ranked by error, and SLSQP starts from the ``restarts``
-  best mutually distinct ones plus one neutral decay; the best feasible result wins.
+  best mutually distinct ones plus one neutral decay; the best feasible result wins. Results
+  are deterministic for a given seed (a different BLAS thread count can move an R² in the 4th
+  to 6th decimal).
 
 Degenerate input, documented:
 - NaN or ±inf in m or y, mismatched shapes, or fewer distinct m than parameters: ``FitError``
@@ -37,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
 
 DECAY_PARAMS = ("m_pos", "m_neg", "L_pos", "L_neg", "p_pos", "p_neg")
 PREF_PARAMS = ("alpha", "beta", "b", *DECAY_PARAMS)
@@ -61,6 +68,13 @@ _NEUTRAL = np.array([_NEAR_ZERO, -_NEAR_ZERO, np.log(0.5), np.log(0.5), 0.0, 0.0
 # Screened starts must differ from each other by more than this in some coordinate.
 _DISTINCT = np.array([0.5, 0.5, 2.0, 2.0, 1.0, 1.0])
 _FEASIBLE = 1e-6
+# Between two neighbouring swept points the fitted curve stays within their values widened by
+# ENVELOPE × the range of all values (checked every half minimum peak width: no peak fits between).
+ENVELOPE = 0.1
+_MAX_CHECKS = 200
+# SLSQP's stopping tolerance on the (normalised) loss: tighter than scipy's 1e-6, which stops the
+# restarts at slightly different points of the same flat optimum (R² apart in the 4th decimal).
+_FTOL = 1e-10
 
 
 class FitError(ValueError):
@@ -82,9 +96,9 @@ def decay_at_zero(params: Mapping[str, float]) -> tuple[float, float]:
     return float(pos), float(neg)
 
 
-def half_width(L, p) -> np.ndarray:
-    """Distance from a branch's centre at which D falls to half its peak: √(L·(2^(1/p) − 1))."""
-    return np.sqrt(np.asarray(L) * np.expm1(np.log(2.0) / np.asarray(p)))
+def peak_width(L, p) -> np.ndarray:
+    """√(L / 2p), the width of a branch's peak: near its centre c, D ≈ 1 − (m − c)² / (2·width²)."""
+    return np.sqrt(np.asarray(L) / (2.0 * np.asarray(p)))
 
 
 def curve(kind: str, m, params: Mapping[str, float]) -> np.ndarray:
@@ -129,6 +143,12 @@ class Fit:
 
 def fit_curve(kind: str, m, y, restarts: int = 16, seed: int = 0) -> Fit:
     """Fit the ``kind`` model ("pref" or "util") to points (m, y), usually the mean curve over examples."""
+    # The linear algebra here is tiny: BLAS threads only add wake-up overhead (4x slower on a busy CPU).
+    with threadpool_limits(limits=1):
+        return _fit_curve(kind, m, y, restarts, seed)
+
+
+def _fit_curve(kind: str, m, y, restarts: int, seed: int) -> Fit:
     if kind not in PARAMS:
         raise ValueError(f"kind must be 'pref' or 'util', got {kind!r}")
     if restarts < 1:
@@ -142,7 +162,7 @@ def fit_curve(kind: str, m, y, restarts: int = 16, seed: int = 0) -> Fit:
     m_scale = float(np.max(np.abs(m)))
     y_mean, y_scale = float(y.mean()), float(y.std())
     x, t = m / m_scale, (y - y_mean) / y_scale
-    min_width = 0.5 * float(np.min(np.diff(np.unique(x))))
+    min_width = float(np.min(np.diff(np.unique(x))))
     n_lin = len(names) - len(DECAY_PARAMS)
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -150,9 +170,20 @@ def fit_curve(kind: str, m, y, restarts: int = 16, seed: int = 0) -> Fit:
         r = value - t
         return float(np.mean(r * r)), 2.0 * jac.T @ r / len(x)
 
+    fine, low, high = _envelope(x, t, step=max(min_width / 2, np.ptp(x) / _MAX_CHECKS))
+
+    def envelope(theta: np.ndarray) -> np.ndarray:
+        value = _model(kind, fine, theta)[0]
+        return np.concatenate([value - low, high - value])
+
+    def envelope_jac(theta: np.ndarray) -> np.ndarray:
+        jac = _model(kind, fine, theta)[1]
+        return np.concatenate([jac, -jac])
+
     constraints = [
         {"type": "eq", "fun": _continuity, "jac": _continuity_jac},
         {"type": "ineq", "fun": lambda th: _log_widths(th) - np.log(min_width), "jac": _log_widths_jac},
+        {"type": "ineq", "fun": envelope, "jac": envelope_jac},
     ]
     bounds = [(None, None)] * n_lin + _BOUNDS
     best: tuple[float, np.ndarray] | None = None
@@ -160,17 +191,43 @@ def fit_curve(kind: str, m, y, restarts: int = 16, seed: int = 0) -> Fit:
         theta0 = np.concatenate([_linear_fit(kind, x, t, decay0), decay0])
         with np.errstate(all="ignore"):
             result = minimize(
-                loss, theta0, jac=True, method="SLSQP", bounds=bounds, constraints=constraints, options={"maxiter": 500}
+                loss,
+                theta0,
+                jac=True,
+                method="SLSQP",
+                bounds=bounds,
+                constraints=constraints,
+                options={"maxiter": 1000, "ftol": _FTOL},
             )
         theta = result.x
         value = loss(theta)[0]
-        feasible = abs(_continuity(theta)) <= _FEASIBLE and np.all(_log_widths(theta) >= np.log(min_width) - 1e-6)
+        feasible = (
+            abs(_continuity(theta)) <= _FEASIBLE
+            and np.all(_log_widths(theta) >= np.log(min_width) - 1e-6)
+            and np.all(envelope(theta) >= -1e-6)
+        )
         if np.isfinite(value) and feasible and (best is None or value < best[0]):
             best = (value, theta)
     if best is None:
-        raise FitError(f"{kind} fit: none of {restarts + 1} restarts converged to a curve continuous at m = 0")
+        raise FitError(
+            f"{kind} fit: none of {restarts + 1} restarts met the constraints (continuity at m = 0, "
+            "peak width, no excursion between points)"
+        )
     params = _denormalise(kind, best[1], m_scale, y_mean, y_scale)
     return Fit(kind, params, r_squared(y, curve(kind, m, params)))
+
+
+def _envelope(x: np.ndarray, t: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points ``step`` apart between the swept x, and the bounds of the curve at each: the values of
+    the two neighbouring swept points (mean over duplicate x) widened by ENVELOPE of their range."""
+    xs, inverse = np.unique(x, return_inverse=True)
+    ts = np.bincount(inverse, weights=t) / np.bincount(inverse)
+    fine = np.linspace(xs[0], xs[-1], int(np.ceil((xs[-1] - xs[0]) / step)) + 1)
+    interval = np.clip(np.searchsorted(xs, fine, side="right") - 1, 0, len(xs) - 2)
+    margin = ENVELOPE * np.ptp(ts)
+    low = np.minimum(ts[interval], ts[interval + 1]) - margin
+    high = np.maximum(ts[interval], ts[interval + 1]) + margin
+    return fine, low, high
 
 
 def _checked(m, y, kind: str, need: int) -> tuple[np.ndarray, np.ndarray]:
@@ -247,25 +304,23 @@ def _continuity_jac(theta: np.ndarray) -> np.ndarray:
 
 
 def _log_widths(theta: np.ndarray) -> np.ndarray:
-    """log half width of each branch, (positive, negative), in the optimised coordinates."""
+    """log peak width of each branch, (positive, negative), in the optimised coordinates (linear)."""
     log_l, log_p = theta[-4:-2], theta[-2:]
-    return 0.5 * (log_l + np.log(np.expm1(np.log(2.0) * np.exp(-log_p))))
+    return 0.5 * (log_l - log_p - np.log(2.0))
 
 
 def _log_widths_jac(theta: np.ndarray) -> np.ndarray:
-    log_p = theta[-2:]
-    k = np.log(2.0) * np.exp(-log_p)
     jac = np.zeros((2, len(theta)))
     for branch in (0, 1):
         jac[branch, len(theta) - 4 + branch] = 0.5
-        jac[branch, len(theta) - 2 + branch] = -0.5 * k[branch] * np.exp(k[branch]) / np.expm1(k[branch])
+        jac[branch, len(theta) - 2 + branch] = -0.5
     return jac
 
 
 def _starting_decays(kind: str, x: np.ndarray, t: np.ndarray, min_width: float, restarts: int, seed: int) -> list:
     """The neutral decay, then the ``restarts`` best distinct decays of a seeded screen.
 
-    Screened decays have half widths between the minimum and the swept range and powers in
+    Screened decays have peak widths between the minimum and twice the swept range, powers in
     [0.1, 10]; half of them are centred near 0 (±``_NEAR_ZERO``), the others anywhere in the swept
     range; p_neg is solved from the continuity constraint.
     """
@@ -276,7 +331,7 @@ def _starting_decays(kind: str, x: np.ndarray, t: np.ndarray, min_width: float, 
     centre = rng.uniform(-2.0, 2.0, (n, 2))
     centre[: n // 2] = [_NEAR_ZERO, -_NEAR_ZERO]
     with np.errstate(all="ignore"):
-        length = width**2 / np.expm1(np.log(2.0) / power)
+        length = 2.0 * power * width**2
         u = np.column_stack([centre, np.log(length), np.log(power)])
         a_pos = np.log1p(centre[:, 0] ** 2 / length[:, 0])
         a_neg = np.log1p(centre[:, 1] ** 2 / length[:, 1])

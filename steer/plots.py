@@ -67,7 +67,8 @@ def save_dynamics_figure(path: Path, grid: Sequence[Sequence[Panel | None]], tit
     """A figure of panels in rows (None leaves a cell empty), saved atomically as PNG."""
     rows, cols = len(grid), max(len(row) for row in grid)
     # matplotlib's object API, not pyplot: no global figure state and no GUI backend.
-    fig = Figure(figsize=(3.6 * cols, 2.9 * rows + LEGEND_INCHES))
+    # At least two panels wide, so the title and the one-line legend fit above and below one panel.
+    fig = Figure(figsize=(max(3.6 * cols, 7.2), 2.9 * rows + LEGEND_INCHES))
     axes = fig.subplots(rows, cols, squeeze=False)
     for r in range(rows):
         for c in range(cols):

@@ -44,11 +44,17 @@ def test_decay_matches_hand_computation():
     np.testing.assert_allclose([pref[0], util[0]], [(2.0 * 3 + 1) * 0.25 - 1, 2 * 0.25 - 1])
 
 
-def test_half_width_halves_the_decay():
+def half_width(L, p):
+    """Distance from a branch's centre at which D falls to half its peak (solved from the formula)."""
+    return np.sqrt(L * (2.0 ** (1.0 / p) - 1.0))
+
+
+def test_peak_width_is_the_curvature_at_the_centre():
     for L, p in [(4.0, 2.0), (0.3, 0.2), (50.0, 7.0)]:
-        w = F.half_width(L, p)
-        d = F.decay([w], m_pos=0.0, m_neg=0.0, L_pos=L, L_neg=L, p_pos=p, p_neg=p)
-        np.testing.assert_allclose(d, 0.5)
+        w, h = F.peak_width(L, p), 1e-3 * np.sqrt(L)
+        d = F.decay([1.0 - h, 1.0, 1.0 + h], m_pos=1.0, m_neg=0.0, L_pos=L, L_neg=L, p_pos=p, p_neg=p)
+        assert (d[0] - 2 * d[1] + d[2]) / h**2 == pytest.approx(-1.0 / w**2, rel=1e-4)
+        assert F.decay([half_width(L, p)], 0.0, 0.0, L, L, p, p)[0] == pytest.approx(0.5)
 
 
 def test_r_squared_against_hand_values():
@@ -84,8 +90,8 @@ def assert_recovered(fit: F.Fit, truth: dict) -> None:
         rel = 0.5 if key[0] in "Lp" else 0.1 if key in ("alpha", "beta", "b") else 0.15
         assert fit.params[key] == pytest.approx(truth[key], rel=rel), key
     for side in ("pos", "neg"):
-        got = F.half_width(fit.params[f"L_{side}"], fit.params[f"p_{side}"])
-        assert got == pytest.approx(F.half_width(truth[f"L_{side}"], truth[f"p_{side}"]), rel=0.15), side
+        got = half_width(fit.params[f"L_{side}"], fit.params[f"p_{side}"])
+        assert got == pytest.approx(half_width(truth[f"L_{side}"], truth[f"p_{side}"]), rel=0.15), side
     pos, neg = F.decay_at_zero(fit.params)
     assert pos == pytest.approx(neg, rel=1e-6)  # continuity at m = 0
 
@@ -228,3 +234,30 @@ def test_fit_sweep_of_an_inert_intervention():
     assert out["pref"]["train"]["params"]["b"] == pytest.approx(2.0)  # mean of 0..4
     assert out["regions"]["positive"] == {"slope_at_0": 0.0, "linear_end": None, "convergence_start": None}
     json.dumps(out, allow_nan=False)  # valid JSON: no NaN
+
+
+# Mean train curves of DiffMean on the built-in sentiment set (embedded model, layer 15, all 160
+# examples): the collapse at |m| = 4 tempts an unguarded fit to thread a spike between 3 and 4.
+SENTIMENT_M = np.array([-4, -3, -2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2, 3, 4], dtype=float)
+SENTIMENT = {
+    "pref": [20.3, 9.41, -3.68, -5.06, -2.97, 1.52, 5.89, 8.54, 13.61, 16.73, 16.52, 1.38, -9.21],
+    "util": [-82.28, -63.93, -60.53, -58.63, -56.87, -54.86, -54.3, -55.01, -56.28, -57.58, -59.24, -69.43, -101.47],
+}
+
+
+@pytest.mark.parametrize("kind", ["pref", "util"])
+def test_fit_stays_near_the_data_between_points(kind):
+    y = np.array(SENTIMENT[kind])
+    fit = F.fit_curve(kind, SENTIMENT_M, y)
+    assert fit.r2 > 0.9
+    margin = F.ENVELOPE * np.ptp(y) + 1e-6 * np.ptp(y)
+    at = fit.predict(SENTIMENT_M)
+    for k in range(len(y) - 1):
+        # no excursion between two points beyond their data and fitted values (a residual at a
+        # point is the fit's error, not an excursion)
+        ends = [y[k], y[k + 1], at[k], at[k + 1]]
+        between = fit.predict(np.linspace(SENTIMENT_M[k], SENTIMENT_M[k + 1], 41))
+        assert between.min() >= min(ends) - margin, SENTIMENT_M[k]
+        assert between.max() <= max(ends) + margin, SENTIMENT_M[k]
+    for side in ("pos", "neg"):
+        assert F.peak_width(fit.params[f"L_{side}"], fit.params[f"p_{side}"]) >= 0.5 * (1 - 1e-6)
