@@ -8,6 +8,16 @@ ARGS ?=
 
 .PHONY: setup run test test-slow lint format bench clean train-matrix
 
+# Paper tables and figures (experiments/paper.py): the multiruns they need (finished runs are
+# skipped), then the report under outputs/reports/. Default: the embedded model on the built-in
+# data set with small limits. Paper scale, e.g.
+#   make table2 DATASETS=psychopathy,powerseeking ARGS="model=gemma-2-9b-it dataset.limit=null"
+DATASETS ?= sentiment
+PAPER := table2 table5 table6 fig2 fig4 fig5
+.PHONY: $(PAPER)
+$(PAPER): setup
+	$(PY) experiments/paper.py $@ --datasets $(DATASETS) $(ARGS)
+
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml

@@ -7,6 +7,7 @@ model loads, and nothing is written to the run directory until the config and da
 
 from __future__ import annotations
 
+import json
 import logging
 import numbers
 from dataclasses import dataclass
@@ -17,16 +18,17 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from steer.atomic import atomic_write_text
+from steer.fit import PREF_PARAMS
 from steer.interventions import FORMS
 from steer.models import load_config, num_layers
-from steer.stages import data, sweep, train
+from steer.stages import data, fit, sweep, train
 from steer.stages.context import RunContext
 from steer.stages.runner import Ledger, run_stage_list
 from steer.tracking import Tracker, scrub
 
 log = logging.getLogger("steer")
 
-STAGES = (data.STAGE, train.STAGE, sweep.STAGE)
+STAGES = (data.STAGE, train.STAGE, sweep.STAGE, fit.STAGE)
 # Stages of the full pipeline, in order; those without a module yet are refused by name.
 PIPELINE = ("train", "sweep", "fit", "judge")
 # Which intervention forms each objective can train.
@@ -75,6 +77,8 @@ def validate(cfg: DictConfig) -> None:
         bad = [m for m in grid if not isinstance(m, numbers.Real) or isinstance(m, bool)]
         if bad:
             raise ConfigError(f"sweep.grid: {bad[0]!r} is not a number")
+    if "fit" in stages:
+        check_fit(cfg)
     limit = cfg.dataset.get("limit")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"dataset.limit must be a positive integer or null, got {limit!r}")
@@ -83,6 +87,19 @@ def validate(cfg: DictConfig) -> None:
             train.check(cfg)
         except (ValueError, OmegaConfBaseException) as err:
             raise ConfigError(str(err)) from err
+
+
+def check_fit(cfg: DictConfig) -> None:
+    """The fit needs at least as many distinct multipliers as the preference model has parameters."""
+    restarts = cfg.fit.restarts
+    if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
+        raise ConfigError(f"fit.restarts must be a positive integer, got {restarts!r}")
+    distinct = len({float(m) for m in cfg.sweep.grid or [] if isinstance(m, numbers.Real)})
+    if distinct < len(PREF_PARAMS):
+        raise ConfigError(
+            f"sweep.grid has {distinct} distinct multipliers; the fit stage needs at least {len(PREF_PARAMS)} "
+            f"(the preference model has {len(PREF_PARAMS)} parameters)"
+        )
 
 
 def check_layer(cfg: DictConfig) -> None:
@@ -139,5 +156,9 @@ def report(run_dir: Path) -> None:
         table = summarize(pd.read_parquet(sweep_file))
         print("\nMean log-odds per multiplier m:")
         print(table.to_string(float_format=lambda x: f"{x:8.3f}"))
+    fit_file = run_dir / fit.FIT_FILE
+    if fit_file.is_file():
+        print("\nR² of the validity-decay fits (transfer = train fit scored on test):")
+        print(fit.r2_table(json.loads(fit_file.read_text())).to_string(float_format=lambda x: f"{x:8.4f}"))
     files = sorted(p.name for p in run_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     print(f"\nRun directory: {run_dir}\nFiles: {', '.join(files)}")

@@ -1,0 +1,465 @@
+"""The paper's R² tables (2, 5, 6) and dynamics figures (2, 4, 5) from finished runs.
+
+    python -m steer.report table2|table5|table6|fig2|fig4|fig5 [--outputs DIR] [--dataset NAME ...]
+
+A finished run is a directory under DIR (default ``outputs/``) holding ``fit.json`` (written last
+by the fit stage) and ``config.yaml``. Everything is written under ``DIR/reports/``.
+
+Tables: rows are model (and layer) × intervention form × objective; columns are data set families
+for preference, then utility, then their average. The family is ``dataset.loader``: psychopathy →
+Psy, powerseeking → Pwr, axbench → Axb, any other loader gets its own column (sentiment → Sent).
+Several runs of one family (AxBench: one run per concept) are averaged and the cell says how many;
+a cell without runs is missing ("—" / empty), never zero; Avg is shown only when every family
+column of the row has a value. Only families with at least one finished run get a column.
+- table2: R² of the fit on the train split; table5: on the test split; table6: the train fit
+  scored on the test split (may be negative).
+
+Figures: one per model (and layer) and data set; panels are intervention forms in rows (vector on
+top, then lora, local_weight) × objectives in columns, each with the mean PrefOdds (solid) and
+UtilOdds (dashed) over the examples of one split (train by default), a ± 1 s.d. band, and the
+validity-decay fits of those mean curves (runs of one family are pooled, then fitted with the
+library defaults). fig2, fig4 and fig5 default to the paper's data sets (psychopathy,
+powerseeking, axbench); ``--dataset`` names others (a loader or a ``dataset.name``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from steer.atomic import atomic_write_text
+from steer.fit import COLUMNS, SPLITS, FitError, fit_curve, mean_curve
+from steer.plots import Panel, save_dynamics_figure
+from steer.stages.fit import FIT_FILE
+from steer.stages.sweep import SWEEP_FILE
+
+REPORTS = "reports"
+
+TABLES = {
+    "table2": ("train", "R² of the validity-decay fit on the train split"),
+    "table5": ("test", "R² of the validity-decay fit on the test split"),
+    "table6": ("transfer", "R² of the train-split fit scored on the test split"),
+}
+FIGURES = {"fig2": "psychopathy", "fig4": "powerseeking", "fig5": "axbench"}
+FAMILIES = {"psychopathy": "Psy", "powerseeking": "Pwr", "axbench": "Axb"}
+FORMS = {"local_weight": "LocalWeight", "lora": "LoRA", "vector": "Vector"}
+FIGURE_FORMS = ("vector", "lora", "local_weight")
+OBJECTIVES = {"diffmean": "DiffMean", "sft": "SFT", "reps": "RePS", "split": "SPLIT"}
+KINDS = {"pref": "Pref", "util": "Util"}
+MISSING = "—"
+
+
+class NoRuns(Exception):
+    """Nothing to report; the message says where we looked and what to run."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished run: where it is, what it is (from ``config.yaml``), and its ``fit.json``."""
+
+    path: Path
+    model: str
+    layer: int
+    form: str
+    objective: str
+    dataset: str
+    loader: str
+    fit: dict
+
+    @property
+    def family(self) -> str:
+        return family_label(self.loader)
+
+    def r2(self, kind: str, which: str) -> float | None:
+        return self.fit[kind][which]["r2"]
+
+
+def family_label(loader: str) -> str:
+    """The table column of a data set loader: the paper's abbreviation, else the loader's first 4 letters."""
+    return FAMILIES.get(loader, loader[:4].capitalize())
+
+
+def _rank(order: Sequence[str], value: str) -> tuple[int, str]:
+    return (order.index(value) if value in order else len(order), value)
+
+
+def find_runs(outputs: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
+    """Finished runs under ``outputs``, and the directories not used with the reason."""
+    runs: list[Run] = []
+    skipped: list[tuple[Path, str]] = []
+    if not outputs.is_dir():
+        return runs, skipped
+    reports = outputs / REPORTS
+    for fit_path in sorted(outputs.rglob(FIT_FILE)):
+        run_dir = fit_path.parent
+        if reports in run_dir.parents or run_dir == reports:
+            continue
+        try:
+            runs.append(_read_run(run_dir))
+        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as err:
+            skipped.append((run_dir, str(err)))
+    for sweep_path in sorted(outputs.rglob(SWEEP_FILE)):
+        if not (sweep_path.parent / FIT_FILE).exists():
+            skipped.append((sweep_path.parent, "not finished: sweep.parquet without fit.json"))
+    return runs, skipped
+
+
+def _read_run(run_dir: Path) -> Run:
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise ValueError(f"{config_path} is missing")
+    config = yaml.safe_load(config_path.read_text())
+    fit = json.loads((run_dir / FIT_FILE).read_text())
+
+    def get(key: str):
+        value = config
+        for part in key.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise KeyError(f"{config_path} has no {key}")
+            value = value[part]
+        return value
+
+    for kind in COLUMNS:
+        for which in (*SPLITS, "transfer"):
+            if "r2" not in fit.get(kind, {}).get(which, {}):
+                raise KeyError(f"{run_dir / FIT_FILE} has no {kind}.{which}.r2")
+    return Run(
+        path=run_dir,
+        model=str(get("model.name")),
+        layer=int(get("layer")),
+        form=str(get("intervention.form")),
+        objective=str(get("objective.name")),
+        dataset=str(get("dataset.name")),
+        loader=str(get("dataset.loader")),
+        fit=fit,
+    )
+
+
+# ---------------------------------------------------------------- tables
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A table cell: the mean R² over ``n`` runs (None when no run has a value)."""
+
+    value: float | None
+    n: int
+
+
+@dataclass(frozen=True)
+class Row:
+    model: str
+    layer: int
+    form: str
+    objective: str
+    cells: dict[tuple[str, str], Cell]
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    title: str
+    families: list[str]
+    rows: list[Row]
+    runs: list[Run]
+    which: str
+
+    @property
+    def columns(self) -> list[tuple[str, str]]:
+        return [(kind, family) for kind in KINDS for family in [*self.families, "Avg"]]
+
+
+def paper_table(name: str, runs: Sequence[Run]) -> Table:
+    """Table ``name`` (table2/5/6) from ``runs``: mean R² per row and family, and the averages."""
+    which, title = TABLES[name]
+    loaders = sorted({r.loader for r in runs}, key=lambda x: _rank(list(FAMILIES), x))
+    families = list(dict.fromkeys(family_label(x) for x in loaders))
+    keys = sorted(
+        {(r.model, r.layer, r.form, r.objective) for r in runs},
+        key=lambda k: (k[0], k[1], _rank(list(FORMS), k[2]), _rank(list(OBJECTIVES), k[3])),
+    )
+    rows = []
+    for model, layer, form, objective in keys:
+        mine = [r for r in runs if (r.model, r.layer, r.form, r.objective) == (model, layer, form, objective)]
+        cells: dict[tuple[str, str], Cell] = {}
+        for kind in KINDS:
+            for family in families:
+                values = [r.r2(kind, which) for r in mine if r.family == family]
+                values = [v for v in values if v is not None]
+                cells[kind, family] = Cell(float(np.mean(values)) if values else None, len(values))
+            present = [cells[kind, f].value for f in families]
+            complete = all(v is not None for v in present)
+            cells[kind, "Avg"] = Cell(float(np.mean(present)) if complete else None, len(families) if complete else 0)
+        rows.append(Row(model, layer, form, objective, cells))
+    return Table(name, title, families, rows, list(runs), which)
+
+
+def _fmt(cell: Cell, count: bool) -> str:
+    if cell.value is None:
+        return MISSING
+    text = f"{cell.value:.3f}"
+    return f"{text} (n={cell.n})" if count and cell.n > 1 else text
+
+
+def table_markdown(table: Table, outputs: Path, skipped: Sequence[tuple[Path, str]]) -> str:
+    head = ["Model", "Layer", "Form", "Objective"] + [f"{KINDS[k]} {f}" for k, f in table.columns]
+    lines = [
+        f"# Table {table.name.removeprefix('table')}: {table.title}",
+        "",
+        "Rows: model (layer) × intervention form × objective. Columns: data set families "
+        "(Psy = Psychopathy, Pwr = PowerSeeking, Axb = AxBench; other loaders by name) for the "
+        "preference (Pref) and utility (Util) log-odds, and their average (Avg, shown only when every "
+        f"family of the row has a value). {MISSING} = no finished run (or an undefined R²); "
+        "(n=k) = the mean over k runs of that family (e.g. AxBench concepts); other cells are one run.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * 4 + "---:|" * len(table.columns),
+    ]
+    for row in table.rows:
+        cells = [_fmt(row.cells[c], count=c[1] != "Avg") for c in table.columns]
+        meta = [row.model, str(row.layer), FORMS.get(row.form, row.form), OBJECTIVES.get(row.objective, row.objective)]
+        lines.append("| " + " | ".join(meta + cells) + " |")
+    lines += ["", f"## Runs used ({len(table.runs)})", ""]
+    lines.append(f"| Run | Data set | Family | R² pref ({table.which}) | R² util ({table.which}) |")
+    lines.append("|---|---|---|---:|---:|")
+    for run in sorted(table.runs, key=lambda r: str(r.path)):
+        pref, util = (run.r2(k, table.which) for k in KINDS)
+        show = lambda v: MISSING if v is None else f"{v:.4f}"  # noqa: E731
+        lines.append(f"| {_rel(run.path, outputs)} | {run.dataset} | {run.family} | {show(pref)} | {show(util)} |")
+    lines += _skipped_lines(skipped, outputs)
+    return "\n".join(lines) + "\n"
+
+
+def table_csv(table: Table) -> str:
+    records = []
+    for row in table.rows:
+        record = {"model": row.model, "layer": row.layer, "form": row.form, "objective": row.objective}
+        for kind, family in table.columns:
+            cell = row.cells[kind, family]
+            record[f"{kind}_{family}"] = cell.value
+            if family != "Avg":
+                record[f"{kind}_{family}_n"] = cell.n
+        records.append(record)
+    return pd.DataFrame.from_records(records).to_csv(index=False)
+
+
+def table_latex(table: Table) -> str:
+    width = len(table.families) + 1
+    spec = "llll" + ("|" + "c" * width) * 2
+    lines = [
+        f"% {table.name}: {table.title}. -- = no finished run; superscript = number of runs averaged.",
+        f"\\begin{{tabular}}{{{spec}}}",
+        "\\toprule",
+        " & & & & " + " & ".join(f"\\multicolumn{{{width}}}{{c}}{{{n}}}" for n in ("Preference", "Utility")) + " \\\\",
+        "Model & Layer & Form & Objective & " + " & ".join(f for _, f in table.columns) + " \\\\",
+        "\\midrule",
+    ]
+    for row in table.rows:
+        cells = []
+        for column in table.columns:
+            cell = row.cells[column]
+            if cell.value is None:
+                cells.append("--")
+            elif column[1] != "Avg" and cell.n > 1:
+                cells.append(f"{cell.value:.3f}$^{{{cell.n}}}$")
+            else:
+                cells.append(f"{cell.value:.3f}")
+        meta = [row.model, str(row.layer), FORMS.get(row.form, row.form), OBJECTIVES.get(row.objective, row.objective)]
+        lines.append(" & ".join(_latex_escape(x) for x in meta) + " & " + " & ".join(cells) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    return re.sub(r"([&%$#_{}])", r"\\\1", text)
+
+
+def build_table(name: str, outputs: Path) -> list[Path]:
+    runs, skipped = find_runs(outputs)
+    if not runs:
+        raise NoRuns(_no_runs_message(outputs, skipped))
+    table = paper_table(name, runs)
+    out = outputs / REPORTS
+    paths = {
+        out / f"{name}.md": table_markdown(table, outputs, skipped),
+        out / f"{name}.csv": table_csv(table),
+        out / f"{name}.tex": table_latex(table),
+    }
+    for path, text in paths.items():
+        atomic_write_text(path, text)
+    return list(paths)
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _matches(run: Run, dataset: str) -> bool:
+    key = dataset.lower()
+    return key in (run.loader.lower(), run.dataset.lower(), run.family.lower())
+
+
+def pooled_curves(runs: Sequence[Run], split: str) -> dict[str, pd.DataFrame]:
+    """Mean and s.d. over the examples of ``split`` of all ``runs`` together, per curve kind."""
+    frame = pd.concat([pd.read_parquet(r.path / SWEEP_FILE) for r in runs], ignore_index=True)
+    return {kind: mean_curve(frame, split, column) for kind, column in COLUMNS.items()}
+
+
+def figure_panel(runs: Sequence[Run], split: str) -> Panel:
+    curves = pooled_curves(runs, split)
+    fits, notes = {}, []
+    for kind, curve in curves.items():
+        try:
+            fits[kind] = fit_curve(kind, curve["m"], curve["mean"])
+        except FitError as err:
+            fits[kind] = None
+            notes.append(f"no {kind} fit: {err}")
+    run = runs[0]
+    title = f"{FORMS.get(run.form, run.form)} · {OBJECTIVES.get(run.objective, run.objective)}"
+    if len(runs) > 1:
+        title += f" ({len(runs)} runs)"
+    return Panel(title=title, curves=curves, fits=fits, note="\n".join(notes))
+
+
+def build_figure(name: str, outputs: Path, datasets: Sequence[str] | None = None, split: str = "train") -> list[Path]:
+    found, skipped = find_runs(outputs)
+    runs = [r for r in found if (r.path / SWEEP_FILE).is_file()]
+    skipped += [(r.path, f"{SWEEP_FILE} is missing") for r in found if r not in runs]
+    if not runs:
+        raise NoRuns(_no_runs_message(outputs, skipped))
+    targets = list(datasets) if datasets else [FIGURES[name]]
+    missing = [d for d in targets if not any(_matches(r, d) for r in runs)]
+    if missing:
+        present = sorted({r.loader for r in runs} | {r.dataset for r in runs})
+        raise NoRuns(
+            f"{name}: no finished runs of data set {', '.join(missing)} under {outputs} "
+            f"(present: {', '.join(present)}); choose one with --dataset NAME"
+        )
+    out = outputs / REPORTS
+    written, records, used = [], [], []
+    for dataset in targets:
+        mine = [r for r in runs if _matches(r, dataset)]
+        for model, layer in sorted({(r.model, r.layer) for r in mine}):
+            group = [r for r in mine if (r.model, r.layer) == (model, layer)]
+            used += group
+            forms = sorted({r.form for r in group}, key=lambda f: _rank(FIGURE_FORMS, f))
+            objectives = sorted({r.objective for r in group}, key=lambda o: _rank(list(OBJECTIVES), o))
+            grid = []
+            for form in forms:
+                row = []
+                for objective in objectives:
+                    cell = [r for r in group if (r.form, r.objective) == (form, objective)]
+                    panel = figure_panel(cell, split) if cell else None
+                    row.append(panel)
+                    if panel is not None:
+                        records += _panel_records(panel, model, layer, dataset, form, objective, split, len(cell))
+                grid.append(row)
+            title = f"{model} (layer {layer}) · {dataset} · mean over {split} examples"
+            path = out / f"{name}-{_slug(model)}-L{layer}-{_slug(dataset)}.png"
+            written.append(save_dynamics_figure(path, grid, title))
+    atomic_write_text(out / f"{name}.csv", pd.DataFrame.from_records(records).to_csv(index=False))
+    atomic_write_text(out / f"{name}.md", _figure_markdown(name, written, used, outputs, skipped, split))
+    return [*written, out / f"{name}.md", out / f"{name}.csv"]
+
+
+def _panel_records(panel: Panel, model, layer, dataset, form, objective, split, n_runs) -> list[dict]:
+    records = []
+    pref, util = panel.curves["pref"], panel.curves["util"]
+    for i, m in enumerate(pref["m"]):
+        record = {"model": model, "layer": layer, "dataset": dataset, "form": form, "objective": objective}
+        record.update(split=split, runs=n_runs, m=m, n_examples=int(pref["n"][i]))
+        for kind, curve in (("pref", pref), ("util", util)):
+            fit = panel.fits[kind]
+            record[f"{kind}_mean"] = curve["mean"][i]
+            record[f"{kind}_std"] = curve["std"][i]
+            record[f"{kind}_fit"] = float(fit.predict([m])[0]) if fit is not None else None
+            record[f"{kind}_r2"] = fit.r2 if fit is not None else None
+        records.append(record)
+    return records
+
+
+def _figure_markdown(name, figures, runs, outputs, skipped, split) -> str:
+    lines = [
+        f"# Figure {name.removeprefix('fig')}: preference and utility dynamics",
+        "",
+        f"Mean PrefOdds (solid) and UtilOdds (dashed) over the {split} examples against the multiplier m, "
+        "a band of ± 1 s.d. over examples, and the validity-decay fits (black) with their R². Panels: "
+        "intervention forms in rows (vector on top, then lora, local_weight), objectives in columns; runs of "
+        f"one data set family are pooled. The plotted numbers are in `{name}.csv`.",
+        "",
+    ]
+    lines += [f"![{p.stem}]({p.name})" for p in figures]
+    lines += ["", f"## Runs used ({len(runs)})", ""]
+    lines += [f"- {_rel(r.path, outputs)}" for r in sorted(runs, key=lambda r: str(r.path))]
+    lines += _skipped_lines(skipped, outputs)
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- shared
+
+
+def _rel(path: Path, outputs: Path) -> str:
+    try:
+        return str(path.relative_to(outputs))
+    except ValueError:
+        return str(path)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+
+
+def _skipped_lines(skipped: Sequence[tuple[Path, str]], outputs: Path) -> list[str]:
+    if not skipped:
+        return []
+    lines = ["", f"## Not used ({len(skipped)})", ""]
+    return lines + [f"- {_rel(path, outputs)}: {reason}" for path, reason in skipped]
+
+
+def _no_runs_message(outputs: Path, skipped: Sequence[tuple[Path, str]]) -> str:
+    text = (
+        f"no finished runs under {outputs} (a finished run directory has fit.json and config.yaml). "
+        "Run the pipeline with the fit stage first, e.g. `python run.py stages=[train,sweep,fit]`, "
+        "or `make table2`."
+    )
+    if skipped:
+        text += " Directories not used: " + "; ".join(f"{_rel(p, outputs)} ({why})" for p, why in skipped)
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m steer.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("target", choices=[*TABLES, *FIGURES], help="the paper table or figure to build")
+    parser.add_argument("--outputs", type=Path, default=Path("outputs"), help="where the run directories are")
+    parser.add_argument(
+        "--dataset",
+        action="append",
+        help="figures: a data set (loader or dataset.name) to draw; repeatable; default the paper's",
+    )
+    parser.add_argument("--split", choices=SPLITS, default="train", help="figures: which split's curves to draw")
+    args = parser.parse_args(argv)
+    try:
+        if args.target in TABLES:
+            if args.dataset:
+                parser.error("--dataset applies to figures only: tables cover every data set found")
+            paths = build_table(args.target, args.outputs)
+            print(paths[0].read_text())
+        else:
+            paths = build_figure(args.target, args.outputs, args.dataset, args.split)
+    except NoRuns as err:
+        print(f"steer.report: {err}", file=sys.stderr)
+        return 1
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The fit stage end to end on the embedded model (DiffMean, one example per split), through the files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from matplotlib.image import imread
+
+from steer import fit as F
+from steer.stages import ConfigError, run
+
+REPO = Path(__file__).resolve().parents[1]
+GRID = "[-4,-3,-2,-1,0,1,2,3,4]"
+BASE = ["dataset.limit=1", f"sweep.grid={GRID}", "tracking.wandb=false", "progress=false"]
+
+
+def config(*overrides: str):
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        return compose("config", overrides=[*BASE, *overrides])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("fit") / "run"
+    result = run(config("stages=[train,sweep,fit]"), run_dir)
+    assert result.ran == ["data", "train", "sweep", "fit"]
+    return run_dir
+
+
+def test_fit_json_has_the_documented_shape(finished):
+    out = json.loads((finished / "fit.json").read_text())
+    assert set(out) == {"pref", "util", "regions"}
+    for kind in ("pref", "util"):
+        assert set(out[kind]) == {"train", "test", "transfer"}
+        for split in ("train", "test"):
+            assert tuple(out[kind][split]["params"]) == F.PARAMS[kind]
+            assert isinstance(out[kind][split]["r2"], float)
+        assert isinstance(out[kind]["transfer"]["r2"], float)
+    assert tuple(F.PREF_PARAMS) == ("alpha", "beta", "b", "m_pos", "m_neg", "L_pos", "L_neg", "p_pos", "p_neg")
+    for side in ("positive", "negative"):
+        assert set(out["regions"][side]) == {"slope_at_0", "linear_end", "convergence_start"}
+
+
+def test_fit_json_agrees_with_the_sweep_file(finished):
+    """R² recomputed from sweep.parquet and the stored parameters, independently of the stage."""
+    out = json.loads((finished / "fit.json").read_text())
+    frame = pd.read_parquet(finished / "sweep.parquet")
+    for kind, column in (("pref", "pref_odds"), ("util", "util_odds")):
+        means = {s: frame[frame.split == s].groupby("m")[column].mean() for s in ("train", "test")}
+        for split, mean in means.items():
+            predicted = F.curve(kind, mean.index.to_numpy(), out[kind][split]["params"])
+            assert out[kind][split]["r2"] == pytest.approx(F.r_squared(mean.to_numpy(), predicted), abs=1e-9)
+            params = out[kind][split]["params"]
+            pos, neg = F.decay_at_zero(params)
+            assert pos == pytest.approx(neg, rel=1e-6)
+        train_fit = F.curve(kind, means["test"].index.to_numpy(), out[kind]["train"]["params"])
+        transfer = F.r_squared(means["test"].to_numpy(), train_fit)
+        assert out[kind]["transfer"]["r2"] == pytest.approx(transfer, abs=1e-9)
+    # the real curves of this run are far from flat: a fit that did nothing would have R² ≈ 0
+    assert out["util"]["train"]["r2"] > 0.9
+
+
+def test_dynamics_figure_is_a_png(finished):
+    image = imread(finished / "dynamics.png")
+    assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 400
+    assert np.std(image[..., :3]) > 0.05  # not a blank canvas
+
+
+def test_fit_reruns_alone_when_its_config_changes(finished):
+    before = (finished / "sweep.parquet").stat().st_mtime_ns
+    assert run(config("stages=[fit]"), finished).ran == []
+    assert run(config("stages=[fit]", "fit.restarts=2"), finished).ran == ["fit"]
+    assert (finished / "sweep.parquet").stat().st_mtime_ns == before
+    assert json.loads((finished / "stages.json").read_text())["fit"]["config"]["fit"]["restarts"] == 2
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("sweep.grid=[-2,-1,0,1,2]", "5 distinct multipliers; the fit stage needs at least 9"),
+        ("fit.restarts=0", "fit.restarts must be a positive integer"),
+    ],
+)
+def test_bad_fit_config_fails_before_anything_runs(tmp_path, override, message):
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match=message):
+        run(config("stages=[train,sweep,fit]", override), run_dir)
+    assert not run_dir.exists()

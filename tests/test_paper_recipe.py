@@ -1,0 +1,45 @@
+"""The paper recipes: experiment configs compose as documented, and experiments/paper.py chains
+the two multiruns and the report with the overrides and data sets it is given."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("paper", REPO / "experiments" / "paper.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("experiment", "forms", "objectives"),
+    [("dynamics", "vector,lora,local_weight", "sft,split"), ("dynamics_diffmean", "vector", "diffmean")],
+)
+def test_experiment_configs_compose(experiment, forms, objectives):
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        cfg = compose("config", overrides=[f"+experiment={experiment}"], return_hydra_config=True)
+    assert list(cfg.stages) == ["train", "sweep", "fit"]
+    assert cfg.dataset.limit == 16 and cfg.dataset.name == "sentiment"
+    assert dict(cfg.hydra.sweeper.params) == {"intervention": forms, "objective": objectives}
+
+
+def test_recipe_commands(capsys):
+    paper = load_recipe()
+    assert paper.main(["fig5", "--dry-run", "--datasets", "psychopathy,axbench", "output_root=/x", "seed=1"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("+ ")]
+    assert len(lines) == 3
+    for line, experiment in zip(lines, paper.EXPERIMENTS, strict=False):
+        assert f"run.py -m +experiment={experiment} dataset=psychopathy,axbench output_root=/x seed=1" in line
+    assert lines[2].endswith("-m steer.report fig5 --outputs /x --dataset psychopathy --dataset axbench")
+    table = paper.commands("table2", "sentiment", [])
+    assert table[-1][-4:] == ["steer.report", "table2", "--outputs", "outputs"]
+    with pytest.raises(SystemExit):
+        paper.main(["table2", "--dry-run", "--not-an-override"])
