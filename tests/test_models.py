@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,6 @@ from steer.models import (
     decoder_layer,
     down_proj,
     embedded_gguf_path,
-    load_config,
     load_model,
     resolve_source,
     sha256_file,
@@ -65,10 +67,14 @@ def test_failed_conversion_leaves_no_cache(tmp_path):
     assert list(tmp_path.iterdir()) == [fake], "neither the target nor a temporary folder may remain"
 
 
-def test_offline_hub_source_names_the_key(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(OSError, match="model.source='google/gemma-2-9b-it'"):
-        load_config("google/gemma-2-9b-it")
+def test_offline_hub_source_names_the_key():
+    """In a fresh process, so HF_HUB_OFFLINE is read at import as in a real offline session."""
+    code = "from steer.models import load_config; load_config('google/gemma-2-9b-it')"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "model.source='google/gemma-2-9b-it' could not be loaded" in proc.stderr
+    assert "set model.source to a local folder" in proc.stderr
 
 
 @pytest.mark.parametrize(
