@@ -16,7 +16,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from steer.metrics import Encoded
 from steer.sweep import length_batches
 
 
@@ -71,12 +70,10 @@ def greedy_generate(
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    encoded = []
-    for i, text in enumerate(prompts):
-        ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
-        if not ids:
-            raise ValueError(f"prompt {i} tokenises to nothing: nothing to continue")
-        encoded.append(Encoded(ids, len(ids)))
+    encoded = [tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in prompts]
+    empty = [i for i, ids in enumerate(encoded) if not ids]
+    if empty:
+        raise ValueError(f"prompt {empty[0]} tokenises to nothing: nothing to continue")
     stops = stop_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     config = GenerationConfig(
@@ -89,7 +86,7 @@ def greedy_generate(
     try:
         with torch.inference_mode():
             for batch in tqdm(length_batches(encoded, batch_size), desc="generate", unit="batch", disable=not progress):
-                ids, mask = left_pad([encoded[i].ids for i in batch], pad_id, device)
+                ids, mask = left_pad([encoded[i] for i in batch], pad_id, device)
                 out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
                 for row, i in enumerate(batch):
                     new = answer_ids(out[row, ids.shape[1] :].tolist(), stops)

@@ -21,8 +21,8 @@ from steer.datasets.powerseeking import parse_choices
 from steer.generate import greedy_generate
 from steer.models import cache_root
 from steer.stages import ConfigError, data, run
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PSYCHOPATHY = "anthropic-evals/persona/psychopathy.jsonl"
 MC = "anthropic-evals/advanced-ai-risk/lm_generated_evals/power-seeking-inclination.jsonl"
 BIPO = "bipo/power-seeking"
@@ -354,3 +354,30 @@ def test_hub_loading_through_datasets_gives_the_same_pairs(shared_data, tmp_path
         cfg_for(*ax, f"dataset.hub={shared_data / AXBENCH}", "dataset.file=generate/train_data.parquet")
     )
     assert (hub.train, hub.test) == (local.train, local.test)  # the concept text from output_concept
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["dataset=psychopathy", f"dataset.path=SHARED/{PSYCHOPATHY}"],
+        ["dataset=powerseeking", f"dataset.path=SHARED/{BIPO}"],
+        [
+            "dataset=axbench",
+            f"dataset.path=SHARED/{AXBENCH}",
+            "dataset.concept_id=9",
+            "dataset.generation.max_new_tokens=16",
+        ],
+    ],
+    ids=["psychopathy", "powerseeking", "axbench"],
+)
+def test_paper_data_sets_train_and_sweep(overrides, shared_data, tmp_path):
+    overrides = [o.replace("SHARED", str(shared_data)) for o in overrides]
+    cfg = cfg_for(*overrides, "dataset.limit=4", "stages=[train,sweep]", "sweep.grid=[-1,0,1]")
+    run(cfg, tmp_path / "run")
+    records = read_pairs(tmp_path / "run" / "pairs.jsonl")
+    splits = data.load_dataset(cfg)
+    assert [(r.example_id, r.positive) for r in records] == [(p.id, p.positive) for p in all_pairs(splits)]
+    assert all(r.negative and r.negative == r.negative.strip() for r in records)
+    frame = pd.read_parquet(tmp_path / "run" / "sweep.parquet")
+    assert len(frame) == 3 * len(records) and frame["util_odds"].notna().all()

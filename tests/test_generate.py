@@ -6,36 +6,20 @@ import json
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
 
 import steer.own_answers as own
 from steer.data import render_prompt
 from steer.generate import greedy_generate, stop_ids
 from steer.interventions import new_intervention
 from steer.models import model_fingerprint
+from tests.conftest import tiny_model
 
 PROMPTS = ["Say hi.", "What is 2+2? Answer with a number only.", "Name a colour that is also a fruit, please."]
 
 
 def tiny_lm(arch: str, vocab: int, seed: int = 0, dtype=torch.float32):
-    """A random 2-layer model of ``arch`` whose vocabulary fits the SmolLM2 tokenizer."""
-    extra = dict(head_dim=8, final_logit_softcapping=30.0, sliding_window=4) if arch == "gemma2" else {}
-    config = AutoConfig.for_model(
-        arch,
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        **extra,
-    )
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config).to(dtype)
-    model.eval()
-    model.requires_grad_(False)
-    return model
+    """A random tiny model of ``arch`` whose vocabulary fits the SmolLM2 tokenizer."""
+    return tiny_model(arch, seed, vocab_size=vocab).to(dtype)
 
 
 def hand_greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
