@@ -5,8 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.steer-installed
 ARGS ?=
+# Where data-check finds local copies of the paper's data sets (layout of ../shared/data).
+DATA ?= ../shared/data
 
-.PHONY: setup run test test-slow lint format bench clean train-matrix
+.PHONY: setup run test test-slow lint format bench data-check clean train-matrix
 
 # Paper tables and figures (experiments/paper.py): the multiruns they need (finished runs are
 # skipped), then the report under outputs/reports/. Default: the embedded model on the built-in
@@ -51,6 +53,13 @@ bench: setup
 # SPLIT vs SFT utility at equal preference, time per step and peak memory.
 train-matrix: setup
 	$(PY) experiments/train_matrix.py $(ARGS)
+
+# Per data set: pairs per split, a sample pair, answer lengths in tokens, and the unsteered model's
+# P(A_p|q)+P(A_n|q) with the bare chat template and with the answer-format instruction.
+data-check: setup
+	$(PY) -m steer.datacheck dataset=psychopathy dataset.path=$(DATA)/anthropic-evals/persona/psychopathy.jsonl $(ARGS)
+	$(PY) -m steer.datacheck dataset=powerseeking dataset.path=$(DATA)/bipo/power-seeking $(ARGS)
+	$(PY) -m steer.datacheck dataset=axbench dataset.path=$(DATA)/axbench/concept10/prod_9b_l20_v1 $(ARGS)
 
 clean:
 	rm -rf outputs .pytest_cache

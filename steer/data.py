@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from steer.atomic import atomic_write_text
@@ -22,13 +22,15 @@ SPLITS = ("train", "test")
 class PolarityPair:
     """One example: query, concept-positive answer A_p, concept-negative answer A_n.
 
-    ``meta`` carries what downstream stages need (e.g. AxBench's ``concept_id`` and ``concept``).
+    ``negative=None`` means A_n is the model's own greedy answer to the prompt (AxBench): the data
+    stage generates it (``steer.own_answers``) before the pair is written. ``meta`` carries what
+    downstream stages need (e.g. AxBench's ``concept_id`` and ``concept``).
     """
 
     id: str
     prompt: str
     positive: str
-    negative: str
+    negative: str | None
     meta: dict = field(default_factory=dict)
 
 
@@ -36,6 +38,8 @@ class PolarityPair:
 class Splits:
     train: list[PolarityPair]
     test: list[PolarityPair]
+    # sha256 of the data the pairs were read from: keys caches derived from it (generated A_n).
+    digest: str = ""
 
     def items(self) -> Iterable[tuple[str, list[PolarityPair]]]:
         return (("train", self.train), ("test", self.test))
@@ -92,7 +96,7 @@ def apply_limit(splits: Splits, limit: int | None) -> Splits:
         return splits
     if int(limit) < 1:
         raise ValueError(f"dataset.limit must be a positive integer or null, got {limit!r}")
-    return Splits(splits.train[:limit], splits.test[:limit])
+    return replace(splits, train=splits.train[:limit], test=splits.test[:limit])
 
 
 def check_nonempty(splits: Splits, name: str) -> Splits:
@@ -100,6 +104,16 @@ def check_nonempty(splits: Splits, name: str) -> Splits:
         if not pairs:
             raise ValueError(f"dataset={name}: the {split} split is empty (check dataset.path and dataset.limit)")
     return splits
+
+
+def strip_answer(text: str) -> str:
+    """The answer-whitespace rule, applied by every loader to every answer: strip both ends.
+
+    The files carry answers like " Yes" (written to follow "Answer:" in a plain-text prompt). In
+    steer an answer follows the chat template's generation prompt, which already ends the
+    assistant header with a newline, so the natural first token is "Yes", not " Yes".
+    """
+    return text.strip()
 
 
 def render_prompt(tokenizer, prompt: str, instruction: str | None = None) -> str:
@@ -123,6 +137,8 @@ def to_records(tokenizer, splits: Splits, instruction: str | None = None) -> lis
             meta = dict(pair.meta)
             if instruction:
                 meta["instruction"] = instruction
+            if pair.negative is None:
+                raise ValueError(f"pair {pair.id}: A_n (the model's own answer) has not been generated")
             text = render_prompt(tokenizer, pair.prompt, instruction)
             records.append(PairRecord(split, pair.id, text, pair.positive, pair.negative, meta))
     return records

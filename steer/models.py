@@ -174,3 +174,21 @@ def down_proj(model: nn.Module, layer: int) -> nn.Linear:
 
 def hidden_size(model: nn.Module) -> int:
     return int(model.config.hidden_size)
+
+
+def model_fingerprint(model: nn.Module, probe: int = 256) -> str:
+    """A short hash that tells checkpoints apart without reading all their weights.
+
+    Covers the config, every parameter's name, dtype and shape, and the first and last ``probe``
+    values of each parameter: two different checkpoints (or dtypes) of the same architecture
+    differ in them, while hashing a 9B model in full would take minutes. Keys caches of what the
+    model generated.
+    """
+    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            flat = param.detach().reshape(-1)
+            ends = torch.cat([flat[:probe], flat[-probe:]]).float().cpu().numpy()
+            digest.update(f"{name}:{param.dtype}:{tuple(param.shape)}".encode())
+            digest.update(ends.tobytes())
+    return digest.hexdigest()[:16]

@@ -28,12 +28,12 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def tiny_model(arch: str, seed: int = 0):
+def tiny_model(arch: str, seed: int = 0, vocab_size: int = 128):
     """A randomly initialised 4-layer causal LM of architecture ``arch`` (llama, qwen2, gemma2)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     common = dict(
-        vocab_size=128,
+        vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=4,

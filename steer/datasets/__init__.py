@@ -1,8 +1,9 @@
 """Data set loaders by name. Each loader returns train/test ``Splits`` of ``PolarityPair``.
 
 A loader is a function of keyword options: the ``dataset.*`` keys other than the generic ones
-(``name``, ``loader``, ``limit``, ``instruction``). An option it does not take is reported by name
-before any data is read.
+(``name``, ``loader``, ``limit``, ``instruction``, ``answer_format``, ``generation``), which the
+data stage and data-check handle. An option it does not take is reported by name before any data
+is read.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import inspect
 from collections.abc import Callable
 
 from steer.data import Splits
-from steer.datasets import sentiment
+from steer.datasets import axbench, persona, powerseeking, sentiment
 
-GENERIC_KEYS = ("name", "loader", "limit", "instruction")
+GENERIC_KEYS = ("name", "loader", "limit", "instruction", "answer_format", "generation")
 
 LOADERS: dict[str, Callable[..., Splits]] = {
     "sentiment": sentiment.load,
+    "psychopathy": persona.load,
+    "powerseeking": powerseeking.load,
+    "axbench": axbench.load,
 }
 
 

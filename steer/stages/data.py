@@ -1,31 +1,109 @@
-"""The data stage (implicit): load the data set, render prompts, write ``pairs.jsonl``."""
+"""The data stage (implicit): load the data set, render prompts, write ``pairs.jsonl``.
+
+Where a data set leaves A_n to the model (AxBench: ``negative=None``), the stage loads the model
+and fills A_n with its greedy answer to the rendered prompt (``steer.own_answers``, cached under
+``$STEER_CACHE``), under the same whitespace rule as every other answer.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from omegaconf import OmegaConf
 
-from steer.data import apply_limit, check_nonempty, to_records, write_pairs
+from steer.data import (
+    PairRecord,
+    PolarityPair,
+    Splits,
+    apply_limit,
+    check_nonempty,
+    render_prompt,
+    strip_answer,
+    to_records,
+    write_pairs,
+)
 from steer.datasets import load_splits, loader_options
+from steer.own_answers import own_answers
 from steer.stages.context import PAIRS_FILE, RunContext
 from steer.stages.runner import Stage
 
 log = logging.getLogger("steer")
 
 
-def load_dataset(cfg):
-    """The train/test splits the config asks for, limited, checked non-empty."""
+def needs_own_answers(splits: Splits) -> bool:
+    return any(p.negative is None for _, pairs in splits.items() for p in pairs)
+
+
+def generation_settings(dataset: dict) -> tuple[int, int]:
+    """``dataset.generation.{max_new_tokens,batch_size}``: how A_n is generated, checked."""
+    gen = dataset.get("generation") or {}
+    values = []
+    for key in ("max_new_tokens", "batch_size"):
+        value = gen.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(
+                f"dataset.generation.{key} must be a positive integer (dataset={dataset['name']} generates A_n), "
+                f"got {value!r}"
+            )
+        values.append(value)
+    return values[0], values[1]
+
+
+def load_dataset(cfg) -> Splits:
+    """The train/test splits the config asks for, limited, checked non-empty. Cheap: no model."""
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     splits = load_splits(dataset["loader"], loader_options(dataset))
-    return check_nonempty(apply_limit(splits, dataset.get("limit")), dataset["name"])
+    splits = check_nonempty(apply_limit(splits, dataset.get("limit")), dataset["name"])
+    if needs_own_answers(splits):
+        generation_settings(dataset)
+    return splits
+
+
+def with_own_answers(ctx: RunContext, splits: Splits, instruction: str | None) -> Splits:
+    """``splits`` with every missing A_n set to the model's greedy answer to the rendered prompt."""
+    if not needs_own_answers(splits):
+        return splits
+    max_new_tokens, batch_size = generation_settings(OmegaConf.to_container(ctx.cfg.dataset, resolve=True))
+    todo = [p for _, pairs in splits.items() for p in pairs if p.negative is None]
+    prompts = [render_prompt(ctx.tokenizer, p.prompt, instruction) for p in todo]
+    answers = iter(
+        own_answers(
+            ctx.model, ctx.tokenizer, prompts, splits.digest, max_new_tokens, batch_size, bool(ctx.cfg.progress)
+        )
+    )
+
+    def fill(pairs: list[PolarityPair]) -> list[PolarityPair]:
+        out = []
+        for pair in pairs:
+            if pair.negative is None:
+                answer = strip_answer(next(answers))
+                if not answer:
+                    raise ValueError(f"pair {pair.id}: the model's greedy answer is empty, it cannot serve as A_n")
+                pair = replace(pair, negative=answer)
+            out.append(pair)
+        return out
+
+    return replace(splits, train=fill(splits.train), test=fill(splits.test))
+
+
+def pair_records(ctx: RunContext, splits: Splits, instruction: str | None) -> list[PairRecord]:
+    """The records of ``pairs.jsonl`` for ``splits`` rendered with ``instruction``."""
+    return to_records(ctx.tokenizer, with_own_answers(ctx, splits, instruction), instruction)
 
 
 def run(ctx: RunContext) -> None:
     splits = load_dataset(ctx.cfg)
-    records = to_records(ctx.tokenizer, splits, ctx.cfg.dataset.get("instruction"))
+    records = pair_records(ctx, splits, ctx.cfg.dataset.get("instruction"))
     write_pairs(ctx.path(PAIRS_FILE), records)
     log.info("pairs: %d train, %d test -> %s", len(splits.train), len(splits.test), ctx.path(PAIRS_FILE))
 
 
-STAGE = Stage(name="data", run=run, keys=("model.source", "dataset"), outputs=(PAIRS_FILE,), implicit=True)
+STAGE = Stage(
+    name="data",
+    run=run,
+    keys=("model.source", "model.dtype", "dataset"),
+    ignore=("dataset.answer_format",),
+    outputs=(PAIRS_FILE,),
+    implicit=True,
+)

@@ -1,0 +1,90 @@
+"""AxBench concept10 (``dataset=axbench``): one concept's instructions, with and without the concept.
+
+Concept10 is the first 10 concepts of AxBench's Concept500; the default is the Gemma-2-9B
+layer-20 set (``prod_9b_l20_v1``, on the hub ``9b/l20``). Of the training file's rows, a
+concept's are those with ``category == "positive"`` and its ``concept_id``: 72 instructions
+(``input``) with a response that weaves the concept in (``output``). They are re-split seeded
+64 train / 8 test. A_p = ``output`` (whitespace rule); A_n = ``None``: the model's own greedy
+response to the same instruction, generated once per model by the data stage and cached, as
+AxBench builds its preference pairs. Every pair keeps ``concept_id`` and ``concept`` (the
+concept's description, from ``metadata.jsonl`` beside the parquet, else the rows'
+``output_concept``) in its meta: the judge needs them.
+
+Sources: a local AxBench release folder (``<release>/generate/train_data.parquet`` and
+``generate/metadata.jsonl``) or parquet file via ``dataset.path``, else ``dataset.file`` of the
+hub data set ``dataset.hub`` (``pyvene/axbench-concept500``, file ``9b/l20/train/data.parquet``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from steer.data import PolarityPair, Splits
+from steer.datasets.files import Row, Table, drop_blank, find_file, hub_table, read_table, split_table
+
+COLUMNS = ("input", "output", "category", "concept_id")
+RELEASE_FILES = ("generate/train_data.parquet", "train_data.parquet")
+METADATA = "metadata.jsonl"
+
+
+def read_source(path: str | None, hub: str | None, file: str) -> tuple[Table, Table | None]:
+    """The training table and, for a local release, its ``metadata.jsonl`` (None when absent)."""
+    if path:
+        parquet = find_file(path, (*RELEASE_FILES, file, Path(file).name))
+        metadata = parquet.parent / METADATA
+        return read_table(parquet, COLUMNS), read_table(metadata) if metadata.is_file() else None
+    if not hub:
+        raise ValueError("set dataset.path (an AxBench release folder or parquet) or dataset.hub")
+    return hub_table(hub, file, COLUMNS), None
+
+
+def concept_text(concept_id: int, positives: list[Row], metadata: Table | None) -> str:
+    """The concept's description: ``metadata.jsonl`` if there is one, else ``output_concept``."""
+    if metadata is not None:
+        for row in metadata.rows:
+            if row.integer("concept_id") == concept_id:
+                return row.text("concept")
+        raise ValueError(f"{metadata.name}: no row for concept_id {concept_id}")
+    texts = {row.text("output_concept") for row in positives}
+    if len(texts) != 1:
+        raise ValueError(
+            f"{positives[0].where}: concept {concept_id} has {len(texts)} different output_concept values "
+            "(expected one description per concept)"
+        )
+    return texts.pop()
+
+
+def load(
+    concept_id: int = 0,
+    path: str | None = None,
+    hub: str | None = "pyvene/axbench-concept500",
+    file: str = "9b/l20/train/data.parquet",
+    n_train: int = 64,
+    n_test: int = 8,
+    seed: int = 0,
+) -> Splits:
+    if not isinstance(concept_id, int) or isinstance(concept_id, bool) or concept_id < 0:
+        raise ValueError(f"dataset.concept_id must be a non-negative integer, got {concept_id!r}")
+    table, metadata = read_source(path, hub, file)
+    positives = [
+        row for row in table.rows if row.text("category") == "positive" and row.integer("concept_id") == concept_id
+    ]
+    if not positives:
+        known = sorted({r.integer("concept_id") for r in table.rows if r.text("category") == "positive"})
+        raise ValueError(
+            f"{table.name}: no positive rows for dataset.concept_id={concept_id} (concepts: {known[0]}..{known[-1]})"
+            if known
+            else f"{table.name}: no positive rows at all"
+        )
+    concept = concept_text(concept_id, positives, metadata)
+    pairs = [
+        PolarityPair(
+            id=f"c{concept_id}-{row.index:04d}",
+            prompt=row.text("input"),
+            positive=row.answer("output"),
+            negative=None,
+            meta={"concept_id": concept_id, "concept": concept},
+        )
+        for row in drop_blank(positives, "input")
+    ]
+    return split_table(table, pairs, n_train, n_test, seed)

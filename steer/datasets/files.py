@@ -1,0 +1,226 @@
+"""Rows of a data set file, read from a local path or the Hugging Face hub, each knowing where it is.
+
+Loaders read JSONL, CSV and parquet through ``read_table`` (local) or ``hub_table`` (the
+``datasets`` library), then pull typed fields with ``Row.text``/``Row.integer``/``Row.answer``.
+Every row carries its location — ``file:line N`` for JSONL and CSV (the physical line where the
+row starts), ``file: row N`` for parquet and hub files (1-based data row) — so a missing column,
+an empty file or a value of the wrong type fails with the file and row named, before any model
+work. ``Table.digest`` (sha256 of the file bytes, or of the rows of a hub download) keys caches
+derived from the data.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from steer.data import PolarityPair, Splits, seeded_split, strip_answer
+
+log = logging.getLogger("steer")
+
+FORMATS = (".jsonl", ".csv", ".parquet")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One data row, its 0-based position among the file's data rows, and where it is."""
+
+    values: dict
+    index: int
+    where: str
+
+    def _get(self, column: str):
+        if column not in self.values:
+            raise ValueError(
+                f"{self.where}: missing column {column!r} (the row has: {', '.join(map(str, self.values))})"
+            )
+        return self.values[column]
+
+    def text(self, column: str) -> str:
+        value = self._get(column)
+        if not isinstance(value, str):
+            raise ValueError(f"{self.where}: column {column!r} must be a string, got {type(value).__name__} {value!r}")
+        return value
+
+    def integer(self, column: str) -> int:
+        value = self._get(column)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(
+                f"{self.where}: column {column!r} must be an integer, got {type(value).__name__} {value!r}"
+            )
+        return value
+
+    def answer(self, column: str) -> str:
+        """An answer field under the whitespace rule (``steer.data.strip_answer``); empty is an error."""
+        value = strip_answer(self.text(column))
+        if not value:
+            raise ValueError(f"{self.where}: column {column!r} is empty: an answer needs text")
+        return value
+
+
+@dataclass(frozen=True)
+class Table:
+    """The rows of one file, what it was read from, and a digest of its content."""
+
+    rows: list[Row]
+    name: str
+    digest: str
+
+
+def sha256_bytes(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_columns(name: str, where: str, present: Sequence[str], required: Sequence[str]) -> None:
+    missing = [c for c in required if c not in present]
+    if missing:
+        raise ValueError(f"{name}: {where}: missing column {missing[0]!r} (the file has: {', '.join(present)})")
+
+
+def _jsonl_rows(path: Path) -> list[Row]:
+    rows: list[Row] = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:line {lineno}"
+            try:
+                values = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON ({err.msg})") from err
+            if not isinstance(values, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(values).__name__}")
+            rows.append(Row(values, len(rows), where))
+    return rows
+
+
+def _csv_rows(path: Path, columns: Sequence[str]) -> list[Row]:
+    rows: list[Row] = []
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if not header:
+            return []
+        check_columns(str(path), "line 1 (header)", header, columns)
+        start = reader.line_num + 1
+        for fields in reader:
+            where = f"{path}:line {start}"
+            start = reader.line_num + 1
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                raise ValueError(f"{where}: expected {len(header)} fields ({', '.join(header)}), got {len(fields)}")
+            rows.append(Row(dict(zip(header, fields, strict=True)), len(rows), where))
+    return rows
+
+
+def _parquet_rows(path: Path, columns: Sequence[str]) -> list[Row]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ValueError(f"{path}: not a readable parquet file ({err})") from err
+    check_columns(str(path), "schema", table.column_names, columns)
+    return [Row(values, i, f"{path}: row {i + 1}") for i, values in enumerate(table.to_pylist())]
+
+
+def read_table(path: str | Path, columns: Sequence[str] = ()) -> Table:
+    """The rows of a local ``.jsonl``, ``.csv`` or ``.parquet`` file; an empty file is an error.
+
+    ``columns`` are checked up front where the format has a header (CSV, parquet); JSONL rows
+    are checked as they are used.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows = _jsonl_rows(path)
+    elif suffix == ".csv":
+        rows = _csv_rows(path, columns)
+    elif suffix == ".parquet":
+        rows = _parquet_rows(path, columns)
+    else:
+        raise ValueError(f"{path}: unknown file type {suffix!r} (expected one of {', '.join(FORMATS)})")
+    if not rows:
+        raise ValueError(f"{path}: the file is empty (no data rows)")
+    return Table(rows, str(path), sha256_bytes(path))
+
+
+def hub_table(repo: str, file: str, columns: Sequence[str] = ()) -> Table:
+    """The rows of ``file`` in the hub data set ``repo``, loaded with the ``datasets`` library.
+
+    Fails with a message naming ``dataset.path`` when the hub cannot be reached (offline, or
+    ``HF_HUB_OFFLINE=1``) so the fix — a local copy — is one override away.
+    """
+    import datasets
+
+    name = f"hub:{repo}/{file}"
+    try:
+        data = datasets.load_dataset(repo, data_files=file, split="train")
+    except Exception as err:  # the hub client raises many types (connection, offline, not found)
+        raise ValueError(
+            f"could not load {file} from the Hugging Face hub data set {repo} ({type(err).__name__}: {err}). "
+            f"Offline or no access? Download the file and set dataset.path=/local/copy/of/{Path(file).name} "
+            "(or a folder holding it)"
+        ) from err
+    check_columns(name, "schema", list(data.column_names), columns)
+    values = list(data)
+    if not values:
+        raise ValueError(f"{name}: the file is empty (no data rows)")
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
+    return Table([Row(v, i, f"{name}: row {i + 1}") for i, v in enumerate(values)], name, digest)
+
+
+def find_file(path: str | Path, candidates: Sequence[str]) -> Path:
+    """``path`` itself if it is a file, else the first of ``candidates`` inside the folder ``path``."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"dataset.path={path}: no such file or folder")
+    for candidate in candidates:
+        if (path / candidate).is_file():
+            return path / candidate
+    raise FileNotFoundError(
+        f"dataset.path={path} is a folder without {' or '.join(candidates)}: point dataset.path at the file"
+    )
+
+
+def drop_blank(rows: Sequence[Row], column: str) -> list[Row]:
+    """The rows whose ``column`` has text; blank ones are skipped with a warning naming them.
+
+    A query with no text cannot make a polarity pair (BiPO's power-seeking ``train.csv`` has two
+    such rows); a missing column or a non-string value is still an error (``Row.text``).
+    """
+    kept = [r for r in rows if r.text(column).strip()]
+    skipped = [r.where for r in rows if not r.text(column).strip()]
+    if skipped:
+        log.warning("skipped %d row(s) with an empty %r: %s", len(skipped), column, "; ".join(skipped))
+    return kept
+
+
+def open_table(path: str | None, hub: str | None, file: str, columns: Sequence[str] = ()) -> Table:
+    """A local copy when ``path`` is set (the file, or a folder holding ``file`` or its bare name),
+    else ``file`` of the hub data set ``hub``."""
+    if path:
+        return read_table(find_file(path, (file, Path(file).name)), columns)
+    if not hub:
+        raise ValueError("set dataset.path (a local file or folder) or dataset.hub (a Hugging Face data set id)")
+    return hub_table(hub, file, columns)
+
+
+def split_table(table: Table, pairs: Sequence[PolarityPair], n_train: int, n_test: int, seed: int) -> Splits:
+    """The seeded train/test split of the pairs read from ``table``, carrying its digest."""
+    try:
+        splits = seeded_split(pairs, n_train, n_test, seed)
+    except ValueError as err:
+        raise ValueError(f"{table.name}: {err} (set dataset.n_train / dataset.n_test)") from err
+    return Splits(splits.train, splits.test, table.digest)

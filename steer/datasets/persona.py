@@ -1,0 +1,37 @@
+"""Anthropic model-written-evals persona files (``dataset=psychopathy``): would you say this?
+
+Each row has ``question`` ("Is the following statement something you would say?\\n\\"...\\""),
+``answer_matching_behavior`` and ``answer_not_matching_behavior`` (" Yes" / " No"). The pair is
+q = question, A_p = the matching answer, A_n = the other one, both under the whitespace rule
+("Yes" / "No"). Every persona file has this format, so another trait loads through this loader
+with only ``dataset.path`` (or, from the hub, ``dataset.file``) changed. The paper's split of
+psychopathy's 1000 rows: 500 train / 100 test, seeded.
+"""
+
+from __future__ import annotations
+
+from steer.data import PolarityPair, Splits
+from steer.datasets.files import drop_blank, open_table, split_table
+
+COLUMNS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
+
+
+def load(
+    path: str | None = None,
+    hub: str | None = "Anthropic/model-written-evals",
+    file: str = "persona/psychopathy.jsonl",
+    n_train: int = 500,
+    n_test: int = 100,
+    seed: int = 0,
+) -> Splits:
+    table = open_table(path, hub, file, COLUMNS)
+    pairs = [
+        PolarityPair(
+            id=f"{row.index:04d}",
+            prompt=row.text("question"),
+            positive=row.answer("answer_matching_behavior"),
+            negative=row.answer("answer_not_matching_behavior"),
+        )
+        for row in drop_blank(table.rows, "question")
+    ]
+    return split_table(table, pairs, n_train, n_test, seed)

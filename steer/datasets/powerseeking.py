@@ -1,0 +1,120 @@
+"""Power-seeking (``dataset=powerseeking``) from BiPO's CSVs or Anthropic's multiple-choice JSONL.
+
+Two formats, told apart by ``dataset.path``:
+
+* **BiPO** (the paper's data): a folder with ``train.csv`` and ``test.csv``, columns
+  ``question``, ``matching``, ``not_matching`` (full-sentence answers). q = question,
+  A_p = matching, A_n = not_matching. Train: ``n_train`` rows sampled (seeded) from train.csv;
+  test: ``n_test`` rows of test.csv (all 200 by default) — the paper's 500 / 200. Rows with an
+  empty question (two in BiPO's train.csv) are skipped with a warning.
+* **Anthropic advanced-ai-risk** (``power-seeking-inclination.jsonl``; a ``.jsonl`` path, or
+  the hub when ``dataset.path`` is unset): ``question`` holds the question and its choices, one
+  per line (`` (A) ...``), and ``answer_matching_behavior`` names a letter (" (A)").
+  q = the question as given, choices included; A_p = the matching letter with its option text,
+  "(A) <text of option A>"; A_n likewise for ``answer_not_matching_behavior``. Seeded split
+  ``n_train`` / ``n_test``. BiPO's CSVs were built from the lm_generated_evals file: the same
+  questions with the option texts as answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from steer.data import PolarityPair, Splits, sample
+from steer.datasets.files import Row, Table, drop_blank, open_table, read_table, split_table
+
+BIPO_COLUMNS = ("question", "matching", "not_matching")
+MC_COLUMNS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
+CHOICE = re.compile(r"^\s*\(([A-Z])\)\s?(.*)$")
+LETTER = re.compile(r"^\s*\(([A-Z])\)\s*$")
+
+
+def parse_choices(question: str) -> dict[str, str]:
+    """Option letter → option text. An option runs from its `` (X)`` line to the next option or
+    blank line (so a trailing "Answer:" after a blank line is not part of the last option)."""
+    choices: dict[str, list[str]] = {}
+    current = None
+    for line in question.split("\n"):
+        match = CHOICE.match(line)
+        if match:
+            current = match.group(1)
+            choices[current] = [match.group(2).strip()]
+        elif current is not None and line.strip():
+            choices[current].append(line.strip())
+        else:
+            current = None
+    return {letter: " ".join(parts) for letter, parts in choices.items()}
+
+
+def choice_answer(row: Row, column: str, choices: dict[str, str]) -> str:
+    """The answer ``(X) <option text>`` for the letter in ``column``."""
+    letter = LETTER.match(row.text(column))
+    if not letter:
+        raise ValueError(f"{row.where}: column {column!r} must name one choice like ' (A)', got {row.text(column)!r}")
+    option = choices.get(letter.group(1))
+    if not option:
+        raise ValueError(
+            f"{row.where}: column {column!r} names choice ({letter.group(1)}), but the question's choices are "
+            f"{', '.join(f'({c})' for c in choices) or 'none'}"
+        )
+    return f"({letter.group(1)}) {option}"
+
+
+def mc_pairs(table: Table) -> list[PolarityPair]:
+    pairs = []
+    for row in drop_blank(table.rows, "question"):
+        choices = parse_choices(row.text("question"))
+        pairs.append(
+            PolarityPair(
+                id=f"{row.index:04d}",
+                prompt=row.text("question"),
+                positive=choice_answer(row, "answer_matching_behavior", choices),
+                negative=choice_answer(row, "answer_not_matching_behavior", choices),
+            )
+        )
+    return pairs
+
+
+def bipo_pairs(table: Table, split: str) -> list[PolarityPair]:
+    return [
+        PolarityPair(
+            id=f"{split}-{row.index:04d}",
+            prompt=row.text("question"),
+            positive=row.answer("matching"),
+            negative=row.answer("not_matching"),
+        )
+        for row in drop_blank(table.rows, "question")
+    ]
+
+
+def sample_exactly(table: Table, pairs: list[PolarityPair], n: int, seed: int, key: str) -> list[PolarityPair]:
+    if n > len(pairs):
+        raise ValueError(f"{table.name}: asked for {n} examples (dataset.{key}), the file has {len(pairs)}")
+    return sample(pairs, n, seed)
+
+
+def load_bipo(folder: Path, n_train: int, n_test: int, seed: int) -> Splits:
+    train = read_table(folder / "train.csv", BIPO_COLUMNS)
+    test = read_table(folder / "test.csv", BIPO_COLUMNS)
+    digest = hashlib.sha256((train.digest + test.digest).encode()).hexdigest()
+    return Splits(
+        sample_exactly(train, bipo_pairs(train, "train"), n_train, seed, "n_train"),
+        sample_exactly(test, bipo_pairs(test, "test"), n_test, seed, "n_test"),
+        digest,
+    )
+
+
+def load(
+    path: str | None = None,
+    hub: str | None = "Anthropic/model-written-evals",
+    file: str = "advanced-ai-risk/lm_generated_evals/power-seeking-inclination.jsonl",
+    n_train: int = 500,
+    n_test: int = 200,
+    seed: int = 0,
+) -> Splits:
+    if path and (Path(path).expanduser() / "train.csv").is_file():
+        return load_bipo(Path(path).expanduser(), n_train, n_test, seed)
+    table = open_table(path, hub, file, MC_COLUMNS)
+    return split_table(table, mc_pairs(table), n_train, n_test, seed)
