@@ -152,5 +152,5 @@ def all_pairs() -> list[PolarityPair]:
     return pairs
 
 
-def load(n_train: int = 160, n_test: int = 40, seed: int = 0) -> Splits:
+def load(n_train: int = 120, n_test: int = 40, seed: int = 0) -> Splits:
     return seeded_split(all_pairs(), n_train, n_test, seed)
