@@ -11,7 +11,7 @@ DATA ?= ../shared/data
 .PHONY: setup run test test-slow lint format bench data-check clean train-matrix
 
 # Paper tables and figures (experiments/paper.py): the multiruns they need (finished runs are
-# skipped), then the report under outputs/reports/. Default: the embedded model on the built-in
+# skipped), then the report under outputs/paper/reports/. Default: the embedded model on the built-in
 # data set with small limits. Paper scale, e.g.
 #   make table2 DATASETS=psychopathy,powerseeking ARGS="model=gemma-2-9b-it dataset.limit=null"
 DATASETS ?= sentiment

@@ -32,6 +32,8 @@ RECIPES = {
     "fig5": "Figure 5: the same dynamics panels (the paper's AxBench figure)",
 }
 EXPERIMENTS = ("dynamics", "dynamics_diffmean")
+# output_root of conf/experiment/dynamics.yaml: where the recipes' runs and reports live.
+DEFAULT_ROOT = "outputs/paper"
 
 
 def commands(target: str, datasets: str, overrides: list[str]) -> list[list[str]]:
@@ -41,7 +43,7 @@ def commands(target: str, datasets: str, overrides: list[str]) -> list[list[str]
         for name in EXPERIMENTS
     ]
     roots = [o.split("=", 1)[1] for o in overrides if o.startswith("output_root=")]
-    report = [sys.executable, "-m", "steer.report", target, "--outputs", roots[-1] if roots else "outputs"]
+    report = [sys.executable, "-m", "steer.report", target, "--outputs", roots[-1] if roots else DEFAULT_ROOT]
     if target.startswith("fig"):
         for dataset in datasets.split(","):
             report += ["--dataset", dataset]

@@ -17,10 +17,11 @@ standardised; the parameters are mapped back):
 - each branch's peak width √(L / 2p) (D ≈ 1 − (m − centre)² / (2·width²) near its centre) is at
   least the smallest spacing of the swept m (an inequality constraint): a decay sharper than the
   grid is not determined by the data and would let the fit thread spikes between the points;
-- between two neighbouring swept points the curve stays within their two values widened by
-  ``ENVELOPE`` (10 %) of the data's range (inequality constraints on points half the minimum
-  peak width apart, so no peak fits between them): the data cannot see an excursion between two
-  points, so a fit must not use one;
+- between two neighbouring swept points the curve stays within its own values at those two points,
+  widened by ``ENVELOPE`` (10 %) of the data's range (inequality constraints on points half the
+  minimum peak width apart, so no peak fits between them): the data cannot see an excursion
+  between two points, so a fit must not use one. The bound follows the curve, not the data, so a
+  curve the model cannot follow gets a lower R², never an infeasible fit;
 - restarts are deterministic: ``SCREEN`` decays drawn with ``seed`` (made continuous, linear
   parameters solved by least squares) are ranked by error, and SLSQP starts from the ``restarts``
   best mutually distinct ones plus one neutral decay; the best feasible result wins. Results
@@ -68,8 +69,8 @@ _NEUTRAL = np.array([_NEAR_ZERO, -_NEAR_ZERO, np.log(0.5), np.log(0.5), 0.0, 0.0
 # Screened starts must differ from each other by more than this in some coordinate.
 _DISTINCT = np.array([0.5, 0.5, 2.0, 2.0, 1.0, 1.0])
 _FEASIBLE = 1e-6
-# Between two neighbouring swept points the fitted curve stays within their values widened by
-# ENVELOPE × the range of all values (checked every half minimum peak width: no peak fits between).
+# Between two neighbouring swept points the fitted curve stays within its values there widened by
+# ENVELOPE × the range of the data (checked every half minimum peak width: no peak fits between).
 ENVELOPE = 0.1
 _MAX_CHECKS = 200
 # SLSQP's stopping tolerance on the (normalised) loss: tighter than scipy's 1e-6, which stops the
@@ -170,15 +171,20 @@ def _fit_curve(kind: str, m, y, restarts: int, seed: int) -> Fit:
         r = value - t
         return float(np.mean(r * r)), 2.0 * jac.T @ r / len(x)
 
-    fine, low, high = _envelope(x, t, step=max(min_width / 2, np.ptp(x) / _MAX_CHECKS))
+    fine, left, right = _envelope(x, step=max(min_width / 2, np.ptp(x) / _MAX_CHECKS))
+    margin = ENVELOPE * float(np.ptp(t))
 
     def envelope(theta: np.ndarray) -> np.ndarray:
         value = _model(kind, fine, theta)[0]
-        return np.concatenate([value - low, high - value])
+        a, b = _model(kind, left, theta)[0], _model(kind, right, theta)[0]
+        return np.concatenate([value - np.minimum(a, b) + margin, np.maximum(a, b) + margin - value])
 
     def envelope_jac(theta: np.ndarray) -> np.ndarray:
-        jac = _model(kind, fine, theta)[1]
-        return np.concatenate([jac, -jac])
+        value_jac = _model(kind, fine, theta)[1]
+        (a, a_jac), (b, b_jac) = _model(kind, left, theta), _model(kind, right, theta)
+        low_jac = np.where((a <= b)[:, None], a_jac, b_jac)
+        high_jac = np.where((a > b)[:, None], a_jac, b_jac)
+        return np.concatenate([value_jac - low_jac, high_jac - value_jac])
 
     constraints = [
         {"type": "eq", "fun": _continuity, "jac": _continuity_jac},
@@ -217,17 +223,13 @@ def _fit_curve(kind: str, m, y, restarts: int, seed: int) -> Fit:
     return Fit(kind, params, r_squared(y, curve(kind, m, params)))
 
 
-def _envelope(x: np.ndarray, t: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Points ``step`` apart between the swept x, and the bounds of the curve at each: the values of
-    the two neighbouring swept points (mean over duplicate x) widened by ENVELOPE of their range."""
-    xs, inverse = np.unique(x, return_inverse=True)
-    ts = np.bincount(inverse, weights=t) / np.bincount(inverse)
+def _envelope(x: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points ``step`` apart between the swept x, and for each the swept x on its left and right:
+    between them the curve must stay within its own values there, widened by ENVELOPE."""
+    xs = np.unique(x)
     fine = np.linspace(xs[0], xs[-1], int(np.ceil((xs[-1] - xs[0]) / step)) + 1)
     interval = np.clip(np.searchsorted(xs, fine, side="right") - 1, 0, len(xs) - 2)
-    margin = ENVELOPE * np.ptp(ts)
-    low = np.minimum(ts[interval], ts[interval + 1]) - margin
-    high = np.maximum(ts[interval], ts[interval + 1]) + margin
-    return fine, low, high
+    return fine, xs[interval], xs[interval + 1]
 
 
 def _checked(m, y, kind: str, need: int) -> tuple[np.ndarray, np.ndarray]:

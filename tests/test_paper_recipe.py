@@ -40,6 +40,6 @@ def test_recipe_commands(capsys):
         assert f"run.py -m +experiment={experiment} dataset=psychopathy,axbench output_root=/x seed=1" in line
     assert lines[2].endswith("-m steer.report fig5 --outputs /x --dataset psychopathy --dataset axbench")
     table = paper.commands("table2", "sentiment", [])
-    assert table[-1][-4:] == ["steer.report", "table2", "--outputs", "outputs"]
+    assert table[-1][-4:] == ["steer.report", "table2", "--outputs", "outputs/paper"]
     with pytest.raises(SystemExit):
         paper.main(["table2", "--dry-run", "--not-an-override"])

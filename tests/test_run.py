@@ -50,6 +50,15 @@ def plain_loss(model, tok, prompt_text: str, answer: str) -> float:
     return -sum(logp[t - 1, ids[t]].item() for t in range(len(prompt), len(ids)))
 
 
+def assert_plain_losses(frame: pd.DataFrame, records, m: float, model, tok) -> None:
+    """Every record's losses at m in ``frame`` (indexed by example_id, m) equal ``plain_loss``
+    with the model as it is now (a hand-written hook attached, or bare)."""
+    for record in records:
+        row = frame.loc[(record.example_id, m)]
+        assert row.loss_pos == pytest.approx(plain_loss(model, tok, record.prompt_text, record.positive), abs=1e-3)
+        assert row.loss_neg == pytest.approx(plain_loss(model, tok, record.prompt_text, record.negative), abs=1e-3)
+
+
 def test_cli_writes_the_output_contract(run_dir):
     for name in ("intervention.safetensors", "intervention.json", "pairs.jsonl", "sweep.parquet"):
         assert (run_dir / name).is_file(), name
@@ -68,10 +77,7 @@ def test_cli_writes_the_output_contract(run_dir):
 def test_losses_at_zero_equal_plain_transformers(run_dir, smol):
     model, tok = smol
     frame = pd.read_parquet(run_dir / "sweep.parquet").set_index(["example_id", "m"])
-    for record in read_pairs(run_dir / "pairs.jsonl"):
-        row = frame.loc[(record.example_id, 0.0)]
-        assert row.loss_pos == pytest.approx(plain_loss(model, tok, record.prompt_text, record.positive), abs=1e-3)
-        assert row.loss_neg == pytest.approx(plain_loss(model, tok, record.prompt_text, record.negative), abs=1e-3)
+    assert_plain_losses(frame, read_pairs(run_dir / "pairs.jsonl"), 0.0, model, tok)
 
 
 def test_losses_at_nonzero_m_equal_a_hand_written_hook(run_dir, smol):
@@ -82,14 +88,7 @@ def test_losses_at_nonzero_m_equal_a_hand_written_hook(run_dir, smol):
     for m in (-4.0, 4.0):
         handle = hand_hook(model, "vector", 15, tensors, m)
         try:
-            for record in records:
-                row = frame.loc[(record.example_id, m)]
-                assert row.loss_pos == pytest.approx(
-                    plain_loss(model, tok, record.prompt_text, record.positive), abs=1e-3
-                )
-                assert row.loss_neg == pytest.approx(
-                    plain_loss(model, tok, record.prompt_text, record.negative), abs=1e-3
-                )
+            assert_plain_losses(frame, records, m, model, tok)
         finally:
             handle.remove()
 
@@ -130,13 +129,6 @@ def test_weight_forms_in_the_sweep_equal_a_hand_written_hook(run_dir, smol, tmp_
     for m in (-1.0, 0.0, 2.0):
         handle = hand_hook(model, form, 15, tensors, m)
         try:
-            for record in records:
-                row = frame.loc[(record.example_id, m)]
-                assert row.loss_pos == pytest.approx(
-                    plain_loss(model, tok, record.prompt_text, record.positive), abs=1e-3
-                )
-                assert row.loss_neg == pytest.approx(
-                    plain_loss(model, tok, record.prompt_text, record.negative), abs=1e-3
-                )
+            assert_plain_losses(frame, records, m, model, tok)
         finally:
             handle.remove()
