@@ -120,7 +120,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunResult:
     ctx = RunContext(cfg, run_dir)
     if not Ledger(run_dir, STAGES).is_done(data.STAGE, cfg, run_dir):
         try:
-            data.load_dataset(cfg)  # fails on a bad data set before anything is written
+            ctx.splits = data.load_dataset(cfg)  # fails on a bad data set before anything is written
         except (ValueError, FileNotFoundError) as err:
             raise ConfigError(str(err)) from err
     if not ctx.is_main:  # under accelerate launch: the main process writes files, logs and reports

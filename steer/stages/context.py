@@ -17,7 +17,7 @@ from accelerate import PartialState
 from accelerate.utils import DistributedType
 from omegaconf import DictConfig
 
-from steer.data import PairRecord, read_pairs
+from steer.data import PairRecord, Splits, read_pairs
 from steer.models import load_model, load_tokenizer
 from steer.tracking import Tracker
 
@@ -42,6 +42,9 @@ class RunContext:
         self.run_dir = Path(run_dir)
         self.tracker = tracker or Tracker.disabled()
         self.state = PartialState(cpu=pick_device(cfg.device) == "cpu", timeout=BARRIER_TIMEOUT)
+        # The data set as checked before the run started: the data stage writes it without reading
+        # the files (or the hub) a second time.
+        self.splits: Splits | None = None
 
     def path(self, name: str) -> Path:
         return self.run_dir / name

@@ -93,7 +93,7 @@ def pair_records(ctx: RunContext, splits: Splits, instruction: str | None) -> li
 
 
 def run(ctx: RunContext) -> None:
-    splits = load_dataset(ctx.cfg)
+    splits = ctx.splits if ctx.splits is not None else load_dataset(ctx.cfg)
     records = pair_records(ctx, splits, ctx.cfg.dataset.get("instruction"))
     write_pairs(ctx.path(PAIRS_FILE), records)
     log.info("pairs: %d train, %d test -> %s", len(splits.train), len(splits.test), ctx.path(PAIRS_FILE))
