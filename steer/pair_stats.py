@@ -16,8 +16,8 @@ import pandas as pd
 from torch import nn
 
 from steer.data import PairRecord
-from steer.metrics import encode, pref_odds, util_odds
-from steer.sweep import answer_losses
+from steer.metrics import encode, encode_pair, pref_odds, util_odds
+from steer.sweep import pair_losses
 
 
 def answer_lengths(tokenizer, records: Sequence[PairRecord]) -> pd.DataFrame:
@@ -33,9 +33,9 @@ def unsteered_scores(model: nn.Module, tokenizer, records: Sequence[PairRecord],
     """Per record: split, L_p, L_n, P(A_p|q) + P(A_n|q), PrefOdds and UtilOdds of the bare model."""
     if not records:
         raise ValueError("unsteered_scores: no pairs to score")
-    encoded = [encode(tokenizer, r.prompt_text, a) for r in records for a in (r.positive, r.negative)]
+    pairs = [encode_pair(tokenizer, r.prompt_text, r.positive, r.negative) for r in records]
     model.eval()
-    losses = answer_losses(model, encoded, batch_size).reshape(-1, 2)
+    losses = pair_losses(model, pairs, batch_size)
     return pd.DataFrame(
         {
             "split": [r.split for r in records],

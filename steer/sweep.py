@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from steer.data import PairRecord
 from steer.interventions import DynamicAffine
-from steer.metrics import Encoded, EncodedPair, answer_logprobs, encode_pair, pair_logprobs, pref_odds, util_odds
+from steer.metrics import EncodedPair, encode_pair, pair_logprobs, pref_odds, util_odds
 from steer.prefix import capture_layer_input, reuse_prefix
 
 COLUMNS = ["split", "example_id", "m", "loss_pos", "loss_neg", "pref_odds", "util_odds"]
@@ -30,14 +30,15 @@ def length_batches(items: Sequence[Sized], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def answer_losses(
-    model: nn.Module, encoded: Sequence[Encoded], batch_size: int = 16, per_token: bool = False
+def pair_losses(
+    model: nn.Module, pairs: Sequence[EncodedPair], batch_size: int = 16, per_token: bool = False
 ) -> np.ndarray:
-    """L(A|q) for every encoded sequence with the model as it is now (hooks included)."""
-    losses = np.empty(len(encoded), dtype=np.float64)
+    """[len(pairs), 2] losses (A_p, A_n) with the model as it is now (hooks included), packed as
+    the sweep packs them."""
+    losses = np.empty((len(pairs), 2), dtype=np.float64)
     with torch.inference_mode():
-        for batch in length_batches(encoded, batch_size):
-            lp = answer_logprobs(model, [encoded[i] for i in batch], per_token=per_token)
+        for batch in length_batches(pairs, batch_size):
+            lp = pair_logprobs(model, [pairs[i] for i in batch], per_token=per_token)
             losses[batch] = -lp.double().cpu().numpy()
     return losses
 
