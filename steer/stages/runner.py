@@ -65,6 +65,14 @@ def config_subset(cfg: DictConfig, keys: Sequence[str], ignore: Sequence[str] = 
     return subset
 
 
+def fingerprint(stage: Stage, cfg: DictConfig, stages: Sequence[Stage]) -> str:
+    """A hash of the stage's config keys and, recursively, of every stage before it (in ``stages``)."""
+    by_name = {s.name: s for s in stages}
+    upstream = [fingerprint(by_name[name], cfg, stages) for name in stage.after]
+    payload = json.dumps([config_subset(cfg, stage.keys, stage.ignore), upstream], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
 class Ledger:
     """``stages.json``: fingerprints and timings of the finished stages of one run directory."""
 
@@ -74,10 +82,7 @@ class Ledger:
         self.entries: dict = json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     def fingerprint(self, stage: Stage, cfg: DictConfig) -> str:
-        """A hash of the stage's config keys and, recursively, of every stage before it."""
-        upstream = [self.fingerprint(self.stages[name], cfg) for name in stage.after]
-        payload = json.dumps([config_subset(cfg, stage.keys, stage.ignore), upstream], sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return fingerprint(stage, cfg, list(self.stages.values()))
 
     def is_done(self, stage: Stage, cfg: DictConfig, run_dir: Path) -> bool:
         entry = self.entries.get(stage.name)

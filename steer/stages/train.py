@@ -20,7 +20,7 @@ from steer.metrics import encode_pair
 from steer.objectives import Objective, make_objective
 from steer.stages.context import RunContext
 from steer.stages.data import STAGE as DATA_STAGE
-from steer.stages.runner import Ledger, Stage
+from steer.stages.runner import Stage, fingerprint
 from steer.train import TrainSettings, train_intervention
 
 log = logging.getLogger("steer")
@@ -116,7 +116,7 @@ def fit(ctx: RunContext, iv) -> None:
         log_metrics=ctx.tracker.log,
         log_path=ctx.path(LOG_FILE),
         checkpoint=ctx.path(CHECKPOINT_FILE),
-        fingerprint=Ledger(ctx.run_dir, (DATA_STAGE, STAGE)).fingerprint(STAGE, cfg),
+        fingerprint=fingerprint(STAGE, cfg, (DATA_STAGE, STAGE)),
     )
     final = report.log[-1]["loss"] if report.log else float("nan")
     log.info(
