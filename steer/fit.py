@@ -82,19 +82,21 @@ class FitError(ValueError):
     """Input the model cannot be fitted to; the message says what is wrong."""
 
 
+def branch(m, centre: float, L: float, p: float) -> np.ndarray:
+    """One branch of D: (1 + (m − centre)² / L)^(−p)."""
+    return (1.0 + (np.asarray(m, dtype=np.float64) - centre) ** 2 / L) ** (-p)
+
+
 def decay(m, m_pos: float, m_neg: float, L_pos: float, L_neg: float, p_pos: float, p_neg: float) -> np.ndarray:
     """D(m), the piecewise rational quadratic validity decay."""
     m = np.asarray(m, dtype=np.float64)
-    pos = (1.0 + (m - m_pos) ** 2 / L_pos) ** (-p_pos)
-    neg = (1.0 + (m - m_neg) ** 2 / L_neg) ** (-p_neg)
-    return np.where(m >= 0, pos, neg)
+    return np.where(m >= 0, branch(m, m_pos, L_pos, p_pos), branch(m, m_neg, L_neg, p_neg))
 
 
 def decay_at_zero(params: Mapping[str, float]) -> tuple[float, float]:
     """D(0) of the positive branch and the limit m → 0⁻ of the negative one (equal after a fit)."""
-    pos = (1.0 + params["m_pos"] ** 2 / params["L_pos"]) ** (-params["p_pos"])
-    neg = (1.0 + params["m_neg"] ** 2 / params["L_neg"]) ** (-params["p_neg"])
-    return float(pos), float(neg)
+    pos, neg = (float(branch(0.0, *(params[k + s] for k in ("m", "L", "p")))) for s in ("_pos", "_neg"))
+    return pos, neg
 
 
 def peak_width(L, p) -> np.ndarray:
@@ -394,9 +396,8 @@ def preference_slope(m, params: Mapping[str, float], side: str) -> np.ndarray:
     suffix = {"positive": "_pos", "negative": "_neg"}[side]
     centre, length, power = (params[k + suffix] for k in ("m", "L", "p"))
     m = np.asarray(m, dtype=np.float64)
-    base = 1.0 + (m - centre) ** 2 / length
-    d = base ** (-power)
-    d_slope = -power * base ** (-power - 1.0) * 2.0 * (m - centre) / length
+    d = branch(m, centre, length, power)
+    d_slope = -2.0 * power * (m - centre) * d / (length + (m - centre) ** 2)
     return params["alpha"] * d + (params["alpha"] * m + params["beta"]) * d_slope
 
 
