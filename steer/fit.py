@@ -144,6 +144,12 @@ class Fit:
         return r_squared(y, self.predict(m))
 
 
+def fit_from_json(kind: str, entry: Mapping) -> Fit:
+    """A fit as ``fit.json`` stores it (an entry of ``SweepFit.to_json``)."""
+    r2 = entry["r2"]
+    return Fit(kind, dict(entry["params"]), float("nan") if r2 is None else float(r2), entry.get("degenerate"))
+
+
 def fit_curve(kind: str, m, y, restarts: int = 16, seed: int = 0) -> Fit:
     """Fit the ``kind`` model ("pref" or "util") to points (m, y), usually the mean curve over examples."""
     # The linear algebra here is tiny: BLAS threads only add wake-up overhead (4x slower on a busy CPU).

@@ -37,7 +37,7 @@ import pandas as pd
 import yaml
 
 from steer.atomic import atomic_write_text
-from steer.fit import COLUMNS, SPLITS, FitError, fit_curve, mean_curve
+from steer.fit import COLUMNS, PARAMS, SPLITS, FitError, fit_curve, fit_from_json, mean_curve
 from steer.plots import Panel, save_dynamics_figure
 from steer.stages.fit import FIT_FILE
 from steer.stages.sweep import SWEEP_FILE
@@ -132,6 +132,9 @@ def _read_run(run_dir: Path) -> Run:
         for which in (*SPLITS, "transfer"):
             if "r2" not in fit.get(kind, {}).get(which, {}):
                 raise KeyError(f"{run_dir / FIT_FILE} has no {kind}.{which}.r2")
+        for which in SPLITS:
+            if set(fit[kind][which].get("params", {})) != set(PARAMS[kind]):
+                raise KeyError(f"{run_dir / FIT_FILE}: {kind}.{which}.params must name {', '.join(PARAMS[kind])}")
     return Run(
         path=run_dir,
         model=str(get("model.name")),
@@ -203,6 +206,10 @@ def paper_table(name: str, runs: Sequence[Run]) -> Table:
     return Table(name, title, families, rows, list(runs), which)
 
 
+def _row_labels(row: Row) -> list[str]:
+    return [row.model, str(row.layer), FORMS.get(row.form, row.form), OBJECTIVES.get(row.objective, row.objective)]
+
+
 def _fmt(cell: Cell, count: bool) -> str:
     if cell.value is None:
         return MISSING
@@ -226,8 +233,7 @@ def table_markdown(table: Table, outputs: Path, skipped: Sequence[tuple[Path, st
     ]
     for row in table.rows:
         cells = [_fmt(row.cells[c], count=c[1] != "Avg") for c in table.columns]
-        meta = [row.model, str(row.layer), FORMS.get(row.form, row.form), OBJECTIVES.get(row.objective, row.objective)]
-        lines.append("| " + " | ".join(meta + cells) + " |")
+        lines.append("| " + " | ".join(_row_labels(row) + cells) + " |")
     lines += ["", f"## Runs used ({len(table.runs)})", ""]
     lines.append(f"| Run | Data set | Family | R² pref ({table.which}) | R² util ({table.which}) |")
     lines.append("|---|---|---|---:|---:|")
@@ -273,8 +279,7 @@ def table_latex(table: Table) -> str:
                 cells.append(f"{cell.value:.3f}$^{{{cell.n}}}$")
             else:
                 cells.append(f"{cell.value:.3f}")
-        meta = [row.model, str(row.layer), FORMS.get(row.form, row.form), OBJECTIVES.get(row.objective, row.objective)]
-        lines.append(" & ".join(_latex_escape(x) for x in meta) + " & " + " & ".join(cells) + " \\\\")
+        lines.append(" & ".join(_latex_escape(x) for x in _row_labels(row)) + " & " + " & ".join(cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
 
@@ -314,9 +319,14 @@ def pooled_curves(runs: Sequence[Run], split: str) -> dict[str, pd.DataFrame]:
 
 
 def figure_panel(runs: Sequence[Run], split: str) -> Panel:
+    """One run's curves with the fits its fit stage made (those of the tables); several runs'
+    pooled curves with fits of their own."""
     curves = pooled_curves(runs, split)
     fits, notes = {}, []
     for kind, curve in curves.items():
+        if len(runs) == 1:
+            fits[kind] = fit_from_json(kind, runs[0].fit[kind][split])
+            continue
         try:
             fits[kind] = fit_curve(kind, curve["m"], curve["mean"])
         except FitError as err:

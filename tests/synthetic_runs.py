@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from steer.fit import curve
+from steer.fit import NEUTRAL_DECAY, PARAMS, curve
 
 VECTOR_GRID = [-20, -16, -12, -8, -6, -4, -2, -1, 0, 1, 2, 4, 6, 8, 12, 16, 20]
 WEIGHT_GRID = [-2.0, -1.6, -1.2, -0.8, -0.6, -0.4, -0.2, -0.1, 0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.2, 1.6, 2.0]
@@ -37,11 +37,15 @@ def write_config(
 
 
 def write_fit(run_dir: Path, r2: dict) -> None:
-    """fit.json with the given R² per (kind, which); parameters are placeholders the report never reads."""
+    """fit.json with the given R² per (kind, which) and a constant curve's parameters."""
+    constant = {"alpha": 0.0, "beta": 0.0, "b": 0.0, **NEUTRAL_DECAY}
     fit = {
         kind: {which: {"r2": r2.get((kind, which))} for which in ("train", "test", "transfer")}
         for kind in ("pref", "util")
     }
+    for kind, entry in fit.items():
+        for which in ("train", "test"):
+            entry[which]["params"] = {k: constant[k] for k in PARAMS[kind]}
     (run_dir / "fit.json").write_text(json.dumps(fit))
 
 

@@ -150,3 +150,31 @@ def test_fit_json_from_the_stage_is_read(tmp_path):
     csv = pd.read_csv(tmp_path / "outputs" / "reports" / "table6.csv")
     assert csv.loc[0, "util_Sent"] == pytest.approx(summary["util"]["transfer"]["r2"], abs=1e-6)
     assert csv.loc[0, "layer"] == 3 and csv.loc[0, "model"] == "m"
+
+
+def test_a_single_run_panel_draws_the_fit_of_its_fit_stage(tmp_path):
+    """One run per panel: the figure shows the fit.json fit (the one the tables score), not a refit."""
+    from steer.fit import curve, fit_sweep
+
+    out = tmp_path / "outputs"
+    run_dir = out / "sentiment" / "smollm2-135m" / "vector-sft" / "layer15"
+    write_config(run_dir, form="vector", objective="sft")
+    summary = fit_sweep(write_sweep(run_dir, VECTOR_GRID, 8.0), restarts=2).to_json()
+    stored = summary["pref"]["train"]
+    stored["params"]["b"] += 1.0  # a refit of the curve would not land here
+    stored["r2"] = 0.123
+    (run_dir / "fit.json").write_text(json.dumps(summary))
+    broken = out / "sentiment" / "smollm2-135m" / "lora-sft" / "layer15"
+    write_config(broken, form="lora", objective="sft")
+    write_sweep(broken, WEIGHT_GRID, 0.8)
+    del summary["util"]["test"]["params"]
+    (broken / "fit.json").write_text(json.dumps(summary))
+
+    report.build_figure("fig2", out, ["sentiment"])
+    data = pd.read_csv(out / "reports" / "fig2.csv")
+    assert set(data.form) == {"vector"} and set(data.runs) == {1}
+    np.testing.assert_allclose(data.pref_fit, curve("pref", data.m, stored["params"]))
+    assert set(data.pref_r2) == {0.123}
+    assert data.util_r2.to_numpy() == pytest.approx(summary["util"]["train"]["r2"])
+    assert "lora-sft/layer15: " in (out / "reports" / "fig2.md").read_text()
+    assert "util.test.params must name" in (out / "reports" / "fig2.md").read_text()
