@@ -16,16 +16,6 @@ from pathlib import Path
 
 from steer.pair_stats import answer_lengths, mass_summary, unsteered_scores
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
-
 
 def settings(cfg) -> list[tuple[str, str | None]]:
     """(label, instruction): the bare chat template, then the answer-format instruction if set."""
@@ -67,8 +57,9 @@ def check(cfg) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    overrides = list(sys.argv[1:] if argv is None else argv)
-    cfg = compose(overrides)
+    from steer.stages import compose_config
+
+    cfg = compose_config(sys.argv[1:] if argv is None else argv)
     try:
         report = check(cfg)
     except (ValueError, FileNotFoundError) as err:

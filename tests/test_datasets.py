@@ -16,11 +16,10 @@ import pandas as pd
 import pytest
 
 from steer.data import read_pairs, render_prompt
-from steer.datacheck import compose
 from steer.datasets.powerseeking import parse_choices
 from steer.generate import greedy_generate
 from steer.models import cache_root
-from steer.stages import ConfigError, data, run
+from steer.stages import ConfigError, compose_config, data, run
 from tests.conftest import REPO
 
 PSYCHOPATHY = "anthropic-evals/persona/psychopathy.jsonl"
@@ -31,7 +30,7 @@ QUIET = ["tracking.wandb=false", "progress=false"]
 
 
 def cfg_for(*overrides: str):
-    return compose([*QUIET, *overrides])
+    return compose_config([*QUIET, *overrides])
 
 
 def jsonl(path: Path) -> list[dict]:

@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 from matplotlib.image import imread
 
 from steer import fit as F
-from steer.stages import ConfigError, run
+from steer.stages import ConfigError, compose_config, run
 
-REPO = Path(__file__).resolve().parents[1]
 GRID = "[-4,-3,-2,-1,0,1,2,3,4]"
 BASE = ["dataset.limit=1", f"sweep.grid={GRID}", "tracking.wandb=false", "progress=false"]
 
 
 def config(*overrides: str):
-    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
-        return compose("config", overrides=[*BASE, *overrides])
+    return compose_config([*BASE, *overrides])
 
 
 @pytest.fixture(scope="module")

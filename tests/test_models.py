@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from steer.models import (
     EMBEDDED_SHA256,
@@ -23,6 +22,7 @@ from steer.models import (
     resolve_source,
     sha256_file,
 )
+from steer.stages import compose_config
 from tests.conftest import REPO, tiny_model
 
 
@@ -82,8 +82,7 @@ def test_offline_hub_source_names_the_key():
     [("gemma-2-9b-it", "google/gemma-2-9b-it", 20), ("qwen2.5-7b-instruct", "Qwen/Qwen2.5-7B-Instruct", 14)],
 )
 def test_paper_model_configs(name, source, layer):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"model={name}"])
+    cfg = compose_config([f"model={name}"])
     assert cfg.model.source == source and cfg.layer == layer and cfg.model.dtype == "bfloat16"
     assert cfg.run_id.startswith(f"sentiment/{name}/")
 

@@ -4,12 +4,11 @@ the two multiruns and the report with the overrides and data sets it is given.""
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-REPO = Path(__file__).resolve().parents[1]
+from steer.stages import compose_config
+from tests.conftest import REPO
 
 
 def load_recipe():
@@ -24,8 +23,7 @@ def load_recipe():
     [("dynamics", "vector,lora,local_weight", "sft,split"), ("dynamics_diffmean", "vector", "diffmean")],
 )
 def test_experiment_configs_compose(experiment, forms, objectives):
-    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
-        cfg = compose("config", overrides=[f"+experiment={experiment}"], return_hydra_config=True)
+    cfg = compose_config([f"+experiment={experiment}"], return_hydra_config=True)
     assert list(cfg.stages) == ["train", "sweep", "fit"]
     assert cfg.dataset.limit == 16 and cfg.dataset.name == "sentiment"
     assert dict(cfg.hydra.sweeper.params) == {"intervention": forms, "objective": objectives}

@@ -8,9 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from steer.stages import ConfigError, run
+from steer.stages import ConfigError, compose_config, run
 from steer.tracking import scrub
 from tests.conftest import REPO
 
@@ -19,8 +18,7 @@ FAST = ["dataset.limit=2", "sweep.grid=[-1,1]", "stages=[train,sweep]", "trackin
 
 
 def config(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=[*FAST, *overrides])
+    return compose_config([*FAST, *overrides])
 
 
 @pytest.mark.parametrize(

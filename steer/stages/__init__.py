@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from steer.tracking import Tracker, scrub
 
 log = logging.getLogger("steer")
 
+CONF = Path(__file__).resolve().parents[2] / "conf"
 STAGES = (data.STAGE, train.STAGE, sweep.STAGE, fit.STAGE)
 # Stages of the full pipeline, in order; those without a module yet are refused by name.
 PIPELINE = ("train", "sweep", "fit", "judge")
@@ -43,6 +45,15 @@ class ConfigError(ValueError):
 class RunResult:
     run_dir: Path
     ran: list[str]
+
+
+def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
+    """The repo's Hydra config with ``overrides``, as ``run.py`` would see it, for entry points
+    other than ``run.py`` (data-check) and for tests."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def validate(cfg: DictConfig) -> None:
