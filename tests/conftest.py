@@ -21,6 +21,16 @@ def smol():
     return load_model(EMBEDDED_SOURCE)
 
 
+def assert_refused(cfg, run_dir: Path, match: str) -> None:
+    """``steer.stages.run`` refuses ``cfg`` with a ConfigError matching ``match`` (a regex) and
+    leaves no run directory behind."""
+    from steer.stages import ConfigError, run
+
+    with pytest.raises(ConfigError, match=match):
+        run(cfg, run_dir)
+    assert not run_dir.exists()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -20,7 +20,7 @@ from steer.datasets.powerseeking import parse_choices
 from steer.generate import greedy_generate
 from steer.models import cache_root
 from steer.stages import ConfigError, compose_config, data, run
-from tests.conftest import REPO
+from tests.conftest import REPO, assert_refused
 
 PSYCHOPATHY = "anthropic-evals/persona/psychopathy.jsonl"
 MC = "anthropic-evals/advanced-ai-risk/lm_generated_evals/power-seeking-inclination.jsonl"
@@ -228,11 +228,8 @@ BAD_FILES = {
 def test_bad_persona_file_fails_before_anything_is_written(case, tmp_path):
     name, rows, message = BAD_FILES[case]
     path = write_psychopathy(tmp_path / name, rows)
-    run_dir = tmp_path / "run"
     cfg = cfg_for("dataset=psychopathy", f"dataset.path={path}", "dataset.n_train=1", "dataset.n_test=1")
-    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path}/") + message):
-        run(cfg, run_dir)
-    assert not run_dir.exists()
+    assert_refused(cfg, tmp_path / "run", re.escape(f"{tmp_path}/") + message)
 
 
 def test_bad_csv_and_parquet_files_name_file_and_row(tmp_path):
@@ -333,9 +330,11 @@ def test_axbench_run_generates_and_caches_negatives(smol, tmp_path, monkeypatch)
     assert len(list((tmp_path / "cache" / "own_answers").iterdir())) == 1
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["models", "own_answers"]
     # a bad generation setting fails before anything is written
-    with pytest.raises(ConfigError, match="dataset.generation.max_new_tokens must be a positive integer"):
-        run(cfg_for(*overrides, "dataset.generation.max_new_tokens=0"), tmp_path / "other")
-    assert not (tmp_path / "other").exists()
+    assert_refused(
+        cfg_for(*overrides, "dataset.generation.max_new_tokens=0"),
+        tmp_path / "other",
+        "dataset.generation.max_new_tokens must be a positive integer",
+    )
 
 
 def test_hub_loading_through_datasets_gives_the_same_pairs(shared_data, tmp_path, monkeypatch):

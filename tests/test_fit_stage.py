@@ -10,7 +10,8 @@ import pytest
 from matplotlib.image import imread
 
 from steer import fit as F
-from steer.stages import ConfigError, compose_config, run
+from steer.stages import compose_config, run
+from tests.conftest import assert_refused
 
 GRID = "[-4,-3,-2,-1,0,1,2,3,4]"
 BASE = ["dataset.limit=1", f"sweep.grid={GRID}", "tracking.wandb=false", "progress=false"]
@@ -83,7 +84,4 @@ def test_fit_reruns_alone_when_its_config_changes(finished):
     ],
 )
 def test_bad_fit_config_fails_before_anything_runs(tmp_path, override, message):
-    run_dir = tmp_path / "run"
-    with pytest.raises(ConfigError, match=message):
-        run(config("stages=[train,sweep,fit]", override), run_dir)
-    assert not run_dir.exists()
+    assert_refused(config("stages=[train,sweep,fit]", override), tmp_path / "run", message)

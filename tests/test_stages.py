@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from steer.stages import ConfigError, compose_config, run
+from steer.stages import compose_config, run
 from steer.tracking import scrub
-from tests.conftest import REPO
+from tests.conftest import REPO, assert_refused
 
 # Two values of m keep these tests fast; the fit stage needs at least 9, so it is left out here.
 FAST = ["dataset.limit=2", "sweep.grid=[-1,1]", "stages=[train,sweep]", "tracking.wandb=false", "progress=false"]
@@ -39,10 +39,7 @@ def config(*overrides: str):
     ],
 )
 def test_bad_config_fails_before_anything_is_written(tmp_path, overrides, message):
-    run_dir = tmp_path / "run"
-    with pytest.raises(ConfigError, match=re.escape(message)):
-        run(config(*overrides), run_dir)
-    assert not run_dir.exists()
+    assert_refused(config(*overrides), tmp_path / "run", re.escape(message))
 
 
 def test_finished_stages_are_skipped_and_changed_ones_rerun(tmp_path, smol):

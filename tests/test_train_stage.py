@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from steer.interventions import DynamicAffine
-from steer.stages import ConfigError, run
+from steer.stages import run
 from steer.train import LOG_COLUMNS
+from tests.conftest import assert_refused
 from tests.test_stages import config as stages_config
 
 
@@ -31,10 +32,7 @@ def config(*overrides: str):
     ],
 )
 def test_bad_training_config_fails_before_anything_is_written(tmp_path, overrides, message):
-    run_dir = tmp_path / "run"
-    with pytest.raises(ConfigError, match=re.escape(message)):
-        run(config(*overrides), run_dir)
-    assert not run_dir.exists()
+    assert_refused(config(*overrides), tmp_path / "run", re.escape(message))
 
 
 def test_trained_run_writes_log_and_training_record(tmp_path, smol):
