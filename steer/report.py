@@ -17,8 +17,9 @@ column of the row has a value. Only families with at least one finished run get 
 Figures: one per model (and layer) and data set; panels are intervention forms in rows (vector on
 top, then lora, local_weight) × objectives in columns, each with the mean PrefOdds (solid) and
 UtilOdds (dashed) over the examples of one split (train by default), a ± 1 s.d. band, and the
-validity-decay fits of those mean curves (runs of one family are pooled, then fitted with the
-library defaults). fig2, fig4 and fig5 default to the paper's data sets (psychopathy,
+validity-decay fits of those mean curves: a panel of one run draws the fits its fit stage stored
+in ``fit.json`` (the fits the tables score); runs of one family are pooled and the pooled curves
+fitted with the library defaults. fig2, fig4 and fig5 default to the paper's data sets (psychopathy,
 powerseeking, axbench); ``--dataset`` names others (a loader or a ``dataset.name``).
 """
 
