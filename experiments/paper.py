@@ -39,7 +39,7 @@ DEFAULT_ROOT = "outputs/paper"
 def commands(target: str, datasets: str, overrides: list[str]) -> list[list[str]]:
     """The multiruns, then the report command, for ``target``."""
     runs = [
-        [sys.executable, "run.py", "-m", f"+experiment={name}", f"dataset={datasets}", *overrides]
+        [sys.executable, "run.py", "-m", f"experiment={name}", f"dataset={datasets}", *overrides]
         for name in EXPERIMENTS
     ]
     roots = [o.split("=", 1)[1] for o in overrides if o.startswith("output_root=")]

@@ -14,13 +14,14 @@ UtilOdds of both at equal test PrefOdds, interpolated along each one's sweep.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from steer import rundir
 
 REPO = Path(__file__).resolve().parents[1]
 OBJECTIVES = ("sft", "reps", "split")
@@ -57,7 +58,7 @@ def train_and_sweep(root: Path, form: str, objective: str, limit: int, extra: li
 
 def mean_test_curves(directory: Path) -> pd.DataFrame:
     """Mean test PrefOdds/UtilOdds per m of one run."""
-    frame = pd.read_parquet(directory / "sweep.parquet")
+    frame = rundir.read_sweep(directory)
     return frame[frame.split == "test"].groupby("m")[["pref_odds", "util_odds"]].mean()
 
 
@@ -67,7 +68,7 @@ def matrix_table(root: Path) -> pd.DataFrame:
         for objective in OBJECTIVES:
             directory = run_dir(root, form, objective)
             means = mean_test_curves(directory)
-            training = json.loads((directory / "intervention.json").read_text())["training"]
+            training = rundir.read_meta(directory)["training"]
             pref = [means.loc[v, "pref_odds"] for v in (-m, 0.0, m)]
             util = [means.loc[v, "util_odds"] for v in (-m, 0.0, m)]
             rows.append(

@@ -15,8 +15,6 @@ from pathlib import Path
 
 from steer.atomic import atomic_write_text
 
-SPLITS = ("train", "test")
-
 
 @dataclass(frozen=True)
 class PolarityPair:

@@ -93,17 +93,6 @@ def decay(m, m_pos: float, m_neg: float, L_pos: float, L_neg: float, p_pos: floa
     return np.where(m >= 0, branch(m, m_pos, L_pos, p_pos), branch(m, m_neg, L_neg, p_neg))
 
 
-def decay_at_zero(params: Mapping[str, float]) -> tuple[float, float]:
-    """D(0) of the positive branch and the limit m → 0⁻ of the negative one (equal after a fit)."""
-    pos, neg = (float(branch(0.0, *(params[k + s] for k in ("m", "L", "p")))) for s in ("_pos", "_neg"))
-    return pos, neg
-
-
-def peak_width(L, p) -> np.ndarray:
-    """√(L / 2p), the width of a branch's peak: near its centre c, D ≈ 1 − (m − c)² / (2·width²)."""
-    return np.sqrt(np.asarray(L) / (2.0 * np.asarray(p)))
-
-
 def curve(kind: str, m, params: Mapping[str, float]) -> np.ndarray:
     """The model curve of ``kind`` ("pref" or "util") at ``m``."""
     d = decay(m, *(params[k] for k in DECAY_PARAMS))

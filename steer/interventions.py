@@ -1,10 +1,7 @@
 """The unified dynamic weight update, Δh = m1·ΔW·h_in + m2·Δb, at one site of one layer.
 
-The three forms of the paper differ only in which of ΔW, Δb they carry and where they sit:
-
-* ``local_weight``: dense ΔW and Δb inside the MLP ``down_proj`` of layer l;
-* ``lora``: ΔW = lora_B @ lora_A (rank r, scaling folded in), no Δb, inside ``down_proj``;
-* ``vector``: Δb only, added to the residual stream at the output of decoder layer l.
+The forms (``steer.forms``) differ only in which of ΔW, Δb they carry and where they sit;
+``DynamicAffine`` holds one form's tensors as parameters and applies its Δh.
 
 The update is a forward hook that adds Δh to the site's output, so m = 0 adds an exact zero and
 reproduces the bare model bit for bit. The multiplier may be a float or a tensor with one value
@@ -14,7 +11,6 @@ per batch row, which lets training draw a multiplier per example and the sweep b
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,42 +19,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from steer.atomic import atomic_path, atomic_write_text
-from steer.models import decoder_layer, down_proj
-
-FORMS = ("local_weight", "lora", "vector")
-SITES = {"local_weight": "mlp.down_proj", "lora": "mlp.down_proj", "vector": "residual"}
-TENSORS = {
-    "local_weight": ("delta_w", "delta_b"),
-    "lora": ("lora_A", "lora_B"),
-    "vector": ("delta_b",),
-}
-WEIGHTS_FILE = "intervention.safetensors"
-META_FILE = "intervention.json"
-
-Multiplier = float | torch.Tensor
-
-
-def check_form(form: str) -> str:
-    if form not in FORMS:
-        raise ValueError(f"intervention.form={form!r} is not one of {', '.join(FORMS)}")
-    return form
-
-
-def site_module(model: nn.Module, form: str, layer: int) -> nn.Module:
-    """The module whose output the form's hook edits."""
-    if SITES[check_form(form)] == "residual":
-        return decoder_layer(model, layer)
-    return down_proj(model, layer)
-
-
-def site_dims(model: nn.Module, form: str, layer: int) -> tuple[int, int]:
-    """(d_in, d_out) of the site: the down_proj shape, or (hidden, hidden) on the residual."""
-    module = site_module(model, form, layer)
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    hidden = int(model.config.hidden_size)
-    return hidden, hidden
+from steer import rundir
+from steer.atomic import atomic_path
+from steer.forms import Form, Multiplier, get_form
 
 
 @dataclass
@@ -76,30 +39,19 @@ class InterventionInfo:
 
     @property
     def site(self) -> str:
-        return SITES[self.form]
+        return get_form(self.form).site
 
 
 class DynamicAffine(nn.Module):
-    """One steering intervention: trainable ΔW/Δb plus a settable multiplier."""
+    """One steering intervention: its form's trainable tensors plus a settable multiplier."""
 
     def __init__(self, info: InterventionInfo, init_scale: float = 0.0, generator=None) -> None:
         super().__init__()
-        check_form(info.form)
         self.info = info
-        d_in, d_out = info.d_in, info.d_out
-        if info.form == "local_weight":
-            self.delta_w = nn.Parameter(torch.zeros(d_out, d_in))
-            self.delta_b = nn.Parameter(torch.zeros(d_out))
-        elif info.form == "lora":
-            if not info.rank or info.rank < 1:
-                raise ValueError(f"intervention.rank must be a positive integer, got {info.rank!r}")
-            bound = 1.0 / d_in**0.5  # kaiming-uniform-like A, B = 0: no effect before training
-            a = torch.empty(info.rank, d_in).uniform_(-bound, bound, generator=generator)
-            self.lora_A = nn.Parameter(a)
-            self.lora_B = nn.Parameter(torch.zeros(d_out, info.rank))
-        else:
-            b = torch.randn(d_out, generator=generator) * init_scale
-            self.delta_b = nn.Parameter(b)
+        form = get_form(info.form)
+        tensors = form.init(info.d_in, info.d_out, rank=info.rank, init_scale=init_scale, generator=generator)
+        for name, value in tensors.items():
+            self.register_parameter(name, nn.Parameter(value))
         self.multiplier: Multiplier = 0.0
         self.bias_multiplier: Multiplier | None = None
         self._handle = None
@@ -108,50 +60,46 @@ class DynamicAffine(nn.Module):
     def form(self) -> str:
         return self.info.form
 
+    @property
+    def spec(self) -> Form:
+        """The registered ``steer.forms.Form`` of this intervention."""
+        return get_form(self.info.form)
+
     def set_multiplier(self, m: Multiplier, m_bias: Multiplier | None = None) -> None:
         """Set m1 (and m2, which follows m1 unless given). Takes effect on the next forward."""
         self.multiplier = m
         self.bias_multiplier = m_bias
 
-    def delta_weight(self) -> torch.Tensor | None:
-        """ΔW as one [d_out, d_in] matrix (None for the vector form)."""
-        if self.form == "local_weight":
-            return self.delta_w
-        if self.form == "lora":
-            return self.lora_B @ self.lora_A
-        return None
+    def params(self) -> dict[str, nn.Parameter]:
+        return {name: getattr(self, name) for name in self.spec.tensor_names}
+
+    def dense_update(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(ΔW [d_out, d_in] or None, Δb [d_out] or None) at m = 1, in the site's output coordinates."""
+        return self.spec.dense_update(self.params())
 
     def delta(self, h_in: torch.Tensor | None) -> torch.Tensor:
         """Δh = m1·ΔW·h_in + m2·Δb, broadcast over [batch, seq, d_out]."""
         m1 = _per_row(self.multiplier)
         m2 = m1 if self.bias_multiplier is None else _per_row(self.bias_multiplier)
-        out = None
-        if self.form == "local_weight":
-            out = m1 * (h_in.to(self.delta_w.dtype) @ self.delta_w.T)
-        elif self.form == "lora":
-            out = m1 * ((h_in.to(self.lora_A.dtype) @ self.lora_A.T) @ self.lora_B.T)
-        if hasattr(self, "delta_b"):
-            bias = m2 * self.delta_b
-            out = bias if out is None else out + bias
-        return out
+        return self.spec.delta(self.params(), h_in, m1, m2)
 
     def _hook(self, module, args, output):
         if isinstance(output, tuple):  # decoder layers of older transformers return tuples
             hidden = output[0]
             return (hidden + self.delta(None).to(hidden.dtype), *output[1:])
-        h_in = args[0] if self.form != "vector" else None
+        h_in = args[0] if self.spec.needs_input else None
         return output + self.delta(h_in).to(output.dtype)
 
     def attach(self, model: nn.Module) -> DynamicAffine:
         """Register the hook on the site of ``model``; the module follows the model's device."""
         if self._handle is not None:
             raise RuntimeError("intervention is already attached; detach it first")
-        module = site_module(model, self.form, self.info.layer)
-        dims = site_dims(model, self.form, self.info.layer)
+        module = self.spec.site_module(model, self.info.layer)
+        dims = self.spec.dims(model, self.info.layer)
         if dims != (self.info.d_in, self.info.d_out):
             raise ValueError(
                 f"intervention shape (d_in, d_out)={(self.info.d_in, self.info.d_out)} does not "
-                f"fit layer {self.info.layer} {SITES[self.form]} of this model {dims}"
+                f"fit layer {self.info.layer} {self.spec.site} of this model {dims}"
             )
         param = next(model.parameters())
         self.to(param.device)
@@ -175,14 +123,26 @@ class DynamicAffine(nn.Module):
             self.detach()
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name).detach().cpu().contiguous() for name in TENSORS[self.form]}
+        return {name: value.detach().cpu().contiguous() for name, value in self.params().items()}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor], source: str = "tensors") -> None:
+        """Copy ``tensors`` into the parameters; names and shapes must match the form's exactly."""
+        expected = set(self.spec.tensor_names)
+        if set(tensors) != expected:
+            raise ValueError(f"{source}: tensors {sorted(tensors)} != {sorted(expected)} for form {self.form}")
+        with torch.no_grad():
+            for name, value in tensors.items():
+                param = getattr(self, name)
+                if param.shape != value.shape:
+                    raise ValueError(f"{source}: {name} has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
+                param.copy_(value)
 
     def save(self, run_dir: str | Path) -> None:
         """Write ``intervention.safetensors`` and ``intervention.json`` atomically."""
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         tensors = self.tensors()
-        with atomic_path(run_dir / WEIGHTS_FILE) as tmp:
+        with atomic_path(run_dir / rundir.WEIGHTS) as tmp:
             save_file(tensors, str(tmp), metadata={"form": self.form})
         meta = {
             "form": self.form,
@@ -196,20 +156,20 @@ class DynamicAffine(nn.Module):
             "shapes": {name: list(t.shape) for name, t in tensors.items()},
             **self.info.extra,
         }
-        atomic_write_text(run_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
+        rundir.write_json(run_dir / rundir.META, meta)
 
     @classmethod
     def load(cls, run_dir: str | Path) -> DynamicAffine:
         """Rebuild an intervention from its two files, checking names and shapes."""
         run_dir = Path(run_dir)
-        meta_path, weights_path = run_dir / META_FILE, run_dir / WEIGHTS_FILE
+        meta_path, weights_path = run_dir / rundir.META, run_dir / rundir.WEIGHTS
         for path in (meta_path, weights_path):
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing: run the train stage first")
-        meta = json.loads(meta_path.read_text())
+        meta = rundir.read_meta(run_dir)
         known = {"form", "layer", "site", "model", "objective", "d_in", "d_out", "rank", "shapes"}
         info = InterventionInfo(
-            form=check_form(meta["form"]),
+            form=get_form(meta["form"]).name,
             layer=int(meta["layer"]),
             d_in=int(meta["d_in"]),
             d_out=int(meta["d_out"]),
@@ -219,18 +179,7 @@ class DynamicAffine(nn.Module):
             extra={k: v for k, v in meta.items() if k not in known},
         )
         module = cls(info)
-        tensors = load_file(str(weights_path))
-        expected = set(TENSORS[info.form])
-        if set(tensors) != expected:
-            raise ValueError(f"{weights_path}: tensors {sorted(tensors)} != {sorted(expected)} for form {info.form}")
-        with torch.no_grad():
-            for name, value in tensors.items():
-                param = getattr(module, name)
-                if param.shape != value.shape:
-                    raise ValueError(
-                        f"{weights_path}: {name} has shape {tuple(value.shape)}, expected {tuple(param.shape)}"
-                    )
-                param.copy_(value)
+        module.load_tensors(load_file(str(weights_path)), source=str(weights_path))
         return module
 
 
@@ -253,7 +202,8 @@ def new_intervention(
     objective: str = "",
 ) -> DynamicAffine:
     """A fresh intervention sized for ``model``'s site; seeded so runs are reproducible."""
-    d_in, d_out = site_dims(model, check_form(form), layer)
-    info = InterventionInfo(form, layer, d_in, d_out, rank if form == "lora" else None, model_name, objective)
+    spec = get_form(form)
+    d_in, d_out = spec.dims(model, layer)
+    info = InterventionInfo(form, layer, d_in, d_out, rank if spec.uses_rank else None, model_name, objective)
     generator = torch.Generator().manual_seed(seed)
     return DynamicAffine(info, init_scale=init_scale, generator=generator)

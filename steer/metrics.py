@@ -70,33 +70,6 @@ def lm_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def answer_targets(batch: Sequence[Encoded], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(row, position, target) of every answer token: position t predicts ids[t + 1]."""
-    rows, positions, targets = [], [], []
-    for row, e in enumerate(batch):
-        for t in range(e.n_prompt - 1, len(e.ids) - 1):
-            rows.append(row)
-            positions.append(t)
-            targets.append(e.ids[t + 1])
-    as_tensor = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
-    return as_tensor(rows), as_tensor(positions), as_tensor(targets)
-
-
-def answer_logprobs(model: nn.Module, batch: Sequence[Encoded], per_token: bool = False) -> torch.Tensor:
-    """Σ_t log p(answer token t) for every sequence of ``batch`` (mean over tokens if
-    ``per_token``). Differentiable; only answer positions go through the output head."""
-    device = next(model.parameters()).device
-    ids, mask = collate(batch, device)
-    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-    rows, positions, targets = answer_targets(batch, device)
-    logits = lm_logits(model, hidden[rows, positions]).float()
-    token_lp = logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    sums = torch.zeros(len(batch), dtype=token_lp.dtype, device=device).index_add(0, rows, token_lp)
-    if per_token:
-        sums = sums / torch.tensor([e.n_answer for e in batch], device=device, dtype=sums.dtype)
-    return sums
-
-
 def pref_odds(loss_pos, loss_neg) -> np.ndarray:
     """PrefOdds = L_n − L_p = log P(A_p|q) − log P(A_n|q)."""
     return np.asarray(loss_neg, dtype=np.float64) - np.asarray(loss_pos, dtype=np.float64)
@@ -186,8 +159,8 @@ def packed_targets(batch: Sequence[EncodedPair]) -> tuple[list[int], list[int], 
 def pair_logprobs(model: nn.Module, batch: Sequence[EncodedPair], per_token: bool = False) -> torch.Tensor:
     """[B, 2]: Σ log p(A_p) and Σ log p(A_n) for every pair, in one packed forward per pair.
 
-    Equal to two ``answer_logprobs`` calls up to float rounding, at about two thirds of the cost
-    when prompts are as long as the answers. Differentiable.
+    Equal to scoring [prompt | A_p] and [prompt | A_n] as two sequences up to float rounding, at
+    about two thirds of the cost when prompts are as long as the answers. Differentiable.
     """
     param = next(model.parameters())
     inputs = packed_inputs(batch, param.device, param.dtype, model.config)

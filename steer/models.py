@@ -163,17 +163,16 @@ def decoder_layer(model: nn.Module, layer: int) -> nn.Module:
     return layers[layer]
 
 
-def down_proj(model: nn.Module, layer: int) -> nn.Linear:
-    """The MLP output projection of decoder layer ``layer``: the site of ΔW for weight forms."""
+def layer_linear(model: nn.Module, layer: int, path: str) -> nn.Linear:
+    """The Linear at ``path`` (e.g. ``mlp.down_proj``) inside decoder layer ``layer``: a form's site."""
     block = decoder_layer(model, layer)
-    proj = getattr(getattr(block, "mlp", None), "down_proj", None)
-    if not isinstance(proj, nn.Linear):
-        raise TypeError(f"{type(block).__name__}: no mlp.down_proj Linear in layer {layer}")
-    return proj
-
-
-def hidden_size(model: nn.Module) -> int:
-    return int(model.config.hidden_size)
+    try:
+        module = block.get_submodule(path)
+    except AttributeError:
+        module = None
+    if not isinstance(module, nn.Linear):
+        raise TypeError(f"{type(block).__name__}: no {path} Linear in layer {layer}")
+    return module
 
 
 def model_fingerprint(model: nn.Module, probe: int = 256) -> str:

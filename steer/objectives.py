@@ -1,4 +1,12 @@
-"""The training objectives: SFT, RePS and SPLIT as losses of answer log-likelihoods.
+"""The objectives: how an intervention's Δ is obtained from the training pairs.
+
+Each objective is one class (a frozen dataclass of its ``objective.*`` options, checked on
+construction) registered in ``OBJECTIVES``; ``forms`` says which intervention forms it can
+produce (None: every form). A ``Loss`` is trained by ``steer.train`` (SFT, RePS, SPLIT); an
+``Estimator`` computes Δ in closed form (DiffMean). Adding an objective is one class and one
+registry line (or ``OBJECTIVES[name] = MyObjective`` from outside the package).
+
+The losses are functions of answer log-likelihoods.
 
 Every objective sees one *direction* of a pair at a time: under +m the winner is A_p and the loser
 A_n; under −m the roles swap (the trainer calls the loss once per direction). The plain functions
@@ -17,10 +25,16 @@ config and apply its function to the winner's and loser's ``Side``.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from steer.data import PairRecord
+from steer.diffmean import diffmean_vector
 
 
 @dataclass(frozen=True)
@@ -70,15 +84,50 @@ def reps_loss(
     return -F.logsigmoid(logits)
 
 
+class Objective:
+    """An objective: ``name``, the forms it can produce, and whether it is trained."""
+
+    name: ClassVar[str]
+    forms: ClassVar[tuple[str, ...] | None] = None
+    trains: ClassVar[bool] = True
+
+    @classmethod
+    def check_form(cls, form: str) -> None:
+        """Refuse a form this objective cannot produce, naming both config keys."""
+        if cls.forms is not None and form not in cls.forms:
+            raise ValueError(
+                f"objective={cls.name} trains only intervention={'/'.join(cls.forms)}, not intervention={form}"
+            )
+
+
+class Loss(Objective):
+    """A trained objective: per-row loss of one direction (winner, loser) of a batch of pairs."""
+
+    def __call__(self, win: Side, lose: Side) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Estimator(Objective):
+    """A closed-form objective: the intervention's tensors computed from the training pairs."""
+
+    trains = False
+
+    def estimate(
+        self, model: nn.Module, tokenizer, records: Sequence[PairRecord], layer: int, progress: bool = False
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
 def _per_token(side: Side, per_token: bool) -> torch.Tensor:
     return side.logp / side.n_answer if per_token else side.logp
 
 
 @dataclass(frozen=True)
-class SFT:
+class SFT(Loss):
     """Cross-entropy on A_p under +m and on A_n under −m (summed over answer tokens, or the mean
     per token with ``per_token``)."""
 
+    name = "sft"
     per_token: bool = False
 
     def __call__(self, win: Side, lose: Side) -> torch.Tensor:
@@ -86,9 +135,10 @@ class SFT:
 
 
 @dataclass(frozen=True)
-class SPLIT:
+class SPLIT(Loss):
     """The paper's objective: likelihood of both answers plus a preference margin."""
 
+    name = "split"
     lambda_p: float = 1.0
     lambda_n: float = 0.5
     gamma: float = 6.0
@@ -110,9 +160,10 @@ LENGTHS = ("sequence", "answer")
 
 
 @dataclass(frozen=True)
-class RePS:
+class RePS(Loss):
     """AxBench's reference-scaled SimPO, trained in both directions."""
 
+    name = "reps"
     simpo_scaler: float = 1.0
     length: str = "sequence"
 
@@ -126,16 +177,36 @@ class RePS:
         return reps_loss(win.logp, lose.logp, win.ref_logp, lose.ref_logp, n_win, n_lose, self.simpo_scaler)
 
 
-Objective = SFT | SPLIT | RePS
-OBJECTIVES: dict[str, type] = {"sft": SFT, "reps": RePS, "split": SPLIT}
+@dataclass(frozen=True)
+class DiffMean(Estimator):
+    """Δb = mean layer-l activation over A_p answer tokens − over A_n (``steer.diffmean``); vector only."""
+
+    name = "diffmean"
+    forms = ("vector",)
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"objective.batch_size must be a positive integer, got {self.batch_size!r}")
+
+    def estimate(self, model, tokenizer, records, layer, progress=False):
+        return {"delta_b": diffmean_vector(model, tokenizer, records, layer, self.batch_size, progress)}
+
+
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (DiffMean, SFT, RePS, SPLIT)}
+
+
+def get_objective(name: str) -> type[Objective]:
+    """The registered objective class ``name``; an unknown name is an error naming the choices."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"objective={name!r} is not one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name]
 
 
 def make_objective(name: str, options: dict) -> Objective:
     """The objective ``name`` with ``options`` (the ``objective.*`` keys other than its name);
     an unknown key or a value of the wrong type is reported by name."""
-    if name not in OBJECTIVES:
-        raise ValueError(f"objective={name!r} has no training loss (trained objectives: {', '.join(OBJECTIVES)})")
-    cls = OBJECTIVES[name]
+    cls = get_objective(name)
     types = inspect.get_annotations(cls, eval_str=True)
     accepted = {f.name for f in fields(cls)}
     for key, value in options.items():

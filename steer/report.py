@@ -26,7 +26,6 @@ powerseeking, axbench); ``--dataset`` names others (a loader or a ``dataset.name
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Sequence
@@ -37,11 +36,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from steer import rundir
 from steer.atomic import atomic_write_text
 from steer.fit import COLUMNS, PARAMS, SPLITS, FitError, fit_curve, fit_from_json, mean_curve
 from steer.plots import Panel, save_dynamics_figure
-from steer.stages.fit import FIT_FILE
-from steer.stages.sweep import SWEEP_FILE
 
 REPORTS = "reports"
 
@@ -52,9 +50,11 @@ TABLES = {
 }
 FIGURES = {"fig2": "psychopathy", "fig4": "powerseeking", "fig5": "axbench"}
 FAMILIES = {"psychopathy": "Psy", "powerseeking": "Pwr", "axbench": "Axb"}
-FORMS = {"local_weight": "LocalWeight", "lora": "LoRA", "vector": "Vector"}
+# Display names and order of the paper's forms and objectives; any other registered form or
+# objective appears under its own name, after these (steer.forms / steer.objectives need torch).
+FORM_LABELS = {"local_weight": "LocalWeight", "lora": "LoRA", "vector": "Vector"}
 FIGURE_FORMS = ("vector", "lora", "local_weight")
-OBJECTIVES = {"diffmean": "DiffMean", "sft": "SFT", "reps": "RePS", "split": "SPLIT"}
+OBJECTIVE_LABELS = {"diffmean": "DiffMean", "sft": "SFT", "reps": "RePS", "split": "SPLIT"}
 KINDS = {"pref": "Pref", "util": "Util"}
 MISSING = "—"
 
@@ -100,7 +100,7 @@ def find_runs(outputs: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
     if not outputs.is_dir():
         return runs, skipped
     reports = outputs / REPORTS
-    for fit_path in sorted(outputs.rglob(FIT_FILE)):
+    for fit_path in sorted(outputs.rglob(rundir.FIT)):
         run_dir = fit_path.parent
         if reports in run_dir.parents or run_dir == reports:
             continue
@@ -108,18 +108,16 @@ def find_runs(outputs: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
             runs.append(_read_run(run_dir))
         except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as err:
             skipped.append((run_dir, str(err)))
-    for sweep_path in sorted(outputs.rglob(SWEEP_FILE)):
-        if not (sweep_path.parent / FIT_FILE).exists():
+    for sweep_path in sorted(outputs.rglob(rundir.SWEEP)):
+        if not (sweep_path.parent / rundir.FIT).exists():
             skipped.append((sweep_path.parent, "not finished: sweep.parquet without fit.json"))
     return runs, skipped
 
 
 def _read_run(run_dir: Path) -> Run:
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise ValueError(f"{config_path} is missing")
-    config = yaml.safe_load(config_path.read_text())
-    fit = json.loads((run_dir / FIT_FILE).read_text())
+    config_path = run_dir / rundir.CONFIG
+    config = rundir.read_config(run_dir)
+    fit = rundir.read_fit(run_dir)
 
     def get(key: str):
         value = config
@@ -132,10 +130,10 @@ def _read_run(run_dir: Path) -> Run:
     for kind in COLUMNS:
         for which in (*SPLITS, "transfer"):
             if "r2" not in fit.get(kind, {}).get(which, {}):
-                raise KeyError(f"{run_dir / FIT_FILE} has no {kind}.{which}.r2")
+                raise KeyError(f"{run_dir / rundir.FIT} has no {kind}.{which}.r2")
         for which in SPLITS:
             if set(fit[kind][which].get("params", {})) != set(PARAMS[kind]):
-                raise KeyError(f"{run_dir / FIT_FILE}: {kind}.{which}.params must name {', '.join(PARAMS[kind])}")
+                raise KeyError(f"{run_dir / rundir.FIT}: {kind}.{which}.params must name {', '.join(PARAMS[kind])}")
     return Run(
         path=run_dir,
         model=str(get("model.name")),
@@ -189,7 +187,7 @@ def paper_table(name: str, runs: Sequence[Run]) -> Table:
     families = list(dict.fromkeys(family_label(x) for x in loaders))
     keys = sorted(
         {(r.model, r.layer, r.form, r.objective) for r in runs},
-        key=lambda k: (k[0], k[1], _rank(list(FORMS), k[2]), _rank(list(OBJECTIVES), k[3])),
+        key=lambda k: (k[0], k[1], _rank(list(FORM_LABELS), k[2]), _rank(list(OBJECTIVE_LABELS), k[3])),
     )
     rows = []
     for model, layer, form, objective in keys:
@@ -208,7 +206,12 @@ def paper_table(name: str, runs: Sequence[Run]) -> Table:
 
 
 def _row_labels(row: Row) -> list[str]:
-    return [row.model, str(row.layer), FORMS.get(row.form, row.form), OBJECTIVES.get(row.objective, row.objective)]
+    return [
+        row.model,
+        str(row.layer),
+        FORM_LABELS.get(row.form, row.form),
+        OBJECTIVE_LABELS.get(row.objective, row.objective),
+    ]
 
 
 def _fmt(cell: Cell, count: bool) -> str:
@@ -315,7 +318,7 @@ def _matches(run: Run, dataset: str) -> bool:
 
 def pooled_curves(runs: Sequence[Run], split: str) -> dict[str, pd.DataFrame]:
     """Mean and s.d. over the examples of ``split`` of all ``runs`` together, per curve kind."""
-    frame = pd.concat([pd.read_parquet(r.path / SWEEP_FILE) for r in runs], ignore_index=True)
+    frame = pd.concat([rundir.read_sweep(r.path) for r in runs], ignore_index=True)
     return {kind: mean_curve(frame, split, column) for kind, column in COLUMNS.items()}
 
 
@@ -334,7 +337,7 @@ def figure_panel(runs: Sequence[Run], split: str) -> Panel:
             fits[kind] = None
             notes.append(f"no {kind} fit: {err}")
     run = runs[0]
-    title = f"{FORMS.get(run.form, run.form)} · {OBJECTIVES.get(run.objective, run.objective)}"
+    title = f"{FORM_LABELS.get(run.form, run.form)} · {OBJECTIVE_LABELS.get(run.objective, run.objective)}"
     if len(runs) > 1:
         title += f" ({len(runs)} runs)"
     return Panel(title=title, curves=curves, fits=fits, note="\n".join(notes))
@@ -342,8 +345,8 @@ def figure_panel(runs: Sequence[Run], split: str) -> Panel:
 
 def build_figure(name: str, outputs: Path, datasets: Sequence[str] | None = None, split: str = "train") -> list[Path]:
     found, skipped = find_runs(outputs)
-    runs = [r for r in found if (r.path / SWEEP_FILE).is_file()]
-    skipped += [(r.path, f"{SWEEP_FILE} is missing") for r in found if r not in runs]
+    runs = [r for r in found if (r.path / rundir.SWEEP).is_file()]
+    skipped += [(r.path, f"{rundir.SWEEP} is missing") for r in found if r not in runs]
     if not runs:
         raise NoRuns(_no_runs_message(outputs, skipped))
     targets = list(datasets) if datasets else [FIGURES[name]]
@@ -362,7 +365,7 @@ def build_figure(name: str, outputs: Path, datasets: Sequence[str] | None = None
             group = [r for r in mine if (r.model, r.layer) == (model, layer)]
             used += group
             forms = sorted({r.form for r in group}, key=lambda f: _rank(FIGURE_FORMS, f))
-            objectives = sorted({r.objective for r in group}, key=lambda o: _rank(list(OBJECTIVES), o))
+            objectives = sorted({r.objective for r in group}, key=lambda o: _rank(list(OBJECTIVE_LABELS), o))
             grid = []
             for form in forms:
                 row = []

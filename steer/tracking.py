@@ -72,10 +72,6 @@ class Tracker:
         run.define_metric("sweep/*", step_metric="sweep/m")
         return cls(run)
 
-    @property
-    def active(self) -> bool:
-        return self._run is not None
-
     def log(self, metrics: dict) -> None:
         if self._run is not None:
             self._run.log(metrics)

@@ -20,7 +20,7 @@ import logging
 import math
 import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +81,15 @@ class TrainReport:
     memory_kind: str
     resumed_epochs: int
     log: list[dict]
+
+    def measurements(self) -> dict:
+        """Timing and memory, rounded, as recorded in ``intervention.json``."""
+        return {
+            "seconds_per_step": round(self.seconds_per_step, 4),
+            "prefix_seconds": round(self.prefix_seconds, 3),
+            "peak_memory_mib": round(self.peak_memory_mib, 1),
+            "memory_kind": self.memory_kind,
+        }
 
     def summary(self) -> str:
         return (
@@ -187,6 +196,57 @@ def peak_memory(device: torch.device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "max RSS of the process"
 
 
+@dataclass
+class Loop:
+    """The optimisation of one training run in one process: Δ's parameters, the DDP-wrapped
+    module, the objective, this process's cached pairs (``position``: pair index → cache slot)."""
+
+    module: nn.Module
+    objective: Objective
+    cache: list[Cached]
+    position: dict[int, int]
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    accelerator: object
+    settings: TrainSettings
+
+    def step(self, group: Sequence[np.ndarray], factors: np.ndarray) -> tuple[float, float, float]:
+        """One optimiser step over ``group`` (micro-batches of pair indices); (loss, lr, grad norm)."""
+        accelerator = self.accelerator
+        running = torch.zeros((), device=accelerator.device)
+        for j, batch in enumerate(group):
+            last = j == len(group) - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(self.module):
+                loss = batch_loss(
+                    self.module, self.objective, self.cache, [self.position[i] for i in batch], factors[batch]
+                )
+                accelerator.backward(loss / len(group))
+            running += loss.detach() / len(group)
+        grad_norm = accelerator.clip_grad_norm_(self.params, self.settings.grad_clip)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(accelerator.reduce(running, reduction="mean")), lr, float(grad_norm)
+
+    def epoch(self, epoch: int, n_pairs: int, n_batches: int) -> Iterator[tuple[float, float, float]]:
+        """The steps of ``epoch`` in this process: its pairs in the epoch's order, in ``n_batches``."""
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        order, factors = epoch_plan(n_pairs, self.settings, epoch)
+        batches = np.array_split(np.asarray([i for i in order if i % world == rank]), n_batches)
+        accum = self.settings.grad_accum
+        for b in range(0, n_batches, accum):
+            yield self.step(batches[b : b + accum], factors)
+
+
+def optimiser(params: list[nn.Parameter], settings: TrainSettings, total_steps: int):
+    """AdamW with a linear decay to 0 over ``total_steps``."""
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / total_steps))
+    return optimizer, scheduler
+
+
 def train_intervention(
     model: nn.Module,
     pairs: Sequence[EncodedPair],
@@ -211,27 +271,22 @@ def train_intervention(
     world, rank = accelerator.num_processes, accelerator.process_index
     if len(pairs) < world:
         raise ValueError(f"{len(pairs)} training pairs cannot feed {world} processes")
-    main = accelerator.is_main_process
-    layer = intervention.info.layer
     model.eval()
     model.requires_grad_(False)
     torch.manual_seed(settings.seed)
 
     start = time.perf_counter()
     shard = [i for i in range(len(pairs)) if i % world == rank]
-    position = {i: k for k, i in enumerate(shard)}
     intervention.detach()
-    cache = cache_prefix(model, [pairs[i] for i in shard], layer, settings.batch_size)
+    cache = cache_prefix(model, [pairs[i] for i in shard], intervention.info.layer, settings.batch_size)
     prefix_seconds = time.perf_counter() - start
 
     params = list(intervention.parameters())
     for p in params:
         p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     n_batches = math.ceil(math.ceil(len(pairs) / world) / settings.batch_size)
-    steps_per_epoch = math.ceil(n_batches / settings.grad_accum)
-    total = settings.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / total))
+    total = settings.epochs * math.ceil(n_batches / settings.grad_accum)
+    optimizer, scheduler = optimiser(params, settings, total)
     key = f"{fingerprint}/{world}"  # resumed only by the same configuration and number of processes
     rows, first_epoch = _resume(checkpoint, key, intervention, optimizer, scheduler)
     if first_epoch:
@@ -239,42 +294,36 @@ def train_intervention(
 
     intervention.attach(model)
     module = accelerator.prepare(SteeredLogprobs(intervention, model))
-    bar = tqdm(total=total, initial=len(rows), desc="train", unit="step", disable=not (progress and main))
+    loop = Loop(
+        module,
+        objective,
+        cache,
+        {i: k for k, i in enumerate(shard)},
+        params,
+        optimizer,
+        scheduler,
+        accelerator,
+        settings,
+    )
+    bar = tqdm(
+        total=total,
+        initial=len(rows),
+        desc="train",
+        unit="step",
+        disable=not (progress and accelerator.is_main_process),
+    )
     loop_start, steps_run = time.perf_counter(), 0
     try:
         for epoch in range(first_epoch, settings.epochs):
-            order, factors = epoch_plan(len(pairs), settings, epoch)
-            mine = [i for i in order if i % world == rank]
-            batches = np.array_split(np.asarray(mine), n_batches)
-            for b in range(0, n_batches, settings.grad_accum):
-                group = batches[b : b + settings.grad_accum]
-                running = torch.zeros((), device=accelerator.device)
-                for j, batch in enumerate(group):
-                    last = j == len(group) - 1
-                    with contextlib.nullcontext() if last else accelerator.no_sync(module):
-                        loss = batch_loss(module, objective, cache, [position[i] for i in batch], factors[batch])
-                        accelerator.backward(loss / len(group))
-                    running += loss.detach() / len(group)
-                grad_norm = accelerator.clip_grad_norm_(params, settings.grad_clip)
-                lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+            for loss, lr, grad_norm in loop.epoch(epoch, len(pairs), n_batches):
                 steps_run += 1
-                row = {
-                    "step": len(rows) + 1,
-                    "epoch": epoch + 1,
-                    "loss": float(accelerator.reduce(running, reduction="mean")),
-                    "lr": lr,
-                    "grad_norm": float(grad_norm),
-                    "seconds": round(time.perf_counter() - loop_start, 3),
-                }
-                rows.append(row)
+                row = {"step": len(rows) + 1, "epoch": epoch + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm}
+                rows.append({**row, "seconds": round(time.perf_counter() - loop_start, 3)})
                 if log_metrics is not None:
-                    log_metrics({f"train/{k}": v for k, v in row.items()})
+                    log_metrics({f"train/{k}": v for k, v in rows[-1].items()})
                 bar.update()
-                bar.set_postfix(loss=f"{row['loss']:.4f}")
-            if main:
+                bar.set_postfix(loss=f"{loss:.4f}")
+            if accelerator.is_main_process:
                 _write_log(log_path, rows)
                 if checkpoint is not None and epoch + 1 < settings.epochs:
                     _save_checkpoint(checkpoint, key, epoch + 1, intervention, optimizer, scheduler, rows)
@@ -324,9 +373,7 @@ def _resume(path: Path | None, fingerprint: str, intervention, optimizer, schedu
     if state.get("fingerprint") != fingerprint:
         log.info("train: ignoring %s, it was written for another configuration or process count", path)
         return [], 0
-    with torch.no_grad():
-        for name, value in state["intervention"].items():
-            getattr(intervention, name).copy_(value)
+    intervention.load_tensors(state["intervention"], source=str(path))
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     return list(state["log"]), int(state["epochs_done"])

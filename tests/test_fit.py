@@ -49,9 +49,19 @@ def half_width(L, p):
     return np.sqrt(L * (2.0 ** (1.0 / p) - 1.0))
 
 
+def peak_width(L, p) -> float:
+    """√(L / 2p), the width of a branch's peak: near its centre c, D ≈ 1 − (m − c)² / (2·width²)."""
+    return float(np.sqrt(L / (2.0 * p)))
+
+
+def decay_at_zero(params) -> tuple[float, float]:
+    """D(0) of each branch by the closed form (1 + c²/L)^(−p): equal after a fit (continuity)."""
+    return tuple((1.0 + params[f"m_{s}"] ** 2 / params[f"L_{s}"]) ** -params[f"p_{s}"] for s in ("pos", "neg"))
+
+
 def test_peak_width_is_the_curvature_at_the_centre():
     for L, p in [(4.0, 2.0), (0.3, 0.2), (50.0, 7.0)]:
-        w, h = F.peak_width(L, p), 1e-3 * np.sqrt(L)
+        w, h = peak_width(L, p), 1e-3 * np.sqrt(L)
         d = F.decay([1.0 - h, 1.0, 1.0 + h], m_pos=1.0, m_neg=0.0, L_pos=L, L_neg=L, p_pos=p, p_neg=p)
         assert (d[0] - 2 * d[1] + d[2]) / h**2 == pytest.approx(-1.0 / w**2, rel=1e-4)
         assert F.decay([half_width(L, p)], 0.0, 0.0, L, L, p, p)[0] == pytest.approx(0.5)
@@ -92,7 +102,7 @@ def assert_recovered(fit: F.Fit, truth: dict) -> None:
     for side in ("pos", "neg"):
         got = half_width(fit.params[f"L_{side}"], fit.params[f"p_{side}"])
         assert got == pytest.approx(half_width(truth[f"L_{side}"], truth[f"p_{side}"]), rel=0.15), side
-    pos, neg = F.decay_at_zero(fit.params)
+    pos, neg = decay_at_zero(fit.params)
     assert pos == pytest.approx(neg, rel=1e-6)  # continuity at m = 0
 
 
@@ -121,7 +131,7 @@ def test_fit_on_the_vector_grid_follows_the_curve():
     fit = F.fit_curve("pref", VECTOR_GRID, y)
     assert fit.r2 > 0.99
     assert np.max(np.abs(fit.predict(VECTOR_GRID) - clean)) < 0.05 * np.ptp(clean)
-    pos, neg = F.decay_at_zero(fit.params)
+    pos, neg = decay_at_zero(fit.params)
     assert pos == pytest.approx(neg, rel=1e-6)
 
 
@@ -260,4 +270,4 @@ def test_fit_stays_near_the_data_between_points(kind):
         assert between.min() >= min(ends) - margin, SENTIMENT_M[k]
         assert between.max() <= max(ends) + margin, SENTIMENT_M[k]
     for side in ("pos", "neg"):
-        assert F.peak_width(fit.params[f"L_{side}"], fit.params[f"p_{side}"]) >= 0.5 * (1 - 1e-6)
+        assert peak_width(fit.params[f"L_{side}"], fit.params[f"p_{side}"]) >= 0.5 * (1 - 1e-6)

@@ -12,6 +12,7 @@ from matplotlib.image import imread
 from steer import fit as F
 from steer.stages import compose_config, run
 from tests.conftest import assert_refused
+from tests.test_fit import decay_at_zero
 
 GRID = "[-4,-3,-2,-1,0,1,2,3,4]"
 BASE = ["dataset.limit=1", f"sweep.grid={GRID}", "tracking.wandb=false", "progress=false"]
@@ -53,7 +54,7 @@ def test_fit_json_agrees_with_the_sweep_file(finished):
             predicted = F.curve(kind, mean.index.to_numpy(), out[kind][split]["params"])
             assert out[kind][split]["r2"] == pytest.approx(F.r_squared(mean.to_numpy(), predicted), abs=1e-9)
             params = out[kind][split]["params"]
-            pos, neg = F.decay_at_zero(params)
+            pos, neg = decay_at_zero(params)
             assert pos == pytest.approx(neg, rel=1e-6)
         train_fit = F.curve(kind, means["test"].index.to_numpy(), out[kind]["train"]["params"])
         transfer = F.r_squared(means["test"].to_numpy(), train_fit)

@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from steer.interventions import META_FILE, WEIGHTS_FILE, DynamicAffine, new_intervention
-from steer.models import decoder_layer, down_proj
+from steer.interventions import DynamicAffine, new_intervention
+from steer.models import decoder_layer, layer_linear
+from steer.rundir import META, WEIGHTS
 from tests.conftest import tiny_model
 
 FORMS = ["local_weight", "lora", "vector"]
@@ -52,7 +53,7 @@ def hand_hook(model, form: str, layer: int, tensors: dict[str, torch.Tensor], m:
     def add_affine(module, args, output):
         return output + m * (args[0] @ delta_w.T + delta_b)
 
-    return down_proj(model, layer).register_forward_hook(add_affine)
+    return layer_linear(model, layer, "mlp.down_proj").register_forward_hook(add_affine)
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -76,7 +77,7 @@ def test_each_form_equals_a_hand_written_hook(smol, tmp_path, form, m):
     ids = prompt_ids(tok)
     iv = randomised(model, form, LAYER)
     iv.save(tmp_path)
-    handle = hand_hook(model, form, LAYER, load_file(str(tmp_path / WEIGHTS_FILE)), m)
+    handle = hand_hook(model, form, LAYER, load_file(str(tmp_path / WEIGHTS)), m)
     try:
         want = logits(model, ids)
     finally:
@@ -140,10 +141,10 @@ def test_save_load_round_trip_through_the_files(smol, tmp_path, form):
     iv = randomised(model, form, LAYER)
     iv.info.model, iv.info.objective = "smollm2-135m", "test"
     iv.save(tmp_path)
-    meta = json.loads((tmp_path / META_FILE).read_text())
+    meta = json.loads((tmp_path / META).read_text())
     assert meta["form"] == form and meta["layer"] == LAYER and meta["model"] == "smollm2-135m"
     assert meta["site"] == ("residual" if form == "vector" else "mlp.down_proj")
-    saved = load_file(str(tmp_path / WEIGHTS_FILE))
+    saved = load_file(str(tmp_path / WEIGHTS))
     expected = {
         "local_weight": {"delta_w": [576, 1536], "delta_b": [576]},
         "lora": {"lora_A": [4, 1536], "lora_B": [576, 4]},
@@ -151,8 +152,13 @@ def test_save_load_round_trip_through_the_files(smol, tmp_path, form):
     }[form]
     assert {k: list(v.shape) for k, v in saved.items()} == expected == meta["shapes"]
     loaded = DynamicAffine.load(tmp_path)
-    if form == "lora":
-        assert torch.equal(loaded.delta_weight(), saved["lora_B"] @ saved["lora_A"])
+    want = {
+        "local_weight": lambda: (saved["delta_w"], saved["delta_b"]),
+        "lora": lambda: (saved["lora_B"] @ saved["lora_A"], None),
+        "vector": lambda: (None, saved["delta_b"]),
+    }[form]()
+    for got, expected in zip(loaded.dense_update(), want, strict=True):
+        assert (got is None and expected is None) or torch.equal(got, expected)
     ids = prompt_ids(tok)
     with iv.attached(model, multiplier=1.5):
         want = logits(model, ids)
@@ -164,7 +170,7 @@ def test_load_rejects_wrong_tensors(tmp_path):
     model = tiny_model("llama")
     iv = randomised(model, "lora", 1)
     iv.save(tmp_path)
-    save_file({"delta_b": torch.zeros(32)}, str(tmp_path / WEIGHTS_FILE))
+    save_file({"delta_b": torch.zeros(32)}, str(tmp_path / WEIGHTS))
     with pytest.raises(ValueError, match="lora_A"):
         DynamicAffine.load(tmp_path)
     with pytest.raises(FileNotFoundError, match="train stage"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from steer.metrics import UTIL_EPS, answer_logprobs, encode, pref_odds, util_odds
+from steer.metrics import UTIL_EPS, encode, pref_odds, util_odds
 from tests.conftest import tiny_model
 
 
@@ -74,42 +74,32 @@ def reference_logprob(model, ids: list[int], n_prompt: int) -> float:
     return sum(logp[t - 1, ids[t]].item() for t in range(n_prompt, len(ids)))
 
 
-def test_answer_logprobs_match_plain_transformers_on_the_embedded_model(smol):
+def test_pair_logprobs_match_plain_transformers_on_the_embedded_model(smol):
+    from steer.metrics import encode_pair, pair_logprobs
+
     model, tok = smol
     prompts = ["Is the sky blue?", "Write a long and detailed review of a film you liked very much."]
-    batch = []
-    for p in prompts:
-        text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-        for answer in ("Yes", "No, it is not, and here is why."):
-            batch.append(encode(tok, text, answer))
+    answers = ("Yes", "No, it is not, and here is why.")
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
     with torch.no_grad():
-        got = answer_logprobs(model, batch).tolist()
-    want = [reference_logprob(model, list(e.ids), e.n_prompt) for e in batch]
-    assert got == pytest.approx(want, abs=1e-3)
+        got = pair_logprobs(model, [encode_pair(tok, text, *answers) for text in texts]).tolist()
+    want = [
+        [reference_logprob(model, list(e.ids), e.n_prompt) for e in (encode(tok, text, a) for a in answers)]
+        for text in texts
+    ]
+    assert np.asarray(got) == pytest.approx(np.asarray(want), abs=1e-3)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2"])
-def test_answer_logprobs_padding_and_softcap_on_tiny_models(arch):
-    model = tiny_model(arch)
-    rng = np.random.default_rng(0)
-    from steer.metrics import Encoded
-
-    batch = [Encoded(tuple(int(x) for x in rng.integers(3, 120, n)), k) for n, k in [(9, 4), (17, 11), (5, 2)]]
-    with torch.no_grad():
-        got = answer_logprobs(model, batch)
-        per_token = answer_logprobs(model, batch, per_token=True)
-    want = [reference_logprob(model, list(e.ids), e.n_prompt) for e in batch]
-    assert got.tolist() == pytest.approx(want, abs=1e-4)
-    assert per_token.tolist() == pytest.approx([w / e.n_answer for w, e in zip(want, batch, strict=True)], abs=1e-4)
-
-
-def test_answer_logprobs_is_differentiable():
-    from steer.metrics import Encoded
+def test_pair_logprobs_is_differentiable():
+    from steer.metrics import EncodedPair, pair_logprobs
 
     model = tiny_model("llama")
     emb = model.get_input_embeddings().weight
     emb.requires_grad_(True)
-    lp = answer_logprobs(model, [Encoded((5, 6, 7, 8), 2)])
+    lp = pair_logprobs(model, [EncodedPair((5, 6), (7, 8), (9,))])
     lp.sum().backward()
     assert emb.grad is not None and emb.grad.abs().sum() > 0
 

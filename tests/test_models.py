@@ -16,8 +16,8 @@ from steer.models import (
     EMBEDDED_SOURCE,
     convert_gguf,
     decoder_layer,
-    down_proj,
     embedded_gguf_path,
+    layer_linear,
     load_model,
     resolve_source,
     sha256_file,
@@ -91,9 +91,12 @@ def test_paper_model_configs(name, source, layer):
 def test_sites_on_every_architecture(arch):
     model = tiny_model(arch)
     assert decoder_layer(model, 3) is model.model.layers[3]
-    assert down_proj(model, 1) is model.model.layers[1].mlp.down_proj
+    assert layer_linear(model, 1, "mlp.down_proj") is model.model.layers[1].mlp.down_proj
+    assert layer_linear(model, 2, "self_attn.o_proj") is model.model.layers[2].self_attn.o_proj
     with pytest.raises(IndexError, match="layer=4 is out of range: the model has layers 0..3"):
-        down_proj(model, 4)
+        layer_linear(model, 4, "mlp.down_proj")
+    with pytest.raises(TypeError, match="no mlp.up_down Linear in layer 1"):
+        layer_linear(model, 1, "mlp.up_down")
 
 
 @pytest.mark.slow

@@ -81,5 +81,5 @@ def test_make_objective_names_bad_keys_and_values():
         make_objective("split", {"gamma": True})
     with pytest.raises(ValueError, match="objective.length='tokens' is not one of"):
         make_objective("reps", {"length": "tokens"})
-    with pytest.raises(ValueError, match="objective='dpo' has no training loss"):
+    with pytest.raises(ValueError, match="objective='dpo' is not one of diffmean, sft, reps, split"):
         make_objective("dpo", {})

@@ -23,7 +23,7 @@ def load_recipe():
     [("dynamics", "vector,lora,local_weight", "sft,split"), ("dynamics_diffmean", "vector", "diffmean")],
 )
 def test_experiment_configs_compose(experiment, forms, objectives):
-    cfg = compose_config([f"+experiment={experiment}"], return_hydra_config=True)
+    cfg = compose_config([f"experiment={experiment}"], return_hydra_config=True)
     assert list(cfg.stages) == ["train", "sweep", "fit"]
     assert cfg.dataset.limit == 16 and cfg.dataset.name == "sentiment"
     assert dict(cfg.hydra.sweeper.params) == {"intervention": forms, "objective": objectives}
@@ -35,7 +35,7 @@ def test_recipe_commands(capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("+ ")]
     assert len(lines) == 3
     for line, experiment in zip(lines, paper.EXPERIMENTS, strict=False):
-        assert f"run.py -m +experiment={experiment} dataset=psychopathy,axbench output_root=/x seed=1" in line
+        assert f"run.py -m experiment={experiment} dataset=psychopathy,axbench output_root=/x seed=1" in line
     assert lines[2].endswith("-m steer.report fig5 --outputs /x --dataset psychopathy --dataset axbench")
     table = paper.commands("table2", "sentiment", [])
     assert table[-1][-4:] == ["steer.report", "table2", "--outputs", "outputs/paper"]

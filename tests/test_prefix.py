@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from steer.metrics import Encoded, EncodedPair, answer_logprobs
+from steer.metrics import EncodedPair, pair_logprobs
 from steer.prefix import capture_layer_input, reuse_prefix
 from steer.sweep import grid_losses
 from tests.conftest import tiny_model
 from tests.test_interventions import randomised
+from tests.test_metrics import reference_logprob
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2"])
@@ -18,16 +19,17 @@ from tests.test_interventions import randomised
 def test_reused_prefix_equals_full_forward(arch, form):
     model = tiny_model(arch)
     rng = np.random.default_rng(1)
-    batch = [Encoded(tuple(int(x) for x in rng.integers(3, 120, n)), 3) for n in (12, 7, 9)]
+    tokens = lambda n: tuple(int(x) for x in rng.integers(3, 120, n))  # noqa: E731
+    batch = [EncodedPair(tokens(3), tokens(n), tokens(n - 2)) for n in (9, 4, 6)]
     iv = randomised(model, form, 2, scale=0.5)
     with torch.no_grad(), iv.attached(model, multiplier=0.0):
         with capture_layer_input(model, 2) as prefix:
-            answer_logprobs(model, batch)
+            pair_logprobs(model, batch)
         for m in (-2.0, 1.0, 3.0):
             iv.set_multiplier(m)
-            full = answer_logprobs(model, batch)
+            full = pair_logprobs(model, batch)
             with reuse_prefix(model, 2, prefix.value):
-                reused = answer_logprobs(model, batch)
+                reused = pair_logprobs(model, batch)
             assert torch.equal(reused, full)
     assert all(type(layer).__name__ != "PassThrough" for layer in model.model.layers)
 
@@ -45,5 +47,5 @@ def test_grid_losses_equal_one_unpacked_pass_per_answer_and_multiplier(arch):
         with torch.no_grad(), iv.attached(model, multiplier=m):
             for i, e in enumerate(pairs):
                 for j, answer in enumerate((e.positive, e.negative)):
-                    want = -answer_logprobs(model, [Encoded(e.prompt + answer, len(e.prompt))]).item()
+                    want = -reference_logprob(model, list(e.prompt + answer), len(e.prompt))
                     assert got[k, i, j] == pytest.approx(want, abs=1e-5)

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from steer.stages.runner import LEDGER, Stage, run_stage_list
+from steer.rundir import LEDGER
+from steer.stages.base import Stage
+from steer.stages.runner import run_stage_list
 
 
 @dataclass
@@ -29,19 +31,25 @@ class FakeContext:
     calls: list[str] = field(default_factory=list)
 
 
+class Writer(Stage):
+    """A stage that records that it ran and, in the main process, writes ``<name>.out``."""
+
+    def __init__(self, run_dir: Path, name: str, keys: tuple[str, ...], **options) -> None:
+        self.run_dir, self.name, self.keys, self.outputs = run_dir, name, keys, (f"{name}.out",)
+        for key, value in options.items():
+            setattr(self, key, value)
+
+    def run(self, ctx) -> None:
+        ctx.calls.append(self.name)
+        if ctx.state.is_main_process:
+            (self.run_dir / f"{self.name}.out").write_text(self.name)
+
+
 def make_stages(run_dir: Path) -> tuple[Stage, ...]:
-    def writer(name):
-        def run(ctx):
-            ctx.calls.append(name)
-            if ctx.state.is_main_process:
-                (run_dir / f"{name}.out").write_text(name)
-
-        return run
-
     return (
-        Stage("data", writer("data"), keys=("a",), outputs=("data.out",), implicit=True),
-        Stage("train", writer("train"), keys=("a",), outputs=("train.out",), after=("data",), parallel=True),
-        Stage("sweep", writer("sweep"), keys=("b",), outputs=("sweep.out",), after=("train",)),
+        Writer(run_dir, "data", ("a",), implicit=True),
+        Writer(run_dir, "train", ("a",), after=("data",), parallel=True),
+        Writer(run_dir, "sweep", ("b",), after=("train",)),
     )
 
 

@@ -1,37 +1,48 @@
-"""What the stages of one run share: the config, the run directory, the processes, and a lazily
-loaded model.
+"""What the stages of one run share: the config, the run directory, the processes, and lazily
+loaded models.
 
 Under ``accelerate launch`` every process builds its own context; ``state`` (accelerate's
 ``PartialState``) says which one is the main process and holds the barrier the runner uses.
+``shard`` and ``gather`` let a data-parallel stage split a list of items over the processes and
+put the results back together in the original order on the main process.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, gather_object
 from omegaconf import DictConfig
 
-from steer.data import PairRecord, Splits, read_pairs
+from steer import rundir
+from steer.data import PairRecord
 from steer.models import load_model, load_tokenizer
 from steer.tracking import Tracker
 
 log = logging.getLogger("steer")
 
-PAIRS_FILE = "pairs.jsonl"
 # While the main process runs a stage alone (data, sweep), the others wait at a barrier: allow long.
 BARRIER_TIMEOUT = timedelta(hours=48)
+T = TypeVar("T")
 
 
 def pick_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def interleave(parts: Sequence[Sequence[T]]) -> list[T]:
+    """Undo ``shard``: part r holds items r, r + N, r + 2N, ... of the original list."""
+    longest = max((len(p) for p in parts), default=0)
+    return [part[k] for k in range(longest) for part in parts if k < len(part)]
 
 
 class RunContext:
@@ -42,9 +53,7 @@ class RunContext:
         self.run_dir = Path(run_dir)
         self.tracker = tracker or Tracker.disabled()
         self.state = PartialState(cpu=pick_device(cfg.device) == "cpu", timeout=BARRIER_TIMEOUT)
-        # The data set as checked before the run started: the data stage writes it without reading
-        # the files (or the hub) a second time.
-        self.splits: Splits | None = None
+        self._models: dict[tuple[str, str], tuple] = {}
 
     def path(self, name: str) -> Path:
         return self.run_dir / name
@@ -60,22 +69,37 @@ class RunContext:
     def is_main(self) -> bool:
         return self.state.is_main_process
 
-    @cached_property
-    def _loaded(self):
-        log.info("loading model %s (%s)", self.cfg.model.name, self.cfg.model.source)
-        return load_model(self.cfg.model.source, self.cfg.model.dtype, self.device)
+    def load_model(self, source: str, dtype: str | None = None) -> tuple:
+        """(model, tokenizer) of ``source`` on this process's device, loaded once per (source, dtype).
+        ``dtype`` defaults to the run model's."""
+        key = (source, dtype or self.cfg.model.dtype)
+        if key not in self._models:
+            log.info("loading model %s", source)
+            self._models[key] = load_model(source, key[1], self.device)
+        return self._models[key]
 
     @property
     def model(self):
-        return self._loaded[0]
+        """The run's model (``model.source``)."""
+        return self.load_model(self.cfg.model.source)[0]
 
     @cached_property
     def tokenizer(self):
-        if "_loaded" in self.__dict__:
-            return self._loaded[1]
-        return load_tokenizer(self.cfg.model.source)
+        """The run model's tokenizer; loading it alone does not load the weights."""
+        loaded = self._models.get((self.cfg.model.source, self.cfg.model.dtype))
+        return loaded[1] if loaded is not None else load_tokenizer(self.cfg.model.source)
 
     def records(self, split: str | None = None) -> list[PairRecord]:
         """The pairs of ``pairs.jsonl`` (one split, or all)."""
-        records = read_pairs(self.path(PAIRS_FILE))
-        return [r for r in records if split is None or r.split == split]
+        return rundir.read_pairs(self.run_dir, split)
+
+    def shard(self, items: Sequence[T]) -> list[T]:
+        """This process's items: index i where i % num_processes == process_index."""
+        world, rank = self.state.num_processes, self.state.process_index
+        return [item for i, item in enumerate(items) if i % world == rank]
+
+    def gather(self, local_results: Sequence[T]) -> list[T] | None:
+        """On the main process, every process's ``shard`` results in the original order; None elsewhere.
+        Every process must call it (it is a collective)."""
+        parts = gather_object([list(local_results)])
+        return interleave(parts) if self.is_main else None

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from steer import rundir
 from steer.data import (
     PairRecord,
     PolarityPair,
@@ -21,12 +22,11 @@ from steer.data import (
     render_prompt,
     strip_answer,
     to_records,
-    write_pairs,
 )
 from steer.datasets import load_splits, loader_options
 from steer.own_answers import own_answers
-from steer.stages.context import PAIRS_FILE, RunContext
-from steer.stages.runner import Stage
+from steer.stages.base import ConfigError, Stage
+from steer.stages.context import RunContext
 
 log = logging.getLogger("steer")
 
@@ -50,7 +50,7 @@ def generation_settings(dataset: dict) -> tuple[int, int]:
     return values[0], values[1]
 
 
-def load_dataset(cfg) -> Splits:
+def load_dataset(cfg: DictConfig) -> Splits:
     """The train/test splits the config asks for, limited, checked non-empty. Cheap: no model."""
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     splits = load_splits(dataset["loader"], loader_options(dataset))
@@ -92,18 +92,26 @@ def pair_records(ctx: RunContext, splits: Splits, instruction: str | None) -> li
     return to_records(ctx.tokenizer, with_own_answers(ctx, splits, instruction), instruction)
 
 
-def run(ctx: RunContext) -> None:
-    splits = ctx.splits if ctx.splits is not None else load_dataset(ctx.cfg)
-    records = pair_records(ctx, splits, ctx.cfg.dataset.get("instruction"))
-    write_pairs(ctx.path(PAIRS_FILE), records)
-    log.info("pairs: %d train, %d test -> %s", len(splits.train), len(splits.test), ctx.path(PAIRS_FILE))
+class DataStage(Stage):
+    """Implicit: runs whenever a later stage needs ``pairs.jsonl`` for this config."""
 
+    name = "data"
+    keys = ("model.source", "model.dtype", "dataset")
+    ignore = ("dataset.answer_format",)
+    outputs = (rundir.PAIRS,)
+    implicit = True
 
-STAGE = Stage(
-    name="data",
-    run=run,
-    keys=("model.source", "model.dtype", "dataset"),
-    ignore=("dataset.answer_format",),
-    outputs=(PAIRS_FILE,),
-    implicit=True,
-)
+    def check(self, cfg: DictConfig) -> None:
+        limit = cfg.dataset.get("limit")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise ConfigError(f"dataset.limit must be a positive integer or null, got {limit!r}")
+        try:
+            load_dataset(cfg)  # a bad data set fails before anything is written
+        except FileNotFoundError as err:
+            raise ConfigError(str(err)) from err
+
+    def run(self, ctx: RunContext) -> None:
+        splits = load_dataset(ctx.cfg)
+        records = pair_records(ctx, splits, ctx.cfg.dataset.get("instruction"))
+        rundir.write_pairs(ctx.run_dir, records)
+        log.info("pairs: %d train, %d test -> %s", len(splits.train), len(splits.test), ctx.path(rundir.PAIRS))

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import logging
+import numbers
+from pathlib import Path
 
 import pandas as pd
+from omegaconf import DictConfig
 
-from steer.atomic import atomic_write_text
-from steer.fit import SPLITS, SweepFit, fit_sweep
+from steer import rundir
+from steer.fit import PREF_PARAMS, SPLITS, SweepFit, fit_sweep
 from steer.plots import Panel, save_dynamics_figure
+from steer.stages.base import ConfigError, Stage
 from steer.stages.context import RunContext
-from steer.stages.runner import Stage
-from steer.stages.sweep import SWEEP_FILE
 
 log = logging.getLogger("steer")
-
-FIT_FILE = "fit.json"
-FIGURE_FILE = "dynamics.png"
 
 
 def r2_table(fit_json: dict) -> pd.DataFrame:
@@ -25,22 +23,6 @@ def r2_table(fit_json: dict) -> pd.DataFrame:
     return pd.DataFrame(
         {which: {kind: fit_json[kind][which]["r2"] for kind in ("pref", "util")} for which in (*SPLITS, "transfer")}
     )
-
-
-def run(ctx: RunContext) -> None:
-    cfg = ctx.cfg
-    result = fit_sweep(pd.read_parquet(ctx.path(SWEEP_FILE)), restarts=cfg.fit.restarts, seed=cfg.fit.seed)
-    summary = result.to_json()
-    title = (
-        f"{cfg.model.name} · layer {cfg.layer} · {cfg.intervention.form} · {cfg.objective.name} · {cfg.dataset.name}"
-    )
-    figure = save_dynamics_figure(ctx.path(FIGURE_FILE), [run_panels(result)], title)
-    # fit.json last: its presence marks a finished run for steer.report.
-    atomic_write_text(ctx.path(FIT_FILE), json.dumps(summary, indent=2) + "\n")
-    table = r2_table(summary)
-    log.info("fit R² (train/test fits, train fit scored on test = transfer):\n%s", table.to_string())
-    ctx.tracker.summary({f"fit/{kind}/{which}/r2": table.loc[kind, which] for kind in table.index for which in table})
-    ctx.tracker.image("fit/dynamics", figure)
 
 
 def run_panels(result: SweepFit) -> list[Panel]:
@@ -55,4 +37,42 @@ def run_panels(result: SweepFit) -> list[Panel]:
     ]
 
 
-STAGE = Stage(name="fit", run=run, keys=("fit",), outputs=(FIT_FILE, FIGURE_FILE), after=("sweep",))
+class FitStage(Stage):
+    name = "fit"
+    keys = ("fit",)
+    outputs = (rundir.FIT, rundir.FIGURE)
+    after = ("sweep",)
+
+    def check(self, cfg: DictConfig) -> None:
+        """The fit needs at least as many distinct multipliers as the preference model has parameters."""
+        restarts = cfg.fit.restarts
+        if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
+            raise ConfigError(f"fit.restarts must be a positive integer, got {restarts!r}")
+        distinct = len({float(m) for m in cfg.sweep.grid or [] if isinstance(m, numbers.Real)})
+        if distinct < len(PREF_PARAMS):
+            raise ConfigError(
+                f"sweep.grid has {distinct} distinct multipliers; the fit stage needs at least {len(PREF_PARAMS)} "
+                f"(the preference model has {len(PREF_PARAMS)} parameters)"
+            )
+
+    def run(self, ctx: RunContext) -> None:
+        cfg = ctx.cfg
+        result = fit_sweep(rundir.read_sweep(ctx.run_dir), restarts=cfg.fit.restarts, seed=cfg.fit.seed)
+        summary = result.to_json()
+        parts = (cfg.model.name, f"layer {cfg.layer}", cfg.intervention.form, cfg.objective.name, cfg.dataset.name)
+        title = " · ".join(str(p) for p in parts)
+        figure = save_dynamics_figure(ctx.path(rundir.FIGURE), [run_panels(result)], title)
+        rundir.write_fit(ctx.run_dir, summary)  # last: its presence marks a finished run for steer.report
+        table = r2_table(summary)
+        log.info("fit R² (train/test fits, train fit scored on test = transfer):\n%s", table.to_string())
+        r2 = {f"fit/{kind}/{which}/r2": table.loc[kind, which] for kind in table.index for which in table}
+        ctx.tracker.summary(r2)
+        ctx.tracker.image("fit/dynamics", figure)
+
+    def summary(self, run_dir: Path) -> str | None:
+        if not (run_dir / rundir.FIT).is_file():
+            return None
+        table = r2_table(rundir.read_fit(run_dir))
+        return "R² of the validity-decay fits (transfer = train fit scored on test):\n" + table.to_string(
+            float_format=lambda x: f"{x:8.4f}"
+        )

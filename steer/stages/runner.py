@@ -18,34 +18,17 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from steer import rundir
 from steer.atomic import atomic_write_text
+from steer.stages.base import Stage
 
 log = logging.getLogger("steer")
-
-LEDGER = "stages.json"
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A step of a run: what it reads from the config, what it writes, what must run before."""
-
-    name: str
-    run: Callable[..., None]
-    keys: tuple[str, ...]
-    outputs: tuple[str, ...]
-    after: tuple[str, ...] = ()
-    ignore: tuple[str, ...] = field(default_factory=tuple)
-    # Implicit stages are not named in ``stages``: they run whenever a later stage needs them.
-    implicit: bool = False
-    # Parallel stages run in every process (data-parallel); the others in the main process only.
-    parallel: bool = False
 
 
 def config_subset(cfg: DictConfig, keys: Sequence[str], ignore: Sequence[str] = ()) -> dict:
@@ -77,7 +60,7 @@ class Ledger:
     """``stages.json``: fingerprints and timings of the finished stages of one run directory."""
 
     def __init__(self, run_dir: Path, stages: Sequence[Stage]) -> None:
-        self.path = run_dir / LEDGER
+        self.path = run_dir / rundir.LEDGER
         self.stages = {s.name: s for s in stages}
         self.entries: dict = json.loads(self.path.read_text()) if self.path.is_file() else {}
 

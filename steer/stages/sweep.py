@@ -3,45 +3,55 @@
 from __future__ import annotations
 
 import logging
+import numbers
+from pathlib import Path
 
-from steer.atomic import atomic_path
+from omegaconf import DictConfig
+
+from steer import rundir
 from steer.interventions import DynamicAffine
+from steer.stages.base import ConfigError, Stage
 from steer.stages.context import RunContext
-from steer.stages.runner import Stage
 from steer.sweep import summarize, sweep
 
 log = logging.getLogger("steer")
 
-SWEEP_FILE = "sweep.parquet"
 
+class SweepStage(Stage):
+    name = "sweep"
+    keys = ("sweep",)
+    ignore = ("sweep.batch_size",)
+    outputs = (rundir.SWEEP,)
+    after = ("train",)
 
-def run(ctx: RunContext) -> None:
-    cfg = ctx.cfg
-    iv = DynamicAffine.load(ctx.run_dir)
-    grid = [float(m) for m in cfg.sweep.grid]
-    frame = sweep(
-        ctx.model,
-        ctx.tokenizer,
-        ctx.records(),
-        iv,
-        grid,
-        batch_size=cfg.sweep.batch_size,
-        per_token=cfg.sweep.per_token,
-        progress=cfg.progress,
-    )
-    with atomic_path(ctx.path(SWEEP_FILE)) as tmp:
-        frame.to_parquet(tmp, index=False)
-    table = summarize(frame)
-    for m, row in table.iterrows():
-        ctx.tracker.log({"sweep/m": m, **{f"sweep/{k}": v for k, v in row.items()}})
-    ctx.tracker.table("sweep/mean_by_m", table.reset_index())
+    def check(self, cfg: DictConfig) -> None:
+        grid = cfg.sweep.grid
+        if grid is None or len(grid) == 0:
+            raise ConfigError("sweep.grid is empty: give the multipliers to score, e.g. sweep.grid=[-4,0,4]")
+        bad = [m for m in grid if not isinstance(m, numbers.Real) or isinstance(m, bool)]
+        if bad:
+            raise ConfigError(f"sweep.grid: {bad[0]!r} is not a number")
 
+    def run(self, ctx: RunContext) -> None:
+        cfg = ctx.cfg
+        frame = sweep(
+            ctx.model,
+            ctx.tokenizer,
+            ctx.records(),
+            DynamicAffine.load(ctx.run_dir),
+            [float(m) for m in cfg.sweep.grid],
+            batch_size=cfg.sweep.batch_size,
+            per_token=cfg.sweep.per_token,
+            progress=cfg.progress,
+        )
+        rundir.write_sweep(ctx.run_dir, frame)
+        table = summarize(frame)
+        for m, row in table.iterrows():
+            ctx.tracker.log({"sweep/m": m, **{f"sweep/{k}": v for k, v in row.items()}})
+        ctx.tracker.table("sweep/mean_by_m", table.reset_index())
 
-STAGE = Stage(
-    name="sweep",
-    run=run,
-    keys=("sweep",),
-    ignore=("sweep.batch_size",),
-    outputs=(SWEEP_FILE,),
-    after=("train",),
-)
+    def summary(self, run_dir: Path) -> str | None:
+        if not (run_dir / rundir.SWEEP).is_file():
+            return None
+        table = summarize(rundir.read_sweep(run_dir))
+        return "Mean log-odds per multiplier m:\n" + table.to_string(float_format=lambda x: f"{x:8.3f}")

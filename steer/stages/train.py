@@ -1,35 +1,36 @@
-"""The train stage: fit the intervention's Δ with the configured objective and save it.
+"""The train stage: obtain the intervention's Δ with the configured objective and save it.
 
-``diffmean`` computes its vector in one pass; ``sft``/``reps``/``split`` run ``steer.train`` with the
-form's ``intervention.train`` settings. Every process of an ``accelerate launch`` runs this stage
-(data-parallel); only the main process writes ``train_log.csv``, the end-of-epoch checkpoint
-``train_checkpoint.pt`` (resumed from after an interruption, deleted once the stage is done) and
-the intervention files.
+An ``Estimator`` objective (DiffMean) computes Δ in one pass; a ``Loss`` objective runs
+``steer.train`` with the form's ``intervention.train`` settings, starting from the form's random
+init or (``intervention.train.init=diffmean``) from the DiffMean estimate. Every process of an
+``accelerate launch`` runs this stage (data-parallel); only the main process writes
+``train_log.csv``, the end-of-epoch checkpoint ``train_checkpoint.pt`` (resumed from after an
+interruption, deleted once the stage is done) and the intervention files.
 """
 
 from __future__ import annotations
 
 import logging
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from steer.diffmean import diffmean_vector
-from steer.interventions import new_intervention
+from steer import rundir
+from steer.forms import get_form
+from steer.interventions import DynamicAffine, new_intervention
 from steer.metrics import encode_pair
-from steer.objectives import Objective, make_objective
+from steer.objectives import DiffMean, Estimator, Loss, Objective, make_objective
+from steer.stages.base import Stage
 from steer.stages.context import RunContext
-from steer.stages.data import STAGE as DATA_STAGE
-from steer.stages.runner import Stage, fingerprint
+from steer.stages.data import DataStage
+from steer.stages.runner import fingerprint
 from steer.train import TrainSettings, train_intervention
 
 log = logging.getLogger("steer")
 
-LOG_FILE = "train_log.csv"
-CHECKPOINT_FILE = "train_checkpoint.pt"
-VECTOR_INITS = ("random", "diffmean")
-# objective.* keys that are not options of the loss.
-NOT_LOSS_OPTIONS = ("name", "grid")
+# intervention.train.init of a trained objective: the form's random init, or the DiffMean estimate.
+INITS = ("random", "diffmean")
+# objective.* keys that are not options of the objective.
+NOT_OPTIONS = ("name", "grid")
 
 
 def train_settings(cfg: DictConfig) -> TrainSettings:
@@ -49,57 +50,82 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
 
 def objective_from_config(cfg: DictConfig) -> Objective:
     options = OmegaConf.to_container(cfg.objective, resolve=True)
-    return make_objective(cfg.objective.name, {k: v for k, v in options.items() if k not in NOT_LOSS_OPTIONS})
+    return make_objective(cfg.objective.name, {k: v for k, v in options.items() if k not in NOT_OPTIONS})
 
 
-def vector_init(cfg: DictConfig) -> str:
+def train_init(cfg: DictConfig) -> str:
+    """``intervention.train.init`` (random unless set), checked against the form."""
     init = cfg.intervention.train.get("init", "random")
-    if init not in VECTOR_INITS:
-        raise ValueError(f"intervention.train.init={init!r} is not one of {', '.join(VECTOR_INITS)}")
+    if init not in INITS:
+        raise ValueError(f"intervention.train.init={init!r} is not one of {', '.join(INITS)}")
+    if init == "diffmean":
+        DiffMean.check_form(cfg.intervention.form)
     return init
 
 
-def check(cfg: DictConfig) -> None:
-    """Everything about training that can be checked before the model loads."""
-    if cfg.objective.name == "diffmean":
-        return
-    train_settings(cfg)
-    objective_from_config(cfg)
-    if cfg.intervention.form == "vector":
-        vector_init(cfg)
+def starting_estimate(cfg: DictConfig, objective: Objective) -> Estimator | None:
+    """What fills Δ before training (or instead of it): the objective itself when it is an
+    estimator, DiffMean for ``init=diffmean``, else nothing (the form's random init)."""
+    if isinstance(objective, Estimator):
+        return objective
+    if train_init(cfg) == "diffmean":
+        return DiffMean(batch_size=cfg.objective.get("batch_size", cfg.sweep.batch_size))
+    return None
 
 
-def run(ctx: RunContext) -> None:
+class TrainStage(Stage):
+    name = "train"
+    keys = ("model", "layer", "intervention", "objective", "seed")
+    ignore = ("intervention.grid", "objective.grid", "objective.batch_size")
+    outputs = (rundir.WEIGHTS, rundir.META)
+    after = ("data",)
+    parallel = True
+
+    def check(self, cfg: DictConfig) -> None:
+        """The form, the objective and its options, and the training settings; no model needed."""
+        form = get_form(cfg.intervention.form)
+        form.check(cfg.intervention.rank)
+        objective = objective_from_config(cfg)
+        objective.check_form(form.name)
+        if objective.trains:
+            train_settings(cfg)
+            train_init(cfg)
+
+    def run(self, ctx: RunContext) -> None:
+        cfg = ctx.cfg
+        objective = objective_from_config(cfg)
+        start = starting_estimate(cfg, objective)
+        iv = new_intervention(
+            ctx.model,
+            cfg.intervention.form,
+            cfg.layer,
+            rank=cfg.intervention.rank,
+            init_scale=float(cfg.intervention.train.get("init_scale", 0.0)) if start is None else 0.0,
+            seed=cfg.seed,
+            model_name=cfg.model.name,
+            objective=objective.name,
+        )
+        if start is not None:
+            estimate(ctx, iv, start)
+        if isinstance(objective, Loss):
+            train(ctx, iv, objective)
+        if ctx.is_main:
+            iv.save(ctx.run_dir)
+            ctx.path(rundir.CHECKPOINT).unlink(missing_ok=True)
+
+
+def estimate(ctx: RunContext, iv: DynamicAffine, estimator: Estimator) -> None:
+    """Fill ``iv`` with ``estimator``'s closed-form tensors from the train split."""
     cfg = ctx.cfg
-    form, objective_name = cfg.intervention.form, cfg.objective.name
-    trained = objective_name != "diffmean"
-    init = vector_init(cfg) if trained and form == "vector" else None
-    iv = new_intervention(
-        ctx.model,
-        form,
-        cfg.layer,
-        rank=cfg.intervention.rank,
-        init_scale=float(cfg.intervention.train.init_scale) if init == "random" else 0.0,
-        seed=cfg.seed,
-        model_name=cfg.model.name,
-        objective=objective_name,
-    )
-    if objective_name == "diffmean" or init == "diffmean":
-        batch_size = cfg.objective.get("batch_size", cfg.sweep.batch_size)
-        vector = diffmean_vector(ctx.model, ctx.tokenizer, ctx.records("train"), cfg.layer, batch_size, cfg.progress)
-        with torch.no_grad():
-            iv.delta_b.copy_(vector)
-        log.info("diffmean: |Δb| = %.3f", vector.norm().item())
-        ctx.tracker.summary({"train/diffmean_norm": vector.norm().item()})
-    if trained:
-        fit(ctx, iv)
-    if ctx.is_main:
-        iv.save(ctx.run_dir)
-        ctx.path(CHECKPOINT_FILE).unlink(missing_ok=True)
+    tensors = estimator.estimate(ctx.model, ctx.tokenizer, ctx.records("train"), cfg.layer, cfg.progress)
+    iv.load_tensors(tensors, source=estimator.name)
+    norm = sum(float(t.double().pow(2).sum()) for t in tensors.values()) ** 0.5
+    log.info("%s: |Δ| = %.3f", estimator.name, norm)
+    ctx.tracker.summary({f"train/{estimator.name}_norm": norm})
 
 
-def fit(ctx: RunContext, iv) -> None:
-    """Train ``iv`` with the configured objective on the train split; report time and memory."""
+def train(ctx: RunContext, iv: DynamicAffine, objective: Loss) -> None:
+    """Train ``iv`` with ``objective`` on the train split; report time and memory."""
     from accelerate import Accelerator
 
     cfg = ctx.cfg
@@ -109,44 +135,26 @@ def fit(ctx: RunContext, iv) -> None:
         ctx.model,
         pairs,
         iv,
-        objective_from_config(cfg),
+        objective,
         train_settings(cfg),
         accelerator,
         progress=cfg.progress,
         log_metrics=ctx.tracker.log,
-        log_path=ctx.path(LOG_FILE),
-        checkpoint=ctx.path(CHECKPOINT_FILE),
-        fingerprint=fingerprint(STAGE, cfg, (DATA_STAGE, STAGE)),
+        log_path=ctx.path(rundir.TRAIN_LOG),
+        checkpoint=ctx.path(rundir.CHECKPOINT),
+        fingerprint=fingerprint(TrainStage(), cfg, (DataStage(), TrainStage())),
     )
     final = report.log[-1]["loss"] if report.log else float("nan")
     log.info(
         "train: %s %s on %d pairs x %d process(es): final loss %.4f; %s",
         cfg.intervention.form,
-        cfg.objective.name,
+        objective.name,
         len(pairs),
         accelerator.num_processes,
         final,
         report.summary(),
     )
-    summary = {
-        "steps": len(report.log),
-        "final_loss": final,
-        "processes": accelerator.num_processes,
-        "seconds_per_step": round(report.seconds_per_step, 4),
-        "prefix_seconds": round(report.prefix_seconds, 3),
-        "peak_memory_mib": round(report.peak_memory_mib, 1),
-        "memory_kind": report.memory_kind,
-    }
+    summary = {"steps": len(report.log), "final_loss": final, "processes": accelerator.num_processes}
+    summary.update(report.measurements())
     iv.info.extra["training"] = summary  # recorded in intervention.json
     ctx.tracker.summary({f"train/{k}": v for k, v in summary.items() if k != "memory_kind"})
-
-
-STAGE = Stage(
-    name="train",
-    run=run,
-    keys=("model", "layer", "intervention", "objective", "seed"),
-    ignore=("intervention.grid", "objective.grid", "objective.batch_size"),
-    outputs=("intervention.safetensors", "intervention.json"),
-    after=("data",),
-    parallel=True,
-)

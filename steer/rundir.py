@@ -1,0 +1,119 @@
+"""The run directory: every file a run writes, by name, and the typed readers and writers of them.
+
+One run = one directory. The stages communicate only through these files, the report reads
+them, and nothing else should spell a file name. Importing this module loads no torch, so the
+report and other readers of finished runs stay light.
+
+    pairs.jsonl                the data stage's rendered pairs (train and test)
+    intervention.safetensors   the trained Δ tensors (``steer.interventions``)
+    intervention.json          what the tensors are: form, layer, site, shapes, training summary
+    train_log.csv              one row per optimiser step
+    train_checkpoint.pt        end-of-epoch checkpoint while training runs (deleted after)
+    sweep.parquet              losses and log-odds per (split, example, m)
+    fit.json                   the validity-decay fits (written last: marks a finished run)
+    dynamics.png               the run's dynamics figure
+    metrics.json               one section per stage of headline numbers
+    config.yaml                the resolved config of the run
+    stages.json                the ledger of finished stages
+    run.log                    the run's log
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from steer.atomic import atomic_path, atomic_write_text
+from steer.data import PairRecord
+from steer.data import read_pairs as _read_pairs_file
+from steer.data import write_pairs as _write_pairs_file
+
+PAIRS = "pairs.jsonl"
+WEIGHTS = "intervention.safetensors"
+META = "intervention.json"
+TRAIN_LOG = "train_log.csv"
+CHECKPOINT = "train_checkpoint.pt"
+SWEEP = "sweep.parquet"
+FIT = "fit.json"
+FIGURE = "dynamics.png"
+METRICS = "metrics.json"
+CONFIG = "config.yaml"
+LEDGER = "stages.json"
+RUN_LOG = "run.log"
+
+
+def read_pairs(run_dir: str | Path, split: str | None = None) -> list[PairRecord]:
+    """The records of ``pairs.jsonl`` (one split, or all)."""
+    return [r for r in _read_pairs_file(Path(run_dir) / PAIRS) if split is None or r.split == split]
+
+
+def write_pairs(run_dir: str | Path, records: list[PairRecord]) -> None:
+    _write_pairs_file(Path(run_dir) / PAIRS, records)
+
+
+def read_sweep(run_dir: str | Path) -> pd.DataFrame:
+    return pd.read_parquet(Path(run_dir) / SWEEP)
+
+
+def write_sweep(run_dir: str | Path, frame: pd.DataFrame) -> None:
+    with atomic_path(Path(run_dir) / SWEEP) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``; a file that is not one is an error naming it."""
+    value = json.loads(path.read_text())
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} does not hold a JSON object")
+    return value
+
+
+def write_json(path: Path, value: dict) -> None:
+    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def read_fit(run_dir: str | Path) -> dict:
+    return read_json(Path(run_dir) / FIT)
+
+
+def write_fit(run_dir: str | Path, fit: dict) -> None:
+    write_json(Path(run_dir) / FIT, fit)
+
+
+def read_meta(run_dir: str | Path) -> dict:
+    """``intervention.json``: the intervention's form, layer, shapes and training summary."""
+    return read_json(Path(run_dir) / META)
+
+
+def read_metrics(run_dir: str | Path) -> dict:
+    """``metrics.json`` (one section per stage); empty when no stage has written one."""
+    path = Path(run_dir) / METRICS
+    return read_json(path) if path.is_file() else {}
+
+
+def update_metrics(run_dir: str | Path, section: str, values: dict) -> None:
+    """Merge ``values`` into ``section`` of ``metrics.json``, atomically; other sections are kept."""
+    metrics = read_metrics(run_dir)
+    metrics[section] = {**metrics.get(section, {}), **values}
+    write_json(Path(run_dir) / METRICS, metrics)
+
+
+def read_config(run_dir: str | Path) -> dict:
+    """The resolved config a run wrote (``config.yaml``) as plain dicts and lists."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise ValueError(f"{path} is missing")
+    config = yaml.safe_load(path.read_text())
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} does not hold a mapping")
+    return config
+
+
+def write_config(run_dir: str | Path, config: dict) -> None:
+    """Write the resolved config (plain containers, secrets already scrubbed) as ``config.yaml``."""
+    from omegaconf import OmegaConf
+
+    atomic_write_text(Path(run_dir) / CONFIG, OmegaConf.to_yaml(OmegaConf.create(config)))
