@@ -92,7 +92,7 @@ def apply_limit(splits: Splits, limit: int | None) -> Splits:
     """Cap every split at ``limit`` examples (``dataset.limit``), keeping the split order."""
     if limit is None:
         return splits
-    if int(limit) < 1:
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise ValueError(f"dataset.limit must be a positive integer or null, got {limit!r}")
     return replace(splits, train=splits.train[:limit], test=splits.test[:limit])
 

@@ -139,6 +139,11 @@ def fit_from_json(kind: str, entry: Mapping) -> Fit:
     return Fit(kind, dict(entry["params"]), float("nan") if r2 is None else float(r2), entry.get("degenerate"))
 
 
+def check_restarts(restarts: int) -> None:
+    if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
+        raise ValueError(f"fit.restarts must be a positive integer, got {restarts!r}")
+
+
 def fit_curve(kind: str, m, y, restarts: int = 16, seed: int = 0) -> Fit:
     """Fit the ``kind`` model ("pref" or "util") to points (m, y), usually the mean curve over examples."""
     # The linear algebra here is tiny: BLAS threads only add wake-up overhead (4x slower on a busy CPU).
@@ -149,8 +154,7 @@ def fit_curve(kind: str, m, y, restarts: int = 16, seed: int = 0) -> Fit:
 def _fit_curve(kind: str, m, y, restarts: int, seed: int) -> Fit:
     if kind not in PARAMS:
         raise ValueError(f"kind must be 'pref' or 'util', got {kind!r}")
-    if restarts < 1:
-        raise ValueError(f"restarts must be at least 1, got {restarts}")
+    check_restarts(restarts)
     names = PARAMS[kind]
     m, y = _checked(m, y, kind, need=len(names))
     if np.ptp(y) <= 1e-12 * max(1.0, abs(float(y.mean()))):
@@ -168,21 +172,7 @@ def _fit_curve(kind: str, m, y, restarts: int, seed: int) -> Fit:
         r = value - t
         return float(np.mean(r * r)), 2.0 * jac.T @ r / len(x)
 
-    fine, left, right = _envelope(x, step=max(min_width / 2, np.ptp(x) / _MAX_CHECKS))
-    margin = ENVELOPE * float(np.ptp(t))
-
-    def envelope(theta: np.ndarray) -> np.ndarray:
-        value = _model(kind, fine, theta)[0]
-        a, b = _model(kind, left, theta)[0], _model(kind, right, theta)[0]
-        return np.concatenate([value - np.minimum(a, b) + margin, np.maximum(a, b) + margin - value])
-
-    def envelope_jac(theta: np.ndarray) -> np.ndarray:
-        value_jac = _model(kind, fine, theta)[1]
-        (a, a_jac), (b, b_jac) = _model(kind, left, theta), _model(kind, right, theta)
-        low_jac = np.where((a <= b)[:, None], a_jac, b_jac)
-        high_jac = np.where((a > b)[:, None], a_jac, b_jac)
-        return np.concatenate([value_jac - low_jac, high_jac - value_jac])
-
+    envelope, envelope_jac = _envelope_constraint(kind, x, t, min_width)
     constraints = [
         {"type": "eq", "fun": _continuity, "jac": _continuity_jac},
         {"type": "ineq", "fun": lambda th: _log_widths(th) - np.log(min_width), "jac": _log_widths_jac},
@@ -193,16 +183,10 @@ def _fit_curve(kind: str, m, y, restarts: int, seed: int) -> Fit:
     for decay0 in _starting_decays(kind, x, t, min_width, restarts, seed):
         theta0 = np.concatenate([_linear_fit(kind, x, t, decay0), decay0])
         with np.errstate(all="ignore"):
-            result = minimize(
-                loss,
-                theta0,
-                jac=True,
-                method="SLSQP",
-                bounds=bounds,
-                constraints=constraints,
-                options={"maxiter": 1000, "ftol": _FTOL},
-            )
-        theta = result.x
+            options = {"maxiter": 1000, "ftol": _FTOL}
+            theta = minimize(
+                loss, theta0, jac=True, method="SLSQP", bounds=bounds, constraints=constraints, options=options
+            ).x
         value = loss(theta)[0]
         feasible = (
             abs(_continuity(theta)) <= _FEASIBLE
@@ -218,6 +202,27 @@ def _fit_curve(kind: str, m, y, restarts: int, seed: int) -> Fit:
         )
     params = _denormalise(kind, best[1], m_scale, y_mean, y_scale)
     return Fit(kind, params, r_squared(y, curve(kind, m, params)))
+
+
+def _envelope_constraint(kind: str, x: np.ndarray, t: np.ndarray, min_width: float):
+    """(g, dg/dθ) of the inequality g(θ) ≥ 0 that keeps the model curve, between neighbouring
+    points, within the band their own values span (plus a margin)."""
+    fine, left, right = _envelope(x, step=max(min_width / 2, np.ptp(x) / _MAX_CHECKS))
+    margin = ENVELOPE * float(np.ptp(t))
+
+    def envelope(theta: np.ndarray) -> np.ndarray:
+        value = _model(kind, fine, theta)[0]
+        a, b = _model(kind, left, theta)[0], _model(kind, right, theta)[0]
+        return np.concatenate([value - np.minimum(a, b) + margin, np.maximum(a, b) + margin - value])
+
+    def envelope_jac(theta: np.ndarray) -> np.ndarray:
+        value_jac = _model(kind, fine, theta)[1]
+        (a, a_jac), (b, b_jac) = _model(kind, left, theta), _model(kind, right, theta)
+        low_jac = np.where((a <= b)[:, None], a_jac, b_jac)
+        high_jac = np.where((a > b)[:, None], a_jac, b_jac)
+        return np.concatenate([value_jac - low_jac, high_jac - value_jac])
+
+    return envelope, envelope_jac
 
 
 def _envelope(x: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ mode under ``torch.inference_mode`` so the losses are deterministic.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence, Sized
 
 import numpy as np
@@ -79,6 +80,15 @@ def grid_losses(
     return losses
 
 
+def check_grid(grid: Sequence[float] | None) -> None:
+    """A grid of multipliers: not empty, numbers only."""
+    if grid is None or len(grid) == 0:
+        raise ValueError("sweep.grid is empty: give the multipliers to score, e.g. sweep.grid=[-4,0,4]")
+    bad = [m for m in grid if not isinstance(m, numbers.Real) or isinstance(m, bool)]
+    if bad:
+        raise ValueError(f"sweep.grid: {bad[0]!r} is not a number")
+
+
 def sweep(
     model: nn.Module,
     tokenizer,
@@ -95,8 +105,7 @@ def sweep(
     """
     if not records:
         raise ValueError("sweep: no pairs to score")
-    if not len(grid):
-        raise ValueError("sweep.grid is empty")
+    check_grid(grid)
     encoded = [encode_pair(tokenizer, r.prompt_text, r.positive, r.negative) for r in records]
     model.eval()
     losses = grid_losses(model, encoded, intervention, grid, batch_size, per_token, progress)

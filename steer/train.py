@@ -239,12 +239,64 @@ class Loop:
         for b in range(0, n_batches, accum):
             yield self.step(batches[b : b + accum], factors)
 
+    def run(
+        self,
+        epochs: range,
+        n_pairs: int,
+        n_batches: int,
+        rows: list[dict],
+        bar,
+        log_metrics: Callable[[dict], None] | None,
+        epoch_done: Callable[[int], None],
+    ) -> int:
+        """Train ``epochs``, appending one row per step to ``rows``; the number of steps run."""
+        start, steps = time.perf_counter(), 0
+        for epoch in epochs:
+            for loss, lr, grad_norm in self.epoch(epoch, n_pairs, n_batches):
+                steps += 1
+                row = {"step": len(rows) + 1, "epoch": epoch + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm}
+                rows.append({**row, "seconds": round(time.perf_counter() - start, 3)})
+                if log_metrics is not None:
+                    log_metrics({f"train/{k}": v for k, v in rows[-1].items()})
+                bar.update()
+                bar.set_postfix(loss=f"{loss:.4f}")
+            epoch_done(epoch)
+        return steps
 
-def optimiser(params: list[nn.Parameter], settings: TrainSettings, total_steps: int):
-    """AdamW with a linear decay to 0 over ``total_steps``."""
+
+def shard_cache(
+    model: nn.Module, pairs: Sequence[EncodedPair], intervention: DynamicAffine, batch_size: int, world: int, rank: int
+) -> tuple[list[Cached], dict[int, int], float]:
+    """This process's pairs (index i with i % world == rank) through the bare model once: their
+    ``Cached`` prefixes, the slot of each pair index in that list, and the seconds it took."""
+    start = time.perf_counter()
+    shard = [i for i in range(len(pairs)) if i % world == rank]
+    intervention.detach()
+    cache = cache_prefix(model, [pairs[i] for i in shard], intervention.info.layer, batch_size)
+    return cache, {i: k for k, i in enumerate(shard)}, time.perf_counter() - start
+
+
+def freeze(intervention: DynamicAffine) -> None:
+    """After training (or an interruption): detached, at m = 0, no gradients."""
+    intervention.detach()
+    intervention.set_multiplier(0.0)
+    intervention.requires_grad_(False)
+
+
+def start_or_resume(
+    intervention: DynamicAffine, settings: TrainSettings, total_steps: int, checkpoint: Path | None, key: str
+) -> tuple[list[nn.Parameter], torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, list[dict], int]:
+    """Δ's parameters made trainable, AdamW with a linear decay to 0 over ``total_steps``, and what
+    an interrupted run with the same ``key`` had done: (params, optimizer, scheduler, log, epochs done)."""
+    params = list(intervention.parameters())
+    for p in params:
+        p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / total_steps))
-    return optimizer, scheduler
+    rows, first_epoch = _resume(checkpoint, key, intervention, optimizer, scheduler)
+    if first_epoch:
+        log.info("train: resuming after epoch %d of %d from %s", first_epoch, settings.epochs, checkpoint)
+    return params, optimizer, scheduler, rows, first_epoch
 
 
 def train_intervention(
@@ -275,69 +327,35 @@ def train_intervention(
     model.requires_grad_(False)
     torch.manual_seed(settings.seed)
 
-    start = time.perf_counter()
-    shard = [i for i in range(len(pairs)) if i % world == rank]
-    intervention.detach()
-    cache = cache_prefix(model, [pairs[i] for i in shard], intervention.info.layer, settings.batch_size)
-    prefix_seconds = time.perf_counter() - start
-
-    params = list(intervention.parameters())
-    for p in params:
-        p.requires_grad_(True)
+    cache, position, prefix_seconds = shard_cache(model, pairs, intervention, settings.batch_size, world, rank)
     n_batches = math.ceil(math.ceil(len(pairs) / world) / settings.batch_size)
     total = settings.epochs * math.ceil(n_batches / settings.grad_accum)
-    optimizer, scheduler = optimiser(params, settings, total)
     key = f"{fingerprint}/{world}"  # resumed only by the same configuration and number of processes
-    rows, first_epoch = _resume(checkpoint, key, intervention, optimizer, scheduler)
-    if first_epoch:
-        log.info("train: resuming after epoch %d of %d from %s", first_epoch, settings.epochs, checkpoint)
-
+    params, optimizer, scheduler, rows, first_epoch = start_or_resume(intervention, settings, total, checkpoint, key)
     intervention.attach(model)
     module = accelerator.prepare(SteeredLogprobs(intervention, model))
-    loop = Loop(
-        module,
-        objective,
-        cache,
-        {i: k for k, i in enumerate(shard)},
-        params,
-        optimizer,
-        scheduler,
-        accelerator,
-        settings,
-    )
-    bar = tqdm(
-        total=total,
-        initial=len(rows),
-        desc="train",
-        unit="step",
-        disable=not (progress and accelerator.is_main_process),
-    )
-    loop_start, steps_run = time.perf_counter(), 0
+    loop = Loop(module, objective, cache, position, params, optimizer, scheduler, accelerator, settings)
+    main = accelerator.is_main_process
+    bar = tqdm(total=total, initial=len(rows), desc="train", unit="step", disable=not (progress and main))
+
+    def epoch_done(epoch: int) -> None:  # the main process keeps the log and the checkpoint current
+        if main:
+            _write_log(log_path, rows)
+            if checkpoint is not None and epoch + 1 < settings.epochs:
+                _save_checkpoint(checkpoint, key, epoch + 1, intervention, optimizer, scheduler, rows)
+
+    loop_start = time.perf_counter()
     try:
-        for epoch in range(first_epoch, settings.epochs):
-            for loss, lr, grad_norm in loop.epoch(epoch, len(pairs), n_batches):
-                steps_run += 1
-                row = {"step": len(rows) + 1, "epoch": epoch + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm}
-                rows.append({**row, "seconds": round(time.perf_counter() - loop_start, 3)})
-                if log_metrics is not None:
-                    log_metrics({f"train/{k}": v for k, v in rows[-1].items()})
-                bar.update()
-                bar.set_postfix(loss=f"{loss:.4f}")
-            if accelerator.is_main_process:
-                _write_log(log_path, rows)
-                if checkpoint is not None and epoch + 1 < settings.epochs:
-                    _save_checkpoint(checkpoint, key, epoch + 1, intervention, optimizer, scheduler, rows)
+        steps_run = loop.run(
+            range(first_epoch, settings.epochs), len(pairs), n_batches, rows, bar, log_metrics, epoch_done
+        )
     finally:
         bar.close()
-        intervention.detach()
-        intervention.set_multiplier(0.0)
-        for p in params:
-            p.requires_grad_(False)
-    seconds = time.perf_counter() - loop_start
+        freeze(intervention)
     memory, kind = peak_memory(accelerator.device)
     return TrainReport(
         steps=steps_run,
-        seconds_per_step=seconds / max(steps_run, 1),
+        seconds_per_step=(time.perf_counter() - loop_start) / max(steps_run, 1),
         prefix_seconds=prefix_seconds,
         peak_memory_mib=memory,
         memory_kind=kind,

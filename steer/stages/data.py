@@ -102,9 +102,7 @@ class DataStage(Stage):
     implicit = True
 
     def check(self, cfg: DictConfig) -> None:
-        limit = cfg.dataset.get("limit")
-        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-            raise ConfigError(f"dataset.limit must be a positive integer or null, got {limit!r}")
+        """The data set loads (options, files, limit, non-empty splits); no model is needed."""
         try:
             load_dataset(cfg)  # a bad data set fails before anything is written
         except FileNotFoundError as err:

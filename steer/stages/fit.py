@@ -10,7 +10,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from steer import rundir
-from steer.fit import PREF_PARAMS, SPLITS, SweepFit, fit_sweep
+from steer.fit import PREF_PARAMS, SPLITS, SweepFit, check_restarts, fit_sweep
 from steer.plots import Panel, save_dynamics_figure
 from steer.stages.base import ConfigError, Stage
 from steer.stages.context import RunContext
@@ -45,9 +45,7 @@ class FitStage(Stage):
 
     def check(self, cfg: DictConfig) -> None:
         """The fit needs at least as many distinct multipliers as the preference model has parameters."""
-        restarts = cfg.fit.restarts
-        if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
-            raise ConfigError(f"fit.restarts must be a positive integer, got {restarts!r}")
+        check_restarts(cfg.fit.restarts)
         distinct = len({float(m) for m in cfg.sweep.grid or [] if isinstance(m, numbers.Real)})
         if distinct < len(PREF_PARAMS):
             raise ConfigError(

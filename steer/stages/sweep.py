@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-import numbers
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from steer import rundir
 from steer.interventions import DynamicAffine
-from steer.stages.base import ConfigError, Stage
+from steer.stages.base import Stage
 from steer.stages.context import RunContext
-from steer.sweep import summarize, sweep
+from steer.sweep import check_grid, summarize, sweep
 
 log = logging.getLogger("steer")
 
@@ -25,12 +24,7 @@ class SweepStage(Stage):
     after = ("train",)
 
     def check(self, cfg: DictConfig) -> None:
-        grid = cfg.sweep.grid
-        if grid is None or len(grid) == 0:
-            raise ConfigError("sweep.grid is empty: give the multipliers to score, e.g. sweep.grid=[-4,0,4]")
-        bad = [m for m in grid if not isinstance(m, numbers.Real) or isinstance(m, bool)]
-        if bad:
-            raise ConfigError(f"sweep.grid: {bad[0]!r} is not a number")
+        check_grid(cfg.sweep.grid)
 
     def run(self, ctx: RunContext) -> None:
         cfg = ctx.cfg

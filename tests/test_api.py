@@ -1,0 +1,80 @@
+"""The library surface: the public names, a torch-free ``steer.report``, the run-directory
+readers and writers, the context's shard/gather, and the size of the functions in steer/."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+
+import pytest
+
+import steer
+from steer import rundir
+from steer.stages.context import interleave
+from tests.conftest import REPO
+
+
+def test_every_public_name_resolves():
+    for name in steer.__all__:
+        assert getattr(steer, name) is not None, name
+    assert steer.sweep_pairs.__module__ == "steer.sweep" and callable(steer.load_model)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        _ = steer.nothing
+
+
+def test_report_and_rundir_import_no_torch():
+    code = (
+        "import sys, steer.report, steer.rundir; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'accelerate', 'transformers')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+
+
+def test_update_metrics_merges_sections(tmp_path):
+    assert rundir.read_metrics(tmp_path) == {}
+    rundir.update_metrics(tmp_path, "judge", {"score": 3.5})
+    rundir.update_metrics(tmp_path, "export", {"gguf": True})
+    rundir.update_metrics(tmp_path, "judge", {"n": 8})
+    want = {"judge": {"score": 3.5, "n": 8}, "export": {"gguf": True}}
+    assert rundir.read_metrics(tmp_path) == want == json.loads((tmp_path / rundir.METRICS).read_text())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_shard_and_gather_restore_the_original_order():
+    items = list(range(11))
+    for world in (1, 2, 3, 4, 11, 12):
+        parts = [[x for i, x in enumerate(items) if i % world == rank] for rank in range(world)]
+        assert interleave(parts) == items, world
+
+
+def test_context_shard_and_gather_in_one_process(tmp_path):
+    from steer.stages import RunContext, compose_config
+
+    ctx = RunContext(compose_config(["device=cpu"]), tmp_path)
+    assert ctx.shard(["a", "b", "c"]) == ["a", "b", "c"]
+    assert ctx.gather([1, 2, 3]) == [1, 2, 3]
+
+
+def function_lengths() -> list[tuple[str, int]]:
+    """(place, lines without the docstring) of every function in steer/."""
+    out = []
+    for path in sorted((REPO / "steer").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                doc = node.body[0]
+                if (
+                    isinstance(doc, ast.Expr)
+                    and isinstance(doc.value, ast.Constant)
+                    and isinstance(doc.value.value, str)
+                ):
+                    lines -= doc.end_lineno - doc.lineno + 1
+                out.append((f"{path.relative_to(REPO)}:{node.lineno} {node.name}", lines))
+    return out
+
+
+def test_no_function_in_steer_is_longer_than_60_lines():
+    assert [(place, n) for place, n in function_lengths() if n > 60] == []

@@ -1,0 +1,130 @@
+"""A form and an objective registered from outside the package, in this file alone, work like
+the built-in ones: checked before the run, hooked at their site, trained, swept and fitted
+through ``steer.stages.run`` (what ``run.py`` calls) with no edit to steer/ or conf/."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from steer.forms import FORMS, Form
+from steer.interventions import DynamicAffine, new_intervention
+from steer.metrics import encode_pair
+from steer.objectives import OBJECTIVES, Loss, Side
+from steer.rundir import read_fit, read_meta, read_pairs, read_sweep
+from steer.stages import check, compose_config, run
+from steer.sweep import pair_losses
+from tests.conftest import assert_refused, tiny_model
+
+
+class AttnOutputBias(Form):
+    """Δb added to the output of layer l's attention output projection (before the residual add)."""
+
+    name = "attn_bias"
+    site = "self_attn.o_proj"
+    tensor_names = ("delta_b",)
+
+    def init(self, d_in, d_out, *, rank, init_scale, generator):
+        return {"delta_b": torch.randn(d_out, generator=generator) * init_scale}
+
+    def delta(self, tensors, h_in, m1, m2):
+        return m2 * tensors["delta_b"]
+
+    def dense_update(self, tensors):
+        return None, tensors["delta_b"]
+
+
+@dataclass(frozen=True)
+class Margin(Loss):
+    """−log σ(β·(log p(winner) − log p(loser))): a preference margin with no reference model."""
+
+    name = "margin"
+    beta: float = 1.0
+
+    def __call__(self, win: Side, lose: Side) -> torch.Tensor:
+        return -F.logsigmoid(self.beta * (win.logp - lose.logp))
+
+
+@pytest.fixture
+def registered(monkeypatch):
+    """The two registry lines a user writes (undone after the test)."""
+    monkeypatch.setitem(FORMS, "attn_bias", AttnOutputBias())
+    monkeypatch.setitem(OBJECTIVES, "margin", Margin)
+
+
+# The vector form's config with the toy form's name; sft's config with the toy objective's name.
+TOY = [
+    "intervention=vector",
+    "intervention.form=attn_bias",
+    "objective=sft",
+    "objective.name=margin",
+    "~objective.per_token",
+    "+objective.beta=2.0",
+]
+FAST = ["dataset.limit=4", "tracking.wandb=false", "progress=false"]
+
+
+def test_toy_form_adds_m_times_b_to_the_attention_output(registered):
+    model = tiny_model("llama")
+    iv = new_intervention(model, "attn_bias", 2, init_scale=1.0, seed=3)
+    assert iv.info.d_out == model.config.hidden_size and iv.info.site == "self_attn.o_proj"
+    ids = torch.tensor([[5, 9, 17, 33, 2, 8]])
+    with torch.no_grad():
+        bare = model(ids).logits
+        with iv.attached(model, multiplier=0.0):
+            assert torch.equal(model(ids).logits, bare)
+        with iv.attached(model, multiplier=1.5):
+            steered = model(ids).logits
+        b = iv.tensors()["delta_b"]
+        handle = model.model.layers[2].self_attn.o_proj.register_forward_hook(lambda mod, a, out: out + 1.5 * b)
+        try:
+            by_hand = model(ids).logits
+        finally:
+            handle.remove()
+    assert not torch.allclose(steered, bare)
+    assert torch.allclose(steered, by_hand, atol=1e-6)
+    delta_w, delta_b = iv.dense_update()
+    assert delta_w is None and torch.equal(delta_b.detach(), b)
+
+
+def test_toy_objective_and_form_are_checked_like_built_in_ones(registered, tmp_path):
+    check(compose_config([*FAST, *TOY]))  # accepted as it is
+    assert_refused(compose_config([*FAST, *TOY, "objective.beta=sharp"]), tmp_path / "a", "objective.beta='sharp'")
+    assert_refused(
+        compose_config([*FAST, "intervention.form=attn_bias", "objective=diffmean"]),
+        tmp_path / "b",
+        re.escape("objective=diffmean trains only intervention=vector, not intervention=attn_bias"),
+    )
+
+
+def test_unregistered_names_are_refused(tmp_path):
+    assert_refused(compose_config([*FAST, *TOY]), tmp_path / "run", "intervention.form='attn_bias' is not one of")
+
+
+@pytest.mark.slow
+def test_toy_form_and_objective_train_sweep_fit_through_run(registered, tmp_path, smol):
+    model, tok = smol
+    grid = "[-8,-4,-2,-1,0,1,2,4,8]"  # nine multipliers: as many as the preference model's parameters
+    cfg = compose_config(
+        [*FAST, *TOY, f"sweep.grid={grid}", "intervention.train.epochs=2", "intervention.train.batch_size=2"]
+    )
+    run_dir = tmp_path / "run"
+    assert run(cfg, run_dir).ran == ["data", "train", "sweep", "fit"]
+    meta = read_meta(run_dir)
+    assert (meta["form"], meta["site"], meta["objective"]) == ("attn_bias", "self_attn.o_proj", "margin")
+    assert meta["training"]["steps"] == 4  # 4 pairs / batch 2 × 2 epochs
+    assert DynamicAffine.load(run_dir).delta_b.abs().sum() > 0
+    frame = read_sweep(run_dir)
+    records = read_pairs(run_dir)
+    bare = pair_losses(model, [encode_pair(tok, r.prompt_text, r.positive, r.negative) for r in records])
+    at_zero = frame[frame.m == 0.0]
+    assert np.allclose(at_zero[["loss_pos", "loss_neg"]].to_numpy(), bare, atol=1e-4)  # m = 0 is the bare model
+    assert not np.allclose(frame[frame.m == 8.0][["loss_pos", "loss_neg"]].to_numpy(), bare, atol=1e-3)
+    fit = read_fit(run_dir)
+    assert {"pref", "util", "regions"} <= set(fit) and fit["pref"]["train"]["params"].keys() >= {"alpha", "beta"}
+    assert run(cfg, run_dir).ran == []  # finished: skipped like any run
