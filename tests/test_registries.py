@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from steer.forms import FORMS, Form
+from steer.forms import FORMS, Vector
 from steer.interventions import DynamicAffine, new_intervention
 from steer.metrics import encode_pair
 from steer.objectives import OBJECTIVES, Loss, Side
@@ -22,21 +22,12 @@ from steer.sweep import pair_losses
 from tests.conftest import assert_refused, tiny_model
 
 
-class AttnOutputBias(Form):
-    """Δb added to the output of layer l's attention output projection (before the residual add)."""
+class AttnOutputBias(Vector):
+    """Δb added to the output of layer l's attention output projection (before the residual add):
+    the vector form's tensors, init and Δh at another site."""
 
     name = "attn_bias"
     site = "self_attn.o_proj"
-    tensor_names = ("delta_b",)
-
-    def init(self, d_in, d_out, *, rank, init_scale, generator):
-        return {"delta_b": torch.randn(d_out, generator=generator) * init_scale}
-
-    def delta(self, tensors, h_in, m1, m2):
-        return m2 * tensors["delta_b"]
-
-    def dense_update(self, tensors):
-        return None, tensors["delta_b"]
 
 
 @dataclass(frozen=True)
