@@ -8,6 +8,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from steer.resolvers import register
+
+register()
 log = logging.getLogger("steer")
 
 

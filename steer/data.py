@@ -38,6 +38,8 @@ class Splits:
     test: list[PolarityPair]
     # sha256 of the data the pairs were read from: keys caches derived from it (generated A_n).
     digest: str = ""
+    # What the pairs were read from (a file, folder or hub file); recorded in pairs.jsonl with the digest.
+    source: str = ""
 
     def items(self) -> Iterable[tuple[str, list[PolarityPair]]]:
         return (("train", self.train), ("test", self.test))
@@ -133,6 +135,8 @@ def to_records(tokenizer, splits: Splits, instruction: str | None = None) -> lis
     for split, pairs in splits.items():
         for pair in pairs:
             meta = dict(pair.meta)
+            if splits.source:
+                meta.update(source=splits.source, source_sha256=splits.digest)
             if instruction:
                 meta["instruction"] = instruction
             if pair.negative is None:

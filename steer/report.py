@@ -6,8 +6,10 @@ A finished run is a directory under DIR (default ``outputs/``) holding ``fit.jso
 by the fit stage) and ``config.yaml``. Everything is written under ``DIR/reports/``.
 
 Tables: rows are model (and layer) × intervention form × objective; columns are data set families
-for preference, then utility, then their average. The family is ``dataset.loader``: psychopathy →
-Psy, powerseeking → Pwr, axbench → Axb, any other loader gets its own column (sentiment → Sent).
+for preference, then utility, then their average. The family is the data set's name
+(``dataset.name``) with an AxBench concept suffix ``-c<N>`` dropped: the paper's own data get the
+paper's abbreviations (psychopathy → Psy, powerseeking → Pwr, axbench-c<N> → Axb), any other data
+set its own column under its name (sentiment, persona-narcissism, axbench-prod_2b_l20_v1, ...).
 Several runs of one family (AxBench: one run per concept) are averaged and the cell says how many;
 a cell without runs is missing ("—" / empty), never zero; Avg is shown only when every family
 column of the row has a value. Only families with at least one finished run get a column.
@@ -20,7 +22,7 @@ UtilOdds (dashed) over the examples of one split (train by default), a ± 1 s.d.
 validity-decay fits of those mean curves: a panel of one run draws the fits its fit stage stored
 in ``fit.json`` (the fits the tables score); runs of one family are pooled and the pooled curves
 fitted with the library defaults. fig2, fig4 and fig5 default to the paper's data sets (psychopathy,
-powerseeking, axbench); ``--dataset`` names others (a loader or a ``dataset.name``).
+powerseeking, axbench); ``--dataset`` names others (a family or a ``dataset.name``).
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ TABLES = {
     "table6": ("transfer", "R² of the train-split fit scored on the test split"),
 }
 FIGURES = {"fig2": "psychopathy", "fig4": "powerseeking", "fig5": "axbench"}
+# The paper's data sets, by family (dataset.name less an AxBench concept suffix), and their columns.
 FAMILIES = {"psychopathy": "Psy", "powerseeking": "Pwr", "axbench": "Axb"}
+CONCEPT_SUFFIX = re.compile(r"-c\d+$")
 # Display names and order of the paper's forms and objectives; any other registered form or
 # objective appears under its own name, after these (steer.forms / steer.objectives need torch).
 FORM_LABELS = {"local_weight": "LocalWeight", "lora": "LoRA", "vector": "Vector"}
@@ -77,16 +81,21 @@ class Run:
     fit: dict
 
     @property
+    def family_key(self) -> str:
+        """The data set with AxBench's concepts pooled: ``axbench-c3`` → ``axbench``."""
+        return CONCEPT_SUFFIX.sub("", self.dataset) if self.loader == "axbench" else self.dataset
+
+    @property
     def family(self) -> str:
-        return family_label(self.loader)
+        return family_label(self.family_key)
 
     def r2(self, kind: str, which: str) -> float | None:
         return self.fit[kind][which]["r2"]
 
 
-def family_label(loader: str) -> str:
-    """The table column of a data set loader: the paper's abbreviation, else the loader's first 4 letters."""
-    return FAMILIES.get(loader, loader[:4].capitalize())
+def family_label(family_key: str) -> str:
+    """The table column of a data set family: the paper's abbreviation for the paper's data, else its name."""
+    return FAMILIES.get(family_key, family_key)
 
 
 def _rank(order: Sequence[str], value: str) -> tuple[int, str]:
@@ -183,8 +192,8 @@ class Table:
 def paper_table(name: str, runs: Sequence[Run]) -> Table:
     """Table ``name`` (table2/5/6) from ``runs``: mean R² per row and family, and the averages."""
     which, title = TABLES[name]
-    loaders = sorted({r.loader for r in runs}, key=lambda x: _rank(list(FAMILIES), x))
-    families = list(dict.fromkeys(family_label(x) for x in loaders))
+    family_keys = sorted({r.family_key for r in runs}, key=lambda x: _rank(list(FAMILIES), x))
+    families = [family_label(x) for x in family_keys]
     keys = sorted(
         {(r.model, r.layer, r.form, r.objective) for r in runs},
         key=lambda k: (k[0], k[1], _rank(list(FORM_LABELS), k[2]), _rank(list(OBJECTIVE_LABELS), k[3])),
@@ -227,7 +236,7 @@ def table_markdown(table: Table, outputs: Path, skipped: Sequence[tuple[Path, st
         f"# Table {table.name.removeprefix('table')}: {table.title}",
         "",
         "Rows: model (layer) × intervention form × objective. Columns: data set families "
-        "(Psy = Psychopathy, Pwr = PowerSeeking, Axb = AxBench; other loaders by name) for the "
+        "(Psy = Psychopathy, Pwr = PowerSeeking, Axb = AxBench; other data sets by name) for the "
         "preference (Pref) and utility (Util) log-odds, and their average (Avg, shown only when every "
         f"family of the row has a value). {MISSING} = no finished run (or an undefined R²); "
         "(n=k) = the mean over k runs of that family (e.g. AxBench concepts); other cells are one run.",
@@ -313,7 +322,7 @@ def build_table(name: str, outputs: Path) -> list[Path]:
 
 def _matches(run: Run, dataset: str) -> bool:
     key = dataset.lower()
-    return key in (run.loader.lower(), run.dataset.lower(), run.family.lower())
+    return key in (run.family_key.lower(), run.dataset.lower(), run.family.lower())
 
 
 def pooled_curves(runs: Sequence[Run], split: str) -> dict[str, pd.DataFrame]:
@@ -352,7 +361,7 @@ def build_figure(name: str, outputs: Path, datasets: Sequence[str] | None = None
     targets = list(datasets) if datasets else [FIGURES[name]]
     missing = [d for d in targets if not any(_matches(r, d) for r in runs)]
     if missing:
-        present = sorted({r.loader for r in runs} | {r.dataset for r in runs})
+        present = sorted({r.family_key for r in runs} | {r.dataset for r in runs})
         raise NoRuns(
             f"{name}: no finished runs of data set {', '.join(missing)} under {outputs} "
             f"(present: {', '.join(present)}); choose one with --dataset NAME"
@@ -456,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--dataset",
         action="append",
-        help="figures: a data set (loader or dataset.name) to draw; repeatable; default the paper's",
+        help="figures: a data set family or dataset.name to draw; repeatable; default the paper's",
     )
     parser.add_argument("--split", choices=SPLITS, default="train", help="figures: which split's curves to draw")
     args = parser.parse_args(argv)

@@ -5,6 +5,7 @@ AxBench data stage generating A_n with the model."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -325,7 +326,8 @@ def test_axbench_run_generates_and_caches_negatives(smol, tmp_path, monkeypatch)
     assert [r.prompt_text for r in records] == prompts
     expected = [a.strip() for a in greedy_generate(model, tok, prompts, 5, progress=False)]
     assert [r.negative for r in records] == expected
-    assert all(r.meta == {"concept_id": 4, "concept": "items"} for r in records)
+    source = {"source": str(path), "source_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert all(r.meta == {"concept_id": 4, "concept": "items", **source} for r in records)
     assert (run_dir / "sweep.parquet").is_file()
     assert len(list((tmp_path / "cache" / "own_answers").iterdir())) == 1
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["models", "own_answers"]

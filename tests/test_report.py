@@ -50,16 +50,16 @@ def test_table2_averages_families_and_shows_missing_cells(outputs):
     assert vector["pref_Axb"] == pytest.approx(np.mean([0.95, 0.85, 0.75]))
     assert vector["pref_Axb_n"] == 3
     assert vector["util_Axb"] == pytest.approx(np.mean([0.85, 0.75, 0.65]))
-    # Avg is over families (Psy, Pwr, Axb, Sent), not over runs
+    # Avg is over families (Psy, Pwr, Axb, sentiment), not over runs
     assert vector["pref_Avg"] == pytest.approx(np.mean([0.90, 0.70, 0.85, 0.99]))
     lora = csv[csv.form == "lora"].iloc[0]
     assert np.isnan(lora["pref_Pwr"]) and lora["pref_Pwr_n"] == 0  # missing, not zero
-    assert np.isnan(lora["pref_Avg"]) and np.isnan(lora["util_Sent"])
-    assert lora["pref_Sent"] == pytest.approx(0.10)
+    assert np.isnan(lora["pref_Avg"]) and np.isnan(lora["util_sentiment"])
+    assert lora["pref_sentiment"] == pytest.approx(0.10)
     assert list(csv.columns[4:9]) == ["pref_Psy", "pref_Psy_n", "pref_Pwr", "pref_Pwr_n", "pref_Axb"]
 
     md = (outputs / "reports" / "table2.md").read_text()
-    assert "| Pref Psy | Pref Pwr | Pref Axb | Pref Sent | Pref Avg | Util Psy |" in md
+    assert "| Pref Psy | Pref Pwr | Pref Axb | Pref sentiment | Pref Avg | Util Psy |" in md
     assert "| smollm2-135m | 15 | Vector | DiffMean | 0.900 | 0.700 | 0.850 (n=3) | 0.990 | 0.860 |" in md
     assert "| smollm2-135m | 15 | LoRA | SFT | 0.500 | — | 0.300 | 0.100 | — |" in md
     assert "## Runs used (9)" in md and "axbench-c2/smollm2-135m/vector-diffmean/layer15" in md
@@ -75,7 +75,7 @@ def test_table5_and_table6_read_their_own_r2(outputs):
     transfer = pd.read_csv(outputs / "reports" / "table6.csv").set_index("form")
     assert test.loc["vector", "pref_Psy"] == pytest.approx(0.80)
     assert transfer.loc["vector", "pref_Psy"] == pytest.approx(0.40)
-    assert transfer.loc["lora", "pref_Sent"] == pytest.approx(-0.40)  # negative R² is shown as it is
+    assert transfer.loc["lora", "pref_sentiment"] == pytest.approx(-0.40)  # negative R² is shown as it is
 
 
 def test_unfinished_and_broken_runs_are_listed_not_used(outputs):
@@ -148,7 +148,7 @@ def test_fit_json_from_the_stage_is_read(tmp_path):
     (run_dir / "fit.json").write_text(json.dumps(summary))
     report.build_table("table6", tmp_path / "outputs")
     csv = pd.read_csv(tmp_path / "outputs" / "reports" / "table6.csv")
-    assert csv.loc[0, "util_Sent"] == pytest.approx(summary["util"]["transfer"]["r2"], abs=1e-6)
+    assert csv.loc[0, "util_sentiment"] == pytest.approx(summary["util"]["transfer"]["r2"], abs=1e-6)
     assert csv.loc[0, "layer"] == 3 and csv.loc[0, "model"] == "m"
 
 

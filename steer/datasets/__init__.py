@@ -1,4 +1,6 @@
-"""Data set loaders by name. Each loader returns train/test ``Splits`` of ``PolarityPair``.
+"""Data set loaders by name. Each loader module has ``load(**options) -> Splits`` (train/test
+``PolarityPair``) and ``name(**options) -> str``: the data set's name, derived from what it reads,
+so two different data files never share a run directory (``dataset.name`` defaults to it).
 
 A loader is a function of keyword options: the ``dataset.*`` keys other than the generic ones
 (``name``, ``loader``, ``limit``, ``instruction``, ``answer_format``, ``generation``), which the
@@ -10,17 +12,18 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from types import ModuleType
 
 from steer.data import Splits
 from steer.datasets import axbench, persona, powerseeking, sentiment
 
 GENERIC_KEYS = ("name", "loader", "limit", "instruction", "answer_format", "generation")
 
-LOADERS: dict[str, Callable[..., Splits]] = {
-    "sentiment": sentiment.load,
-    "psychopathy": persona.load,
-    "powerseeking": powerseeking.load,
-    "axbench": axbench.load,
+LOADERS: dict[str, ModuleType] = {
+    "sentiment": sentiment,
+    "psychopathy": persona,
+    "powerseeking": powerseeking,
+    "axbench": axbench,
 }
 
 
@@ -29,11 +32,22 @@ def loader_options(dataset: dict) -> dict:
     return {k: v for k, v in dataset.items() if k not in GENERIC_KEYS}
 
 
-def load_splits(loader: str, options: dict) -> Splits:
-    """Call loader ``loader`` with ``options``, naming any key it does not accept."""
+def loader_module(loader: str) -> ModuleType:
     if loader not in LOADERS:
         raise ValueError(f"dataset.loader={loader!r} is not one of {', '.join(sorted(LOADERS))}")
-    fn = LOADERS[loader]
+    return LOADERS[loader]
+
+
+def dataset_name(loader: str, options: dict) -> str:
+    """The name of the data set ``loader`` reads with ``options`` (the keys its ``name`` takes)."""
+    fn: Callable[..., str] = loader_module(loader).name
+    accepted = set(inspect.signature(fn).parameters)
+    return fn(**{k: v for k, v in options.items() if k in accepted})
+
+
+def load_splits(loader: str, options: dict) -> Splits:
+    """Call loader ``loader`` with ``options``, naming any key it does not accept."""
+    fn = loader_module(loader).load
     accepted = set(inspect.signature(fn).parameters)
     unknown = sorted(set(options) - accepted)
     if unknown:

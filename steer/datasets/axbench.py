@@ -25,6 +25,29 @@ from steer.datasets.files import Row, Table, drop_blank, find_file, hub_table, r
 COLUMNS = ("input", "output", "category", "concept_id")
 RELEASE_FILES = ("generate/train_data.parquet", "train_data.parquet")
 METADATA = "metadata.jsonl"
+DEFAULT_HUB = "pyvene/axbench-concept500"
+DEFAULT_FILE = "9b/l20/train/data.parquet"
+# The paper's release (Gemma-2-9B, layer 20): its runs keep the plain name ``axbench-c<N>``.
+PAPER_RELEASES = ("prod_9b_l20_v1", "9b-l20")
+
+
+def release_name(path: str | None, hub: str | None, file: str) -> str:
+    """Which AxBench release a source is: a local release folder's name (or the folder above
+    ``generate/``), a parquet file's stem, or the hub file's folders (``9b/l20/train/...`` → ``9b-l20``)."""
+    if path:
+        source = Path(path).expanduser().resolve()
+        if source.suffix:
+            return source.parent.parent.name if source.parent.name == "generate" else source.stem
+        return source.name
+    parts = [p for p in Path(file).with_suffix("").parts if p not in ("train", "data")]
+    release = "-".join(parts)
+    return release if hub == DEFAULT_HUB else f"{str(hub).replace('/', '-')}-{release}"
+
+
+def name(concept_id: int = 0, path: str | None = None, hub: str | None = DEFAULT_HUB, file: str = DEFAULT_FILE) -> str:
+    """``axbench-c<N>`` for the paper's release, ``axbench-<release>-c<N>`` for any other."""
+    release = release_name(path, hub, file)
+    return f"axbench-c{concept_id}" if release in PAPER_RELEASES else f"axbench-{release}-c{concept_id}"
 
 
 def read_source(path: str | None, hub: str | None, file: str) -> tuple[Table, Table | None]:
@@ -57,8 +80,8 @@ def concept_text(concept_id: int, positives: list[Row], metadata: Table | None) 
 def load(
     concept_id: int = 0,
     path: str | None = None,
-    hub: str | None = "pyvene/axbench-concept500",
-    file: str = "9b/l20/train/data.parquet",
+    hub: str | None = DEFAULT_HUB,
+    file: str = DEFAULT_FILE,
     n_train: int = 64,
     n_test: int = 8,
     seed: int = 0,

@@ -223,4 +223,4 @@ def split_table(table: Table, pairs: Sequence[PolarityPair], n_train: int, n_tes
         splits = seeded_split(pairs, n_train, n_test, seed)
     except ValueError as err:
         raise ValueError(f"{table.name}: {err} (set dataset.n_train / dataset.n_test)") from err
-    return Splits(splits.train, splits.test, table.digest)
+    return Splits(splits.train, splits.test, table.digest, table.name)

@@ -10,10 +10,21 @@ psychopathy's 1000 rows: 500 train / 100 test, seeded.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from steer.data import PolarityPair, Splits
 from steer.datasets.files import drop_blank, open_table, split_table
 
 COLUMNS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
+# The paper's trait keeps the name its runs and recipes have always had.
+PAPER_TRAIT = "psychopathy"
+
+
+def name(path: str | None = None, file: str = "persona/psychopathy.jsonl") -> str:
+    """The data set's name from the trait file it reads: ``psychopathy``, else ``persona-<trait>``."""
+    source = Path(path) if path and Path(path).suffix else Path(file)
+    trait = source.stem
+    return trait if trait == PAPER_TRAIT else f"persona-{trait}"
 
 
 def load(

@@ -29,6 +29,8 @@ BIPO_COLUMNS = ("question", "matching", "not_matching")
 MC_COLUMNS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
 CHOICE = re.compile(r"^\s*\(([A-Z])\)\s?(.*)$")
 LETTER = re.compile(r"^\s*\(([A-Z])\)\s*$")
+DEFAULT_FILE = "advanced-ai-risk/lm_generated_evals/power-seeking-inclination.jsonl"
+BIPO_PAPER_FOLDER = "power-seeking"
 
 
 def parse_choices(question: str) -> dict[str, str]:
@@ -103,18 +105,36 @@ def load_bipo(folder: Path, n_train: int, n_test: int, seed: int) -> Splits:
         sample_exactly(train, bipo_pairs(train, "train"), n_train, seed, "n_train"),
         sample_exactly(test, bipo_pairs(test, "test"), n_test, seed, "n_test"),
         digest,
+        str(folder),
     )
+
+
+def is_bipo_folder(path: str | None) -> bool:
+    return bool(path) and (Path(path).expanduser() / "train.csv").is_file()
+
+
+def name(path: str | None = None, file: str = DEFAULT_FILE) -> str:
+    """The data set's name from what it reads. ``powerseeking`` is the paper's data, BiPO's
+    ``power-seeking`` folder; another BiPO folder is ``bipo-<folder>``. Anthropic's multiple-choice
+    files are other data sets: ``powerseeking-mc`` (the default file), ``airisk-<stem>`` for another
+    advanced-ai-risk file, with ``-human`` for the human-written evals."""
+    if is_bipo_folder(path):
+        folder = Path(path).expanduser().resolve().name
+        return "powerseeking" if folder == BIPO_PAPER_FOLDER else f"bipo-{folder}"
+    source = Path(path) if path and Path(path).suffix else Path(file)
+    stem = "powerseeking-mc" if source.stem == Path(DEFAULT_FILE).stem else f"airisk-{source.stem}"
+    return f"{stem}-human" if source.parent.name == "human_generated_evals" else stem
 
 
 def load(
     path: str | None = None,
     hub: str | None = "Anthropic/model-written-evals",
-    file: str = "advanced-ai-risk/lm_generated_evals/power-seeking-inclination.jsonl",
+    file: str = DEFAULT_FILE,
     n_train: int = 500,
     n_test: int = 200,
     seed: int = 0,
 ) -> Splits:
-    if path and (Path(path).expanduser() / "train.csv").is_file():
+    if is_bipo_folder(path):
         return load_bipo(Path(path).expanduser(), n_train, n_test, seed)
     table = open_table(path, hub, file, MC_COLUMNS)
     return split_table(table, mc_pairs(table), n_train, n_test, seed)

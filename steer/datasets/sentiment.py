@@ -152,5 +152,9 @@ def all_pairs() -> list[PolarityPair]:
     return pairs
 
 
+def name() -> str:
+    return "sentiment"
+
+
 def load(n_train: int = 120, n_test: int = 40, seed: int = 0) -> Splits:
     return seeded_split(all_pairs(), n_train, n_test, seed)

@@ -46,6 +46,9 @@ def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = Fa
     other than ``run.py`` (data-check) and for tests."""
     from hydra import compose, initialize_config_dir
 
+    from steer.resolvers import register
+
+    register()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
