@@ -1,13 +1,19 @@
-"""Benchmark the sweep engine against the straightforward way of computing the same numbers.
+"""Benchmark the sweep engine and steered generation against the straightforward ways of computing
+the same numbers.
 
-Baseline: for every m and every answer, one padded forward of prompt + answer through the whole
-model with full-vocabulary logits (how most steering code scores answers). Engine: steer.sweep
-(packed prompt + both answers, prefix reuse below the steered layer, answer-only logits).
-Both run on the same pairs, grid and intervention; the script checks they agree and prints the
-speed ratio. Results go to outputs/bench/sweep.json.
+Sweep baseline: for every m and every answer, one padded forward of prompt + answer through the
+whole model with full-vocabulary logits (how most steering code scores answers). Engine:
+steer.sweep (packed prompt + both answers, prefix reuse below the steered layer, answer-only logits).
 
-    make bench                       # defaults: 32 sentiment pairs, 13-point grid, layer 15
-    python experiments/bench.py --pairs 64 --grid 21 --layer 10
+Generation baseline: ``model.generate`` (greedy, KV cache) with the intervention's hook at one m
+at a time over the prompts. Engine: steer.generate.generate (every (prompt, m) a row of one
+batch, rows leave the batch at EOS). Greedy, so both must produce the same tokens.
+
+Both rows run on the same pairs, grid and intervention; the script checks they agree and prints
+the speed ratios. Results go to outputs/bench/sweep.json and outputs/bench/generate.json.
+
+    make bench                       # defaults: 32 pairs x 13-point grid; 4 prompts x 3 m x 32 tokens
+    python experiments/bench.py --pairs 64 --grid 21 --layer 10 --rows sweep
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch
 from steer.atomic import atomic_write_text
 from steer.data import to_records
 from steer.datasets import sentiment
+from steer.generate import generate, left_pad, stop_ids
 from steer.interventions import new_intervention
 from steer.metrics import collate, encode, encode_pair
 from steer.models import EMBEDDED_SOURCE, load_model
@@ -47,17 +54,72 @@ def baseline_losses(model, tok, records, intervention, grid, batch_size) -> np.n
     return out.reshape(len(grid), len(records), 2)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=32)
-    parser.add_argument("--grid", type=int, default=13, help="number of multipliers, evenly spaced in [-4, 4]")
-    parser.add_argument("--layer", type=int, default=15)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--out", default="outputs/bench/sweep.json")
-    args = parser.parse_args()
+def timed(fn, *args):
+    """(fn(*args), wall seconds, CPU seconds of this process). On a shared machine the CPU seconds
+    say more about the work than the wall clock does."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn(*args)
+    return out, time.perf_counter() - wall, time.process_time() - cpu
 
-    model, tok = load_model(EMBEDDED_SOURCE)
-    records = to_records(tok, sentiment.load())[: args.pairs]
+
+def baseline_generate(model, tok, prompts, intervention, multipliers, max_new_tokens) -> dict:
+    """{(prompt index, m): new token ids up to the first stop}: ``model.generate``, one m at a time."""
+    from transformers import GenerationConfig
+
+    stops = stop_ids(model, tok)
+    config = GenerationConfig(
+        do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=tok.pad_token_id
+    )
+    ids, mask = left_pad([tok(p, add_special_tokens=False)["input_ids"] for p in prompts], tok.pad_token_id, "cpu")
+    out = {}
+    with torch.inference_mode(), intervention.attached(model):
+        for m in multipliers:
+            intervention.set_multiplier(m)
+            new = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, ids.shape[1] :]
+            for i, row in enumerate(new.tolist()):
+                out[i, m] = tuple(row[: next((k for k, t in enumerate(row) if t in stops), len(row))])
+    return out
+
+
+def bench_generation(model, tok, records, args) -> dict:
+    """Steered greedy generation at several m: the batched engine against model.generate per m."""
+    prompts = [r.prompt_text for r in records[: args.gen_prompts]]
+    multipliers = [float(m) for m in args.gen_multipliers.split(",")]
+    iv = new_intervention(model, "vector", args.layer, init_scale=0.5, seed=0)
+    kw = dict(intervention=iv, multipliers=multipliers, max_new_tokens=args.gen_tokens, progress=False)
+    generate(model, tok, prompts[:1], **{**kw, "max_new_tokens": 2})  # warm-up: first-call overheads
+    found, engine_s, engine_cpu = timed(
+        lambda: generate(model, tok, prompts, batch_size=len(prompts) * len(multipliers), **kw)
+    )
+    baseline, baseline_s, baseline_cpu = timed(baseline_generate, model, tok, prompts, iv, multipliers, args.gen_tokens)
+    engine = {(g.prompt_index, g.m): g.token_ids for g in found}
+    differ = [key for key in engine if engine[key] != baseline[key]]
+    if differ:
+        raise AssertionError(f"generation: engine and model.generate disagree on (prompt, m) {differ}")
+    tokens = sum(g.n_tokens for g in found)
+    return {
+        "prompts": len(prompts),
+        "multipliers": multipliers,
+        "max_new_tokens": args.gen_tokens,
+        "layer": args.layer,
+        "new_tokens": tokens,
+        "rows_stopped_by_eos": sum(g.stopped_by_eos for g in found),
+        "engine_seconds": round(engine_s, 2),
+        "baseline_seconds": round(baseline_s, 2),
+        "speedup": round(baseline_s / engine_s, 2),
+        "engine_cpu_seconds": round(engine_cpu, 2),
+        "baseline_cpu_seconds": round(baseline_cpu, 2),
+        "cpu_speedup": round(baseline_cpu / engine_cpu, 2),
+        "engine_new_tokens_per_second": round(tokens / engine_s, 1),
+        "baseline_new_tokens_per_second": round(tokens / baseline_s, 1),
+        "engine_new_tokens_per_cpu_second": round(tokens / engine_cpu, 1),
+        "baseline_new_tokens_per_cpu_second": round(tokens / baseline_cpu, 1),
+        "same_tokens": True,
+    }
+
+
+def bench_sweep(model, tok, records, args) -> dict:
+    """Losses over a multiplier grid: the sweep engine against full forwards per m and answer."""
     grid = [float(m) for m in np.linspace(-4, 4, args.grid)]
     iv = new_intervention(model, "vector", args.layer, init_scale=0.5, seed=0)
     pairs = [encode_pair(tok, r.prompt_text, r.positive, r.negative) for r in records]
@@ -70,7 +132,7 @@ def main() -> None:
     baseline = baseline_losses(model, tok, records, iv, grid, args.batch_size)
     baseline_s = time.perf_counter() - start
 
-    result = {
+    return {
         "pairs": len(records),
         "grid_points": len(grid),
         "layer": args.layer,
@@ -81,14 +143,41 @@ def main() -> None:
         "engine_pair_m_per_second": round(len(records) * len(grid) / engine_s, 1),
         "baseline_pair_m_per_second": round(len(records) * len(grid) / baseline_s, 1),
         "max_abs_loss_difference": float(np.abs(engine - baseline).max()),
-        "torch_threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    width = max(len(k) for k in result)
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
+
+
+ROWS = {"sweep": bench_sweep, "generate": bench_generation}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=32)
+    parser.add_argument("--grid", type=int, default=13, help="number of multipliers, evenly spaced in [-4, 4]")
+    parser.add_argument("--layer", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--gen-prompts", type=int, default=4, help="prompts of the generation row")
+    parser.add_argument("--gen-multipliers", default="-4,0,4", help="comma-separated m of the generation row")
+    parser.add_argument("--gen-tokens", type=int, default=32, help="max new tokens of the generation row")
+    parser.add_argument("--rows", default="sweep,generate", help=f"comma-separated, of {', '.join(ROWS)}")
+    parser.add_argument("--out-dir", default="outputs/bench", help="<row>.json is written here")
+    args = parser.parse_args()
+    rows = args.rows.split(",")
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        parser.error(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")
+
+    model, tok = load_model(EMBEDDED_SOURCE)
+    records = to_records(tok, sentiment.load())[: args.pairs]
+    machine = {"torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
+    for row in rows:
+        result = {**ROWS[row](model, tok, records, args), **machine}
+        path = Path(args.out_dir) / f"{row}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+        width = max(len(k) for k in result)
+        print(f"[{row}] -> {path}")
+        for key, value in result.items():
+            print(f"  {key:<{width}}  {value}")
 
 
 if __name__ == "__main__":

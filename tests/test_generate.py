@@ -1,4 +1,5 @@
-"""Batched greedy generation against a hand-rolled greedy loop, and the cache of the model's own answers."""
+"""Batched generation against a hand-rolled greedy loop and against ``model.generate`` with a
+hand-written steering hook, seeded sampling, and the cache of the model's own answers."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import torch
 
 import steer.own_answers as own
 from steer.data import render_prompt
-from steer.generate import greedy_generate, stop_ids
+from steer.generate import generate, greedy_generate, sample_tokens, stop_ids, top_p_keep
 from steer.interventions import new_intervention
-from steer.models import model_fingerprint
+from steer.models import decoder_layer, down_proj, model_fingerprint
 from tests.conftest import tiny_model
 
 PROMPTS = ["Say hi.", "What is 2+2? Answer with a number only.", "Name a colour that is also a fruit, please."]
@@ -129,3 +130,160 @@ def test_unreadable_cache_is_an_error_naming_the_file(tok, prompts, tmp_path, mo
     path.write_text("{not json")
     with pytest.raises(ValueError, match=str(path)):
         own.own_answers(model, tok, prompts[:1], "d", 3, progress=False)
+
+
+# --- steered generation: generate() -------------------------------------------------------------
+
+MS = (-6.0, 0.0, 6.0)
+
+
+def hand_hook(model, form: str, layer: int, tensors: dict, m: float):
+    """A forward hook written from the paper's formula, not from DynamicAffine: Δh = m·Δb on the
+    residual after layer l (vector), or m·B·A·x on the down_proj output (lora)."""
+    if form == "vector":
+
+        def add(module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            hidden = hidden + m * tensors["delta_b"]
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+        return decoder_layer(model, layer).register_forward_hook(add)
+    a, b = tensors["lora_A"], tensors["lora_B"]
+    return down_proj(model, layer).register_forward_hook(lambda mod, args, out: out + m * (args[0] @ a.T @ b.T))
+
+
+def hf_generate(model, tok, prompts, max_new_tokens: int) -> list[tuple[int, ...]]:
+    """``model.generate``, greedy, on the tokenizer's own left padding; each row cut at its first stop."""
+    from transformers import GenerationConfig
+
+    stops = stop_ids(model, tok)
+    enc = tok(list(prompts), add_special_tokens=False, padding=True, padding_side="left", return_tensors="pt")
+    config = GenerationConfig(
+        do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=tok.pad_token_id
+    )
+    with torch.inference_mode():
+        out = model.generate(**enc, generation_config=config)
+    rows = []
+    for row in out[:, enc["input_ids"].shape[1] :].tolist():
+        cut = next((k for k, t in enumerate(row) if t in stops), len(row))
+        rows.append(tuple(row[:cut]))
+    return rows
+
+
+def steerable(form: str, vocab: int):
+    model = tiny_lm("llama", vocab)
+    iv = new_intervention(model, form, 1, rank=4, init_scale=1.0, seed=3)
+    if form == "lora":  # lora_B starts at zero: give it a value so the update does something
+        with torch.no_grad():
+            iv.lora_B.copy_(torch.randn(iv.lora_B.shape, generator=torch.Generator().manual_seed(5)))
+    return model, iv
+
+
+@pytest.mark.parametrize("form", ["vector", "lora"])
+def test_several_multipliers_in_one_batch_equal_generate_with_a_hand_written_hook(form, tok, prompts):
+    model, iv = steerable(form, len(tok))
+    found = generate(
+        model, tok, prompts, intervention=iv, multipliers=MS, max_new_tokens=6, batch_size=9, progress=False
+    )
+    assert [(g.prompt_index, g.m) for g in found] == [(p, m) for p in range(len(prompts)) for m in MS]
+    tensors = iv.tensors()
+    for m in MS:
+        handle = hand_hook(model, form, 1, tensors, m)
+        try:
+            expected = hf_generate(model, tok, prompts, 6)
+        finally:
+            handle.remove()
+        assert [g.token_ids for g in found if g.m == m] == expected
+        assert [g.text for g in found if g.m == m] == [tok.decode(e, skip_special_tokens=True) for e in expected]
+    by_m = {m: [g.token_ids for g in found if g.m == m] for m in MS}
+    assert by_m[-6.0] != by_m[0.0] != by_m[6.0]  # the multipliers really steer
+    assert iv._handle is None  # detached again
+
+
+def test_m_zero_is_the_bare_model_and_the_multiplier_is_restored(tok, prompts):
+    model, iv = steerable("vector", len(tok))
+    iv.set_multiplier(2.5)
+    bare = generate(model, tok, prompts, max_new_tokens=5, batch_size=2, progress=False)
+    steered = generate(model, tok, prompts, intervention=iv, multipliers=[0.0, 3.0], max_new_tokens=5, progress=False)
+    assert [(g.token_ids, g.text) for g in steered if g.m == 0.0] == [(g.token_ids, g.text) for g in bare]
+    assert [g.token_ids for g in steered if g.m == 3.0] != [g.token_ids for g in bare]
+    assert iv.multiplier == 2.5 and iv._handle is None
+    assert greedy_generate(model, tok, prompts, 5, progress=False) == [g.text for g in bare]
+
+
+def test_max_new_tokens_caps_rows_and_eos_stops_a_row_mid_batch(tok, prompts):
+    model = tiny_lm("llama", len(tok))
+    free = generate(model, tok, prompts, max_new_tokens=7, batch_size=3, progress=False)
+    assert all(g.n_tokens == 7 and not g.stopped_by_eos for g in free)  # a random model never says <|im_end|>
+    # make the third token of prompt 0 a stop token: that row leaves the batch, the others go on
+    model.generation_config.eos_token_id = free[0].token_ids[2]
+    stops = stop_ids(model, tok)
+    found = generate(model, tok, prompts, max_new_tokens=7, batch_size=3, progress=False)
+    assert found[0].token_ids == free[0].token_ids[:2] and found[0].stopped_by_eos
+    assert [g.token_ids for g in found] == hf_generate(model, tok, prompts, 7)
+    for g in found:
+        assert not set(g.token_ids) & set(stops)
+        assert g.stopped_by_eos == (g.n_tokens < 7)
+
+
+def test_sampling_is_seeded_and_independent_of_batching(tok, prompts):
+    model, iv = steerable("vector", len(tok))
+    kw = dict(intervention=iv, multipliers=MS, max_new_tokens=6, do_sample=True, top_p=0.9, progress=False)
+    one = generate(model, tok, prompts, batch_size=2, seed=7, **kw)
+    assert generate(model, tok, prompts, batch_size=9, seed=7, **kw) == one
+    # a prompt's samples do not depend on the other prompts in the list either
+    alone = generate(model, tok, prompts[2:], batch_size=3, seed=7, **kw)
+    assert [(g.m, g.token_ids) for g in alone] == [(g.m, g.token_ids) for g in one if g.prompt_index == 2]
+    other = generate(model, tok, prompts, batch_size=9, seed=8, **kw)
+    assert [g.token_ids for g in other] != [g.token_ids for g in one]
+    greedy = generate(model, tok, prompts, batch_size=9, **{**kw, "do_sample": False})
+    assert [g.token_ids for g in greedy] != [g.token_ids for g in one]
+
+
+def test_top_p_nucleus_matches_transformers_warper():
+    from transformers import TopPLogitsWarper
+
+    logits = torch.randn(5, 50, generator=torch.Generator().manual_seed(0)) * 3
+    for top_p in (0.05, 0.5, 0.9, 0.999):
+        theirs = TopPLogitsWarper(top_p)(None, logits.clone()) > -float("inf")
+        for k in (2, 256):  # k=2 ranks too few tokens for most rows: the ranking must widen
+            kept, order = top_p_keep(torch.softmax(logits, -1), top_p, k=k)
+            mine = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, kept > 0)
+            assert torch.equal(mine, theirs), (top_p, k)
+
+
+def test_inverse_cdf_sampling_draws_each_kept_token_with_its_renormalised_probability():
+    logits = torch.tensor([[2.0, 0.5, -1.0, 1.0, 0.0]])
+    temperature, top_p, n = 0.7, 0.8, 20000
+    probs = torch.softmax(logits[0] / temperature, -1).double()
+    ranked = probs.argsort(descending=True)
+    mass = probs[ranked].cumsum(0) - probs[ranked]
+    nucleus = ranked[mass < top_p]
+    expected = torch.zeros_like(probs)
+    expected[nucleus] = probs[nucleus] / probs[nucleus].sum()
+    uniforms = (torch.arange(n, dtype=torch.float64) + 0.5) / n  # an even grid over [0, 1)
+    tokens = sample_tokens(logits.expand(n, -1), uniforms, temperature, top_p)
+    freq = torch.bincount(tokens, minlength=5).double() / n
+    assert torch.allclose(freq, expected, atol=2 / n)
+    full = torch.bincount(sample_tokens(logits.expand(n, -1), uniforms, temperature, 1.0), minlength=5).double() / n
+    assert torch.allclose(full, probs, atol=2 / n)
+
+
+def test_generate_rejects_bad_arguments_with_the_argument_named(tok, prompts):
+    model, iv = steerable("vector", len(tok))
+    bad = [
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(do_sample=True, temperature=0.0), "temperature"),
+        (dict(do_sample=True, temperature=-1.0), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(multipliers=[]), "multipliers is empty"),
+        (dict(multipliers=[1.0]), "need an intervention"),
+        (dict(intervention=iv, multipliers=[float("nan")]), "finite"),
+    ]
+    for kwargs, match in bad:
+        with pytest.raises(ValueError, match=match):
+            generate(model, tok, prompts, progress=False, **kwargs)
+    with iv.attached(model), pytest.raises(RuntimeError, match="already attached"):
+        generate(model, tok, prompts, intervention=iv, multipliers=1.0, progress=False)
