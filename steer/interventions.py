@@ -121,6 +121,14 @@ class DynamicAffine(nn.Module):
             return self.lora_B @ self.lora_A
         return None
 
+    def dense_update(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(ΔW [d_out, d_in] | None, Δb [d_out] | None) in the site's output coordinates, detached:
+        what an export merges or writes, whatever the form's own parametrisation."""
+        with torch.no_grad():
+            weight = self.delta_weight()
+            bias = getattr(self, "delta_b", None)
+            return tuple(None if t is None else t.detach().cpu().clone() for t in (weight, bias))
+
     def delta(self, h_in: torch.Tensor | None) -> torch.Tensor:
         """Δh = m1·ΔW·h_in + m2·Δb, broadcast over [batch, seq, d_out]."""
         m1 = _per_row(self.multiplier)
