@@ -20,6 +20,12 @@ PAPER := table2 table5 table6 fig2 fig4 fig5
 $(PAPER): setup
 	$(PY) experiments/paper.py $@ --datasets $(DATASETS) $(ARGS)
 
+# Preference-utility front of the recipes' runs (make table2 trains them). ARGS go to steer.report,
+# e.g. ARGS="--deltas 0.25,0.5,1 --bootstrap 20".
+.PHONY: front
+front: setup
+	$(PY) -m steer.report front --outputs outputs/paper $(ARGS)
+
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml

@@ -39,9 +39,8 @@ def steer_losses(model, run_dir, pairs, m: float) -> np.ndarray:
 
 
 def smol_pairs(tokenizer) -> list[EncodedPair]:
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Write a one-sentence review of a cafe."}], tokenize=False, add_generation_prompt=True
-    )
+    chat = [{"role": "user", "content": "Write a one-sentence review of a cafe."}]
+    prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     answers = [("Lovely coffee and kind staff.", "Cold coffee and rude staff."), ("A gem.", "Never again, awful.")]
     return [encode_pair(tokenizer, prompt, pos, neg) for pos, neg in answers]
 
