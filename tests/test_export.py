@@ -12,7 +12,7 @@ import yaml
 from steer.export import EXPORTS, PROVENANCE, ExportError, export, load_steering_vector
 from steer.interventions import DynamicAffine, new_intervention
 from steer.metrics import EncodedPair, encode_pair
-from steer.models import EMBEDDED_SOURCE, load_model
+from steer.models import EMBEDDED_SOURCE, load_model, load_tokenizer
 from steer.sweep import grid_losses, pair_losses
 from tests.conftest import tiny_model
 
@@ -48,53 +48,66 @@ def smol_pairs(tokenizer) -> list[EncodedPair]:
 TINY_PAIRS = [EncodedPair((1, 5, 9, 2), (7, 3), (11, 4, 6)), EncodedPair((3, 8), (12, 13, 14, 2), (5,))]
 
 
+@pytest.fixture(scope="module")
+def smol_tokenizer():
+    return load_tokenizer(EMBEDDED_SOURCE)
+
+
 @pytest.fixture
-def tiny_source(tmp_path_factory, smol):
+def tiny_source(tmp_path_factory, smol_tokenizer):
     """Build a tiny model folder (with SmolLM2's tokenizer, never used to tokenise here) per architecture."""
 
     def build(arch: str):
         folder = tmp_path_factory.mktemp(f"tiny-{arch}")
         model = tiny_model(arch)
         model.save_pretrained(folder)
-        smol[1].save_pretrained(folder)
+        smol_tokenizer.save_pretrained(folder)
         return model, str(folder)
 
     return build
 
 
-def test_peft_export_reproduces_steer_losses(smol, tmp_path):
+@pytest.fixture(params=["tiny", pytest.param("smol", marks=pytest.mark.slow)])
+def base(request, tiny_source):
+    """(model, source, pairs, layer): a tiny Llama (fast), and the embedded SmolLM2 (slow)."""
+    if request.param == "tiny":
+        model, source = tiny_source("llama")
+        return model, source, TINY_PAIRS, 2
+    model, tokenizer = request.getfixturevalue("smol")
+    return model, EMBEDDED_SOURCE, smol_pairs(tokenizer), 10
+
+
+def test_peft_export_reproduces_steer_losses(base, tmp_path):
     from peft import PeftModel
 
-    model, tokenizer = smol
+    model, source, pairs, layer = base
     run_dir, m = tmp_path / "run", -1.5
-    make_run(run_dir, model, EMBEDDED_SOURCE, "lora", layer=10)
-    pairs = smol_pairs(tokenizer)
+    make_run(run_dir, model, source, "lora", layer=layer)
     expected = steer_losses(model, run_dir, pairs, m)
     export(run_dir, m, "peft", tmp_path / "peft")
 
-    base, _ = load_model(EMBEDDED_SOURCE)
-    peft_model = PeftModel.from_pretrained(base, tmp_path / "peft").eval()
+    fresh, _ = load_model(source)
+    peft_model = PeftModel.from_pretrained(fresh, tmp_path / "peft").eval()
     np.testing.assert_allclose(pair_losses(peft_model, pairs), expected, atol=TOL, rtol=0)
-    assert not np.allclose(expected, pair_losses(load_model(EMBEDDED_SOURCE)[0], pairs), atol=1e-2)
+    assert np.abs(expected - pair_losses(model, pairs)).max() > 1e-3  # the adapter did something
     config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
-    assert config["target_modules"] == ["model.layers.10.mlp.down_proj"] and config["lora_alpha"] == m * 4
+    assert config["target_modules"] == [f"model.layers.{layer}.mlp.down_proj"] and config["lora_alpha"] == m * 4
     assert json.loads((tmp_path / "peft" / PROVENANCE).read_text())["m"] == m
 
 
-def test_steering_vectors_export_reproduces_steer_losses(smol, tmp_path):
-    model, tokenizer = smol
+def test_steering_vectors_export_reproduces_steer_losses(base, tmp_path):
+    model, source, pairs, layer = base
     run_dir, m = tmp_path / "run", 6.0
-    iv = make_run(run_dir, model, EMBEDDED_SOURCE, "vector", layer=12)
+    iv = make_run(run_dir, model, source, "vector", layer=layer)
     with torch.no_grad():
         iv.delta_b.mul_(20.0)  # a vector big enough to move the losses visibly
     iv.save(run_dir)
-    pairs = smol_pairs(tokenizer)
     expected = steer_losses(model, run_dir, pairs, m)
     (path,) = [p for p in export(run_dir, m, "steering-vectors", tmp_path / "sv") if p.suffix == ".safetensors"]
 
     vector = load_steering_vector(path)
     assert type(vector).__module__.startswith("steering_vectors")
-    assert set(vector.layer_activations) == {12} and vector.layer_type == "decoder_block"
+    assert set(vector.layer_activations) == {layer} and vector.layer_type == "decoder_block"
     with vector.apply(model, multiplier=1.0):
         got = pair_losses(model, pairs)
     np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
