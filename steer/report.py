@@ -210,14 +210,14 @@ def paper_table(name: str, runs: Sequence[Run], replicates: dict[Path, dict[str,
             for family in families:
                 used = [r for r in mine if r.family == family and r.r2(kind, which) is not None]
                 values = [r.r2(kind, which) for r in used]
-                if replicates and used:
+                if replicates and used and all(r.path in replicates for r in used):
                     samples[family] = np.mean([replicates[r.path][kind] for r in used], axis=0)
                 interval = percentile_interval(samples[family]) if family in samples else None
                 cells[kind, family] = Cell(float(np.mean(values)) if values else None, len(values), interval)
             present = [cells[kind, f].value for f in families]
             complete = all(v is not None for v in present)
             interval = None
-            if complete and replicates:
+            if complete and replicates and all(f in samples for f in families):
                 interval = percentile_interval(np.mean([samples[f] for f in families], axis=0))
             cells[kind, "Avg"] = Cell(
                 float(np.mean(present)) if complete else None, len(families) if complete else 0, interval
@@ -321,7 +321,11 @@ def build_table(name: str, outputs: Path, bootstrap: int = 0, seed: int = 0) -> 
     if bootstrap:
         start = time.perf_counter()
         statistic = r2_statistic(TABLES[name][0], seed=seed)
-        replicates = {r.path: replicate(pd.read_parquet(r.path / SWEEP_FILE), statistic, bootstrap, seed) for r in runs}
+        replicates = {
+            r.path: replicate(pd.read_parquet(r.path / SWEEP_FILE), statistic, bootstrap, seed)
+            for r in runs
+            if (r.path / SWEEP_FILE).is_file()  # a run without its sweep keeps its value, without interval
+        }
         note = (
             f"\n[lo, hi] = 95 % bootstrap interval over examples: {bootstrap} replicates per run (seed {seed}), "
             f"each refitted; {time.perf_counter() - start:.0f} s for {len(runs)} runs.\n"

@@ -108,3 +108,19 @@ def test_bootstrap_of_r2_refits_reproducibly(tmp_path):
     # R² of a resampled (noisier) mean curve is biased low: the spread sits just under the point.
     assert interval.missing == 0 and 0.99 < interval.lo <= interval.hi <= point + 1e-6
     assert fmt_interval(0.95, interval).startswith("0.950 [0.99")
+
+
+@pytest.mark.slow
+def test_table_bootstrap_shows_intervals_in_md_and_csv_columns(tmp_path):
+    from steer.report import build_table
+    from tests.synthetic_runs import write_fit
+
+    run_dir = tmp_path / "sentiment" / "run"
+    noisy_sweep(run_dir, 6)
+    write_fit(run_dir, {(k, w): 0.9 for k in ("pref", "util") for w in ("train", "test", "transfer")})
+    build_table("table2", tmp_path, bootstrap=3, seed=0)
+    md = (tmp_path / "reports" / "table2.md").read_text()
+    csv = pd.read_csv(tmp_path / "reports" / "table2.csv")
+    assert "0.900 [" in md and "3 replicates per run" in md
+    assert {"pref_Sent_lo", "pref_Sent_hi", "util_Avg_lo"} <= set(csv.columns)
+    assert csv["pref_Sent_lo"].iloc[0] <= csv["pref_Sent_hi"].iloc[0]
