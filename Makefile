@@ -21,7 +21,7 @@ $(PAPER): setup
 	$(PY) experiments/paper.py $@ --datasets $(DATASETS) $(ARGS)
 
 # Preference-utility front of the recipes' runs (make table2 trains them). ARGS go to steer.report,
-# e.g. ARGS="--deltas 0.25,0.5,1 --bootstrap 20".
+# e.g. ARGS="--deltas 1,2,5 --bootstrap 20".
 .PHONY: front
 front: setup
 	$(PY) -m steer.report front --outputs outputs/paper $(ARGS)

@@ -42,7 +42,9 @@ from steer.report import (
 )
 from steer.stages.sweep import SWEEP_FILE
 
-DELTAS = (0.25, 0.5, 1.0)
+# Utility budgets in nats of UtilOdds (log-odds of P(A_p) + P(A_n)); summed-over-tokens losses of
+# whole sentences put UtilOdds far below 0, where a budget of a few nats is a factor of e^δ in P_u.
+DELTAS = (1.0, 2.0, 5.0)
 FINE = 4001
 FORM_COLORS = {"vector": "C0", "lora": "C1", "local_weight": "C2"}
 OBJECTIVE_STYLES = {"diffmean": (":", "x"), "sft": ("--", "o"), "reps": ("-.", "^"), "split": ("-", "s")}

@@ -1,7 +1,7 @@
 """The paper's R² tables (2, 5, 6) and dynamics figures (2, 4, 5) from finished runs.
 
     python -m steer.report table2|table5|table6|fig2|fig4|fig5 [--outputs DIR] [--dataset NAME ...]
-    python -m steer.report table2|table5|table6|front [--bootstrap N --seed S] [--deltas 0.25,0.5,1]
+    python -m steer.report table2|table5|table6|front [--bootstrap N --seed S] [--deltas 1,2,5]
 
 ``front`` is the preference-utility front (``steer.front``); ``--bootstrap N`` adds 95 % intervals
 over examples (``steer.bootstrap``) to the R² tables and the front.
@@ -499,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--bootstrap", type=int, default=0, metavar="N", help="tables, front: N bootstrap replicates (0 = off)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap replicates")
-    parser.add_argument("--deltas", default=None, help="front: utility budgets δ, comma-separated (default 0.25,0.5,1)")
+    parser.add_argument("--deltas", default=None, help="front: utility budgets δ, comma-separated (default 1,2,5)")
     args = parser.parse_args(argv)
     if args.bootstrap < 0:
         parser.error(f"--bootstrap must be >= 0, got {args.bootstrap}")
