@@ -22,6 +22,7 @@ from steer.atomic import atomic_write_text
 from steer.fit import PREF_PARAMS
 from steer.interventions import FORMS
 from steer.models import load_config, num_layers
+from steer.precision import PRECISIONS
 from steer.stages import data, fit, sweep, train
 from steer.stages.context import RunContext
 from steer.stages.runner import Ledger, run_stage_list
@@ -79,6 +80,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"objective={objective} trains only intervention={'/'.join(OBJECTIVES[objective])}, not intervention={form}"
         )
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision={cfg.precision!r} is not one of {', '.join(PRECISIONS)}")
     if not isinstance(cfg.layer, int) or isinstance(cfg.layer, bool):
         raise ConfigError(f"layer must be an integer (a 0-based decoder layer index), got {cfg.layer!r}")
     grid = cfg.sweep.grid
@@ -146,7 +149,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunResult:
     logging.getLogger().addHandler(handler)
     if cfg.tracking.wandb:
         ctx.tracker = Tracker.start(
-            run_dir, cfg.run_id, resolved, cfg.tracking.project, cfg.tracking.entity, group=cfg.dataset.name
+            run_dir, cfg.run_id, resolved, cfg.tracking.project, cfg.tracking.entity, group=cfg.tracking.group
         )
     try:
         ran = run_stage_list(STAGES, list(cfg.stages), cfg, run_dir, ctx, bool(cfg.force))

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from steer.data import PairRecord, Splits, read_pairs
 from steer.models import load_model, load_tokenizer
+from steer.precision import model_dtype
 from steer.tracking import Tracker
 
 log = logging.getLogger("steer")
@@ -63,7 +64,7 @@ class RunContext:
     @cached_property
     def _loaded(self):
         log.info("loading model %s (%s)", self.cfg.model.name, self.cfg.model.source)
-        return load_model(self.cfg.model.source, self.cfg.model.dtype, self.device)
+        return load_model(self.cfg.model.source, model_dtype(self.cfg.precision, self.device), self.device)
 
     @property
     def model(self):

@@ -102,7 +102,7 @@ def run(ctx: RunContext) -> None:
 STAGE = Stage(
     name="data",
     run=run,
-    keys=("model.source", "model.dtype", "dataset"),
+    keys=("model.source", "precision", "dataset"),
     ignore=("dataset.answer_format",),
     outputs=(PAIRS_FILE,),
     implicit=True,

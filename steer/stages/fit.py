@@ -13,6 +13,7 @@ from steer.plots import Panel, save_dynamics_figure
 from steer.stages.context import RunContext
 from steer.stages.runner import Stage
 from steer.stages.sweep import SWEEP_FILE
+from steer.tracking import log_fit
 
 log = logging.getLogger("steer")
 
@@ -39,7 +40,7 @@ def run(ctx: RunContext) -> None:
     atomic_write_text(ctx.path(FIT_FILE), json.dumps(summary, indent=2) + "\n")
     table = r2_table(summary)
     log.info("fit R² (train/test fits, train fit scored on test = transfer):\n%s", table.to_string())
-    ctx.tracker.summary({f"fit/{kind}/{which}/r2": table.loc[kind, which] for kind in table.index for which in table})
+    log_fit(ctx.tracker, result, summary)
     ctx.tracker.image("fit/dynamics", figure)
 
 

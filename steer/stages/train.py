@@ -144,7 +144,7 @@ def fit(ctx: RunContext, iv) -> None:
 STAGE = Stage(
     name="train",
     run=run,
-    keys=("model", "layer", "intervention", "objective", "seed"),
+    keys=("model", "precision", "layer", "intervention", "objective", "seed"),
     ignore=("intervention.grid", "objective.grid", "objective.batch_size"),
     outputs=("intervention.safetensors", "intervention.json"),
     after=("data",),
