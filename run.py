@@ -18,9 +18,11 @@ log = logging.getLogger("steer")
 def node_slot(cfg: DictConfig):
     """With ``node.jobs`` > 1 (``hydra/launcher=node``): hold a device slot for this job's life and
     run on its device with its share of the CPU threads."""
+    from steer.stages import ConfigError
+
     jobs = cfg.node.jobs
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
-        raise ValueError(f"node.jobs must be a positive integer, got {jobs!r}")
+        raise ConfigError(f"node.jobs must be a positive integer, got {jobs!r}")
     if jobs == 1:
         yield
         return

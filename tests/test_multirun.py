@@ -163,3 +163,43 @@ def test_multirun_under_accelerate_launch(tmp_path):
         assert set(json.loads((run_dir / "stages.json").read_text())) == {"data", "train", "sweep"}
     assert list(jobs_csv(root).status) == ["completed"] * 4
     assert done.stdout.count("Multirun: 4 job(s), 0 failed") == 1
+
+
+def test_jobs_table_reads_fits_metrics_and_failures(tmp_path):
+    """The table from job records: R² from fit.json, every metrics.json value, a failed job's error."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf
+
+    from steer.multirun import job_record, jobs_table
+
+    done, failed = tmp_path / "a", tmp_path / "b"
+    done.mkdir()
+    fit = {"pref": {"train": {"r2": 0.91}}, "util": {"train": {"r2": None}}}
+    (done / "fit.json").write_text(json.dumps(fit))
+    (done / "metrics.json").write_text(json.dumps({"judge": {"concept": 1.25, "harmonic": 0.5}, "accuracy": 0.75}))
+
+    def config(num: int, run_dir: Path, form: str):
+        return OmegaConf.create(
+            {
+                "hydra": {"job": {"num": num}, "runtime": {"output_dir": str(run_dir)}},
+                "intervention": {"form": form},
+                "objective": {"name": "sft"},
+                "dataset": {"name": "axbench-c${layer}"},
+                "model": {"name": "smollm2-135m"},
+                "layer": 3,
+            }
+        )
+
+    ok = JobReturn(overrides=["intervention=vector"], status=JobStatus.COMPLETED)
+    bad = JobReturn(overrides=["intervention=lora"], status=JobStatus.FAILED)
+    bad.return_value = RuntimeError("stage sweep needs the outputs of train\nsecond line")
+    records = [job_record(config(1, failed, "lora"), bad, 2.04), job_record(config(0, done, "vector"), ok, 10.0)]
+    table = jobs_table(records)
+    assert list(table.job) == [0, 1] and list(table.form) == ["vector", "lora"]
+    assert list(table.dataset) == ["axbench-c3", "axbench-c3"]
+    first, second = table.iloc[0], table.iloc[1]
+    assert first.r2_pref == 0.91 and pd.isna(first.r2_util) and first["judge/concept"] == 1.25
+    assert first.accuracy == 0.75 and first.status == "completed" and first.seconds == 10.0
+    assert second.status == "failed" and second.error == "RuntimeError: stage sweep needs the outputs of train"
+    assert pd.isna(second.r2_pref) and second.seconds == 2.0
+    assert list(table.columns[-5:]) == ["status", "seconds", "error", "run_dir", "overrides"]
