@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-STAGES = ("data (A_n generation)", "train", "sweep", "judge generation")
+STAGES = ("model load", "data (A_n generation)", "train", "sweep", "judge generation")
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class Hardware:
     mfu: float = 0.35  # model-FLOPs utilisation assumed for batched forward/backward passes
     bandwidth: float = 3.35e12  # HBM3 bytes/s, bounds greedy decoding
     bytes_per_param: int = 2  # bf16 weights
+    load_bandwidth: float = 2e9  # bytes/s reading a checkpoint from local NVMe into the GPU, once per job
 
     def seconds_for_flops(self, flops: float) -> float:
         return flops / (self.peak_flops * self.mfu)
@@ -109,6 +110,7 @@ def estimate(jobs: Sequence[JobSpec], hw: Hardware, judge: JudgePrice) -> Plan:
     generated: set[tuple[str, str]] = set()
     for job in jobs:
         pairs = [*job.train, *job.test]
+        plan.stages["model load"].seconds += job.params * hw.bytes_per_param / hw.load_bandwidth
         if job.generate_negatives and (job.model, job.name) not in generated:
             generated.add((job.model, job.name))
             stage = plan.stages["data (A_n generation)"]
@@ -160,7 +162,8 @@ def format_plan(plan: Plan, hw: Hardware, judge: JudgePrice, notes: Sequence[str
         "assumptions:",
         f"- GPU: {hw.name}, {hw.peak_flops / 1e12:.0f} TFLOP/s peak at {hw.mfu:.0%} MFU for forward/backward "
         f"(2·params FLOPs per token forward, ×3 for a training step); greedy decoding memory-bound at "
-        f"{hw.bandwidth / 1e12:.2f} TB/s ({hw.bytes_per_param} bytes per weight per step and batch)",
+        f"{hw.bandwidth / 1e12:.2f} TB/s ({hw.bytes_per_param} bytes per weight per step and batch); every job "
+        f"loads its model once at {hw.load_bandwidth / 1e9:.0f} GB/s",
         f"- judge: ${judge.usd_per_m_input:.2f} / ${judge.usd_per_m_output:.2f} per 1M input/output tokens; "
         f"{judge.template_tokens} rubric tokens + question + answer in, {judge.output_tokens} tokens out per call",
         *(f"- {note}" for note in notes),

@@ -132,7 +132,7 @@ def test_launcher_configs_compose():
 def test_plan_estimate_by_hand():
     """Two jobs on one data set (a trained and a DiffMean one) checked against the formulas
     written out by hand."""
-    hw = Hardware(peak_flops=1e12, mfu=0.5, bandwidth=1e9, bytes_per_param=2)
+    hw = Hardware(peak_flops=1e12, mfu=0.5, bandwidth=1e9, bytes_per_param=2, load_bandwidth=1e8)
     judge = JudgePrice(usd_per_m_input=1.0, usd_per_m_output=2.0, template_tokens=10, output_tokens=5)
     train = [PairTokens(10, 2, 3), PairTokens(20, 1, 1)]  # rows 15, 22 -> 37
     test = [PairTokens(5, 1, 1)]  # row 7
@@ -142,6 +142,7 @@ def test_plan_estimate_by_hand():
     plan = estimate(jobs, hw, judge)
     rate = 1e12 * 0.5
     assert plan.jobs == 2
+    assert plan.stages["model load"].seconds == pytest.approx(2 * 2e6 / 1e8)
     # Train: prefix pass + 2 epochs x 2 directions of the 37 row tokens; DiffMean: one pass.
     assert plan.stages["train"].tokens == 37 * 5 + 37
     assert plan.stages["train"].seconds == pytest.approx((2e6 * 37 * (1 + 12) + 2e6 * 37) / rate)
