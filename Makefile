@@ -8,7 +8,7 @@ ARGS ?=
 # Where data-check finds local copies of the paper's data sets (layout of ../shared/data).
 DATA ?= ../shared/data
 
-.PHONY: setup run test test-slow lint format bench data-check clean train-matrix
+.PHONY: setup run test test-slow lint format bench data-check clean train-matrix plan
 
 # Paper tables and figures (experiments/paper.py): the multiruns they need (finished runs are
 # skipped), then the report under outputs/paper/reports/. Default: the embedded model on the built-in
@@ -25,6 +25,12 @@ $(PAPER): setup
 .PHONY: front
 front: setup
 	$(PY) -m steer.report front --outputs outputs/paper $(ARGS)
+
+# What a preset's runs cost before they run: jobs, forward tokens per stage, GPU-hours, judge calls
+# and dollars (experiments/paper.py --plan), e.g. make plan PRESET=smoke
+PRESET ?= paper
+plan: setup
+	$(PY) experiments/paper.py all --preset $(PRESET) --data $(DATA) --plan $(ARGS)
 
 setup: $(STAMP)
 

@@ -1,17 +1,47 @@
 """steer's one entry point: ``python run.py [overrides]`` or ``python run.py -m ...`` (multirun)."""
 
+import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, open_dict
 
 from steer.resolvers import register
 
 register()
 log = logging.getLogger("steer")
+
+
+@contextlib.contextmanager
+def node_slot(cfg: DictConfig):
+    """With ``node.jobs`` > 1 (``hydra/launcher=node``): hold a device slot for this job's life and
+    run on its device with its share of the CPU threads."""
+    from steer.stages import ConfigError
+
+    jobs = cfg.node.jobs
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ConfigError(f"node.jobs must be a positive integer, got {jobs!r}")
+    if jobs == 1:
+        yield
+        return
+    import torch
+
+    from steer.devices import claim_slot, pin, slot_plan
+
+    devices = cfg.node.devices
+    if devices is None and cfg.device != "cpu" and torch.cuda.is_available():
+        devices = list(range(torch.cuda.device_count()))
+    with claim_slot(Path(HydraConfig.get().sweep.dir) / ".node-slots", jobs) as index:
+        slot = slot_plan(index, jobs, None if cfg.device == "cpu" else devices, len(os.sched_getaffinity(0)))
+        pin(slot)
+        with open_dict(cfg):
+            cfg.device = slot.device
+        yield
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -20,11 +50,14 @@ def main(cfg: DictConfig) -> None:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        run(cfg, run_dir)
+        with node_slot(cfg):
+            run(cfg, run_dir)
     except ConfigError as err:
         log.error("config error: %s", err)
         if run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()  # Hydra made it; nothing was written
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra records the job as failed and runs the others
         sys.exit(2)
 
 

@@ -1,15 +1,18 @@
 """Recipes for the paper's R² tables and dynamics figures: the runs each needs, then its report.
 
-    python experiments/paper.py TARGET [--datasets sentiment] [--dry-run] [HYDRA OVERRIDES...]
+    python experiments/paper.py TARGET [--preset dynamics|paper|smoke] [--datasets ...] [--data DIR]
+                                       [--dry-run | --plan] [HYDRA OVERRIDES...]
     make TARGET [DATASETS=...] [ARGS="overrides"]
 
-Every target uses the same runs: a Hydra multirun of ``run.py`` over the intervention forms ×
-trained objectives (``conf/experiment/dynamics.yaml``) and one for DiffMean on vectors
-(``conf/experiment/dynamics_diffmean.yaml``), for each data set of ``--datasets``, with stages
-train → sweep → fit. Finished runs are skipped (``stages.json``), so after the first target the
-others cost only their report. The overrides go to both multiruns and set the scale: the default
-is the embedded model with ``dataset.limit=16``; the paper's scale is e.g.
-``--datasets psychopathy,powerseeking model=gemma-2-9b-it dataset.limit=null``.
+Every target uses the same runs: Hydra multiruns of ``run.py`` over the preset's experiments
+(``dynamics``: the intervention forms × trained objectives of ``conf/experiment/dynamics.yaml`` and
+DiffMean on vectors, ``dynamics_diffmean.yaml``; ``paper``: the same at the paper's scale for both
+paper models, ``paper.yaml`` and ``paper_diffmean.yaml``; ``smoke``: ``smoke.yaml``) for each data
+set of ``--datasets``, with stages train → sweep → fit. Finished runs are skipped
+(``stages.json``), so after the first target the others cost only their report; ``all`` runs them
+once and writes every report. ``--data DIR`` reads the data sets from a local copy laid out as
+``../shared/data``. ``--plan`` prints what the runs would cost (jobs, tokens, GPU-hours, judge
+calls and dollars) and runs nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,36 +35,197 @@ RECIPES = {
     "fig4": "Figure 4: the same dynamics panels (the paper's PowerSeeking figure)",
     "fig5": "Figure 5: the same dynamics panels (the paper's AxBench figure)",
 }
-EXPERIMENTS = ("dynamics", "dynamics_diffmean")
+TARGETS = {**RECIPES, "all": "every table and figure above, from one set of runs"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    experiments: tuple[str, ...]
+    datasets: str  # the default of --datasets
+    axbench_concepts: int | None = None  # AxBench runs: concept_id=range(n); None = the config's concept
+
+
+PRESETS = {
+    "dynamics": Preset(("dynamics", "dynamics_diffmean"), "sentiment"),
+    "paper": Preset(("paper", "paper_diffmean"), "psychopathy,powerseeking,axbench", axbench_concepts=10),
+    "smoke": Preset(("smoke",), "sentiment"),
+}
+EXPERIMENTS = PRESETS["dynamics"].experiments
 # output_root of conf/experiment/dynamics.yaml: where the recipes' runs and reports live.
 DEFAULT_ROOT = "outputs/paper"
+# Where each data set lies in a local copy laid out as ../shared/data.
+LOCAL_DATA = {
+    "psychopathy": "anthropic-evals/persona/psychopathy.jsonl",
+    "powerseeking": "bipo/power-seeking",
+    "axbench": "axbench/concept10/prod_9b_l20_v1",
+}
 
 
-def commands(target: str, datasets: str, overrides: list[str]) -> list[list[str]]:
-    """The multiruns, then the report command, for ``target``."""
+def dataset_overrides(dataset: str, preset: Preset, data: Path | None) -> list[str]:
+    """The overrides one data set needs beyond ``dataset=NAME``: its local path, AxBench's concepts."""
+    extra = []
+    if data is not None and dataset in LOCAL_DATA:
+        extra.append(f"dataset.path={data / LOCAL_DATA[dataset]}")
+    if dataset == "axbench" and preset.axbench_concepts:
+        extra.append(f"dataset.concept_id=range({preset.axbench_concepts})")
+    return extra
+
+
+def multiruns(preset: Preset, datasets: str, data: Path | None) -> list[tuple[str, list[str]]]:
+    """(experiment, overrides) of every multirun: one per experiment over all data sets when they
+    need nothing else, else one per experiment and data set."""
+    names = datasets.split(",")
+    extras = {d: dataset_overrides(d, preset, data) for d in names}
+    if not any(extras.values()):
+        return [(e, [f"dataset={datasets}"]) for e in preset.experiments]
+    return [(e, [f"dataset={d}", *extras[d]]) for e in preset.experiments for d in names]
+
+
+def commands(
+    target: str, datasets: str, overrides: list[str], preset: str = "dynamics", data: Path | None = None
+) -> list[list[str]]:
+    """The multiruns, then the report command(s), for ``target``."""
     runs = [
-        [sys.executable, "run.py", "-m", f"experiment={name}", f"dataset={datasets}", *overrides]
-        for name in EXPERIMENTS
+        [sys.executable, "run.py", "-m", f"experiment={name}", *extra, *overrides]
+        for name, extra in multiruns(PRESETS[preset], datasets, data)
     ]
     roots = [o.split("=", 1)[1] for o in overrides if o.startswith("output_root=")]
-    report = [sys.executable, "-m", "steer.report", target, "--outputs", roots[-1] if roots else DEFAULT_ROOT]
-    if target.startswith("fig"):
-        for dataset in datasets.split(","):
-            report += ["--dataset", dataset]
-    return [*runs, report]
+    outputs = roots[-1] if roots else DEFAULT_ROOT
+    reports = []
+    for name in RECIPES if target == "all" else [target]:
+        report = [sys.executable, "-m", "steer.report", name, "--outputs", outputs]
+        if name.startswith("fig"):
+            for dataset in datasets.split(","):
+                report += ["--dataset", dataset]
+        reports.append(report)
+    return [*runs, *reports]
+
+
+# Parameter counts of the models (their model cards); the plan's FLOPs scale with them.
+PARAMS = {"gemma-2-9b-it": 9.24e9, "qwen2.5-7b-instruct": 7.62e9, "smollm2-135m": 1.35e8}
+# Judge calls per steered answer, by data set loader (Psychopathy is scored by PrefOdds, no judge):
+# PowerSeeking one 1-4 rating; AxBench concept, instruction relevance and fluency.
+JUDGE_CALLS = {"powerseeking": 1, "axbench": 3}
+
+
+def job_overrides(experiment: str, extra: list[str], overrides: list[str]) -> list[list[str]]:
+    """Every job of one multirun, as Hydra's basic sweeper expands it (the experiment's sweeper
+    params, then the command line's sweeps), each a list of plain overrides."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from steer.stages import compose_config
+
+    given = [*extra, *overrides]
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in given}
+    params = compose_config([f"experiment={experiment}"], return_hydra_config=True).hydra.sweeper.params or {}
+    swept = [f"{k}={v}" for k, v in params.items() if k not in keys]
+    parsed = OverridesParser.create().parse_overrides([*swept, *given])
+    (batch,) = BasicSweeper.split_arguments(parsed, None)
+    return [[f"experiment={experiment}", *job] for job in batch]
+
+
+def plan_text(runs: list[tuple[str, list[str]]], overrides: list[str], judge_multipliers: int) -> str:
+    """What the multiruns ``runs`` would cost: every job composed as run.py would, its data read
+    and tokenised (the model's tokenizer when it loads offline, else the embedded one's)."""
+    import json
+    import os
+
+    from omegaconf import OmegaConf
+
+    from steer.models import EMBEDDED_SOURCE, load_tokenizer
+    from steer.plan import Hardware, JobSpec, JudgePrice, estimate, format_plan
+    from steer.stages import compose_config
+    from steer.stages.data import load_dataset, needs_own_answers
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a plan never waits on the hub
+    tokenizers, tokens, jobs, notes = {}, {}, [], set()
+    for experiment, extra in runs:
+        for job in job_overrides(experiment, extra, overrides):
+            cfg = compose_config(job)
+            model = cfg.model.name
+            if model not in PARAMS:
+                raise SystemExit(f"plan: no parameter count for model={model} (add it to PARAMS)")
+            if model not in tokenizers:
+                try:
+                    tokenizers[model] = load_tokenizer(cfg.model.source)
+                except OSError:
+                    tokenizers[model] = load_tokenizer(EMBEDDED_SOURCE)
+                    notes.add(f"{model}: tokens counted with the embedded SmolLM2 tokenizer (its own is not local)")
+            dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+            key = (model, json.dumps(dataset, sort_keys=True))
+            if key not in tokens:
+                splits = load_dataset(cfg)
+                counted = pair_tokens(tokenizers[model], splits, dataset.get("instruction"), cap(dataset))
+                tokens[key] = (counted, needs_own_answers(splits))
+            (train, test), generate = tokens[key]
+            generation = dataset.get("generation") or {}
+            jobs.append(
+                JobSpec(
+                    name=dataset["name"],
+                    model=model,
+                    params=PARAMS[model],
+                    train=train,
+                    test=test,
+                    grid=len(cfg.sweep.grid),
+                    epochs=int(cfg.intervention.train.epochs),
+                    trained=cfg.objective.name != "diffmean",
+                    generate_negatives=generate,
+                    max_new_tokens=cap(dataset),
+                    generation_batch=generation.get("batch_size", 16),
+                    judge_calls_per_answer=JUDGE_CALLS.get(dataset["loader"], 0),
+                    judge_multipliers=judge_multipliers,
+                )
+            )
+    notes.add("AxBench A_n (the model's own answer, not generated yet) counted as long as A_p, at most max_new_tokens")
+    notes.add(f"judge generation: {judge_multipliers} steered answer(s) of max_new_tokens per test prompt")
+    hw, judge = Hardware(), JudgePrice()
+    return format_plan(estimate(jobs, hw, judge), hw, judge, sorted(notes))
+
+
+def cap(dataset: dict) -> int:
+    """The length cap of generated answers (``dataset.generation.max_new_tokens``, default 128)."""
+    return (dataset.get("generation") or {}).get("max_new_tokens", 128)
+
+
+def pair_tokens(tokenizer, splits, instruction: str | None, max_new_tokens: int) -> tuple[list, list]:
+    """Token counts of every pair of ``splits`` as steer scores it (rendered prompt, answers); an A_n
+    still to be generated counts as long as A_p, at most ``max_new_tokens``."""
+    from steer.data import render_prompt
+    from steer.plan import PairTokens
+
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+
+    def one(pair) -> PairTokens:
+        positive = count(pair.positive)
+        negative = count(pair.negative) if pair.negative is not None else min(positive, max_new_tokens)
+        return PairTokens(count(render_prompt(tokenizer, pair.prompt, instruction)), positive, negative)
+
+    return [one(p) for p in splits.train], [one(p) for p in splits.test]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("target", choices=list(RECIPES), help="; ".join(f"{k}: {v}" for k, v in RECIPES.items()))
-    parser.add_argument("--datasets", default="sentiment", help="comma-separated dataset= choices (default sentiment)")
+    parser.add_argument("target", choices=list(TARGETS), help="; ".join(f"{k}: {v}" for k, v in TARGETS.items()))
+    parser.add_argument("--preset", choices=list(PRESETS), default="dynamics", help="the runs (default dynamics)")
+    parser.add_argument("--datasets", help="comma-separated dataset= choices (default: the preset's)")
+    parser.add_argument("--data", type=Path, help="a local copy of the data sets laid out as ../shared/data")
     parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
+    parser.add_argument("--plan", action="store_true", help="print what the runs cost (tokens, GPU-hours, judge)")
+    parser.add_argument(
+        "--judge-multipliers", type=int, default=1, help="steered generations per judged test prompt (plan only)"
+    )
     args, overrides = parser.parse_known_args(argv)
     bad = [o for o in overrides if o.startswith("-") or "=" not in o]
     if bad:
         parser.error(f"not a Hydra override (key=value): {bad[0]}")
-    print(f"# {RECIPES[args.target]}")
-    for command in commands(args.target, args.datasets, overrides):
+    preset = PRESETS[args.preset]
+    datasets = args.datasets or preset.datasets
+    print(f"# {TARGETS[args.target]} (preset {args.preset})")
+    if args.plan:
+        print(plan_text(multiruns(preset, datasets, args.data), overrides, args.judge_multipliers))
+        return 0
+    for command in commands(args.target, datasets, overrides, args.preset, args.data):
         print("+ " + shlex.join(command), flush=True)
         if not args.dry_run:
             done = subprocess.run(command, cwd=REPO)

@@ -83,7 +83,7 @@ def test_offline_hub_source_names_the_key():
 )
 def test_paper_model_configs(name, source, layer):
     cfg = compose_config([f"model={name}"])
-    assert cfg.model.source == source and cfg.layer == layer and cfg.model.dtype == "bfloat16"
+    assert cfg.model.source == source and cfg.layer == layer and cfg.precision == "bf16"
     assert cfg.run_id.startswith(f"sentiment/{name}/")
 
 

@@ -4,6 +4,7 @@ the two multiruns and the report with the overrides and data sets it is given.""
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import pytest
 
@@ -14,6 +15,7 @@ from tests.conftest import REPO
 def load_recipe():
     spec = importlib.util.spec_from_file_location("paper", REPO / "experiments" / "paper.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 

@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from steer import rundir
 from steer.models import load_config, num_layers
+from steer.precision import PRECISIONS
 from steer.stages.base import ConfigError, Stage
 from steer.stages.context import RunContext
 from steer.stages.data import DataStage
@@ -79,6 +80,8 @@ def check(cfg: DictConfig, stages: Sequence[Stage] = STAGES) -> None:
     """Fail on a bad key before anything is loaded or written: the stage list, the layer, and the
     ``check`` of every stage that may run (the requested ones and the implicit ones)."""
     check_stage_list(cfg, stages)
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision={cfg.precision!r} is not one of {', '.join(PRECISIONS)}")
     for stage in stages:
         if stage.implicit or stage.name in cfg.stages:
             try:
@@ -106,7 +109,7 @@ def run(cfg: DictConfig, run_dir: str | Path, stages: Sequence[Stage] = STAGES) 
     logging.getLogger().addHandler(handler)
     if cfg.tracking.wandb:
         ctx.tracker = Tracker.start(
-            run_dir, cfg.run_id, resolved, cfg.tracking.project, cfg.tracking.entity, group=cfg.dataset.name
+            run_dir, cfg.run_id, resolved, cfg.tracking.project, cfg.tracking.entity, group=cfg.tracking.group
         )
     try:
         ran = run_stage_list(stages, list(cfg.stages), cfg, run_dir, ctx, bool(cfg.force))

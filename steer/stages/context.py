@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from steer import rundir
 from steer.data import PairRecord
 from steer.models import load_model, load_tokenizer
+from steer.precision import model_dtype
 from steer.tracking import Tracker
 
 log = logging.getLogger("steer")
@@ -71,8 +72,8 @@ class RunContext:
 
     def load_model(self, source: str, dtype: str | None = None) -> tuple:
         """(model, tokenizer) of ``source`` on this process's device, loaded once per (source, dtype).
-        ``dtype`` defaults to the run model's."""
-        key = (source, dtype or self.cfg.model.dtype)
+        ``dtype`` defaults to the run's ``precision`` on this device."""
+        key = (source, dtype or model_dtype(self.cfg.precision, self.device))
         if key not in self._models:
             log.info("loading model %s", source)
             self._models[key] = load_model(source, key[1], self.device)
@@ -86,7 +87,7 @@ class RunContext:
     @cached_property
     def tokenizer(self):
         """The run model's tokenizer; loading it alone does not load the weights."""
-        loaded = self._models.get((self.cfg.model.source, self.cfg.model.dtype))
+        loaded = self._models.get((self.cfg.model.source, model_dtype(self.cfg.precision, self.device)))
         return loaded[1] if loaded is not None else load_tokenizer(self.cfg.model.source)
 
     def records(self, split: str | None = None) -> list[PairRecord]:

@@ -96,7 +96,7 @@ class DataStage(Stage):
     """Implicit: runs whenever a later stage needs ``pairs.jsonl`` for this config."""
 
     name = "data"
-    keys = ("model.source", "model.dtype", "dataset")
+    keys = ("model.source", "precision", "dataset")
     ignore = ("dataset.answer_format",)
     outputs = (rundir.PAIRS,)
     implicit = True

@@ -14,6 +14,7 @@ from steer.fit import PREF_PARAMS, SPLITS, SweepFit, check_restarts, fit_sweep
 from steer.plots import Panel, save_dynamics_figure
 from steer.stages.base import ConfigError, Stage
 from steer.stages.context import RunContext
+from steer.tracking import log_fit
 
 log = logging.getLogger("steer")
 
@@ -63,8 +64,7 @@ class FitStage(Stage):
         rundir.write_fit(ctx.run_dir, summary)  # last: its presence marks a finished run for steer.report
         table = r2_table(summary)
         log.info("fit R² (train/test fits, train fit scored on test = transfer):\n%s", table.to_string())
-        r2 = {f"fit/{kind}/{which}/r2": table.loc[kind, which] for kind in table.index for which in table}
-        ctx.tracker.summary(r2)
+        log_fit(ctx.tracker, result, summary)
         ctx.tracker.image("fit/dynamics", figure)
 
     def summary(self, run_dir: Path) -> str | None:

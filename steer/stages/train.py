@@ -75,7 +75,7 @@ def starting_estimate(cfg: DictConfig, objective: Objective) -> Estimator | None
 
 class TrainStage(Stage):
     name = "train"
-    keys = ("model", "layer", "intervention", "objective", "seed")
+    keys = ("model", "precision", "layer", "intervention", "objective", "seed")
     ignore = ("intervention.grid", "objective.grid", "objective.batch_size")
     outputs = (rundir.WEIGHTS, rundir.META)
     after = ("data",)

@@ -1,0 +1,171 @@
+"""What a set of runs costs before it runs: forward tokens per stage, GPU-hours, judge calls, dollars.
+
+Compute is estimated from FLOPs (a forward pass costs 2·params FLOPs per token, a training step 3×
+that: forward + backward) at a stated dense-bf16 throughput and model-FLOPs utilisation; greedy
+generation is bound by memory bandwidth instead (every decoding step reads all weights once per
+batch), so its decode time is weight bytes / bandwidth per step. Judge cost is calls × tokens ×
+the judge's price. Every assumption is a field of ``Hardware`` or ``JudgePrice`` and is printed
+with the plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+STAGES = ("model load", "data (A_n generation)", "train", "sweep", "judge generation")
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """The accelerator the estimate assumes (default: one H100 SXM in bf16)."""
+
+    name: str = "H100 SXM, bf16"
+    peak_flops: float = 989e12  # dense bf16 tensor-core peak, FLOP/s
+    mfu: float = 0.35  # model-FLOPs utilisation assumed for batched forward/backward passes
+    bandwidth: float = 3.35e12  # HBM3 bytes/s, bounds greedy decoding
+    bytes_per_param: int = 2  # bf16 weights
+    load_bandwidth: float = 2e9  # bytes/s reading a checkpoint from local NVMe into the GPU, once per job
+
+    def seconds_for_flops(self, flops: float) -> float:
+        return flops / (self.peak_flops * self.mfu)
+
+
+@dataclass(frozen=True)
+class JudgePrice:
+    """The judge model's price and the tokens one judge call is assumed to take."""
+
+    model: str = "gpt-4.1-mini"
+    usd_per_m_input: float = 0.40
+    usd_per_m_output: float = 1.60
+    template_tokens: int = 350  # rubric + instructions around the question and the answer
+    output_tokens: int = 120  # a short explanation, then the rating
+
+
+@dataclass(frozen=True)
+class PairTokens:
+    """Token counts of one pair: rendered prompt, A_p, A_n."""
+
+    prompt: int
+    positive: int
+    negative: int
+
+    @property
+    def row(self) -> int:
+        """One packed row [prompt | A_p | A_n]: what the sweep and training score per pair."""
+        return self.prompt + self.positive + self.negative
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One run of the plan: its model size, data and the work each stage does."""
+
+    name: str
+    model: str
+    params: float
+    train: Sequence[PairTokens]
+    test: Sequence[PairTokens]
+    grid: int  # multipliers the sweep scores
+    epochs: int  # 0 for closed-form objectives (DiffMean: one forward pass)
+    trained: bool
+    generate_negatives: bool = False  # the data stage generates A_n (AxBench)
+    max_new_tokens: int = 128
+    generation_batch: int = 16
+    judge_calls_per_answer: int = 0  # 0: no judge for this data set
+    judge_multipliers: int = 1  # steered generations per test prompt that the judge scores
+
+
+@dataclass
+class StageCost:
+    tokens: float = 0.0
+    seconds: float = 0.0
+
+
+@dataclass
+class Plan:
+    jobs: int
+    stages: dict[str, StageCost] = field(default_factory=lambda: {s: StageCost() for s in STAGES})
+    judge_calls: int = 0
+    judge_input_tokens: float = 0.0
+    judge_output_tokens: float = 0.0
+    judge_usd: float = 0.0
+
+    @property
+    def gpu_hours(self) -> float:
+        return sum(s.seconds for s in self.stages.values()) / 3600
+
+
+def generation_seconds(params: float, prompts: Sequence[int], new_tokens: int, batch: int, hw: Hardware) -> float:
+    """Greedy generation of ``new_tokens`` per prompt in batches: prefill by FLOPs, decoding by
+    bandwidth (one read of the weights per step and batch)."""
+    prefill = hw.seconds_for_flops(2 * params * sum(prompts))
+    batches = -(-len(prompts) // batch)
+    decode = batches * new_tokens * params * hw.bytes_per_param / hw.bandwidth
+    return prefill + decode
+
+
+def estimate(jobs: Sequence[JobSpec], hw: Hardware, judge: JudgePrice) -> Plan:
+    """The plan of ``jobs``. A_n generation is counted once per (model, data set): it is cached."""
+    plan = Plan(jobs=len(jobs))
+    generated: set[tuple[str, str]] = set()
+    for job in jobs:
+        pairs = [*job.train, *job.test]
+        plan.stages["model load"].seconds += job.params * hw.bytes_per_param / hw.load_bandwidth
+        if job.generate_negatives and (job.model, job.name) not in generated:
+            generated.add((job.model, job.name))
+            stage = plan.stages["data (A_n generation)"]
+            stage.tokens += sum(p.prompt + job.max_new_tokens for p in pairs)
+            prompts = [p.prompt for p in pairs]
+            stage.seconds += generation_seconds(job.params, prompts, job.max_new_tokens, job.generation_batch, hw)
+        rows = sum(p.row for p in job.train)
+        stage = plan.stages["train"]
+        if job.trained:
+            # One forward pass caches the layer input; each epoch scores every pair at +m and -m.
+            stage.tokens += rows * (1 + 2 * job.epochs)
+            stage.seconds += hw.seconds_for_flops(2 * job.params * rows * (1 + 3 * 2 * job.epochs))
+        else:
+            stage.tokens += rows
+            stage.seconds += hw.seconds_for_flops(2 * job.params * rows)
+        sweep_tokens = sum(p.row for p in pairs) * job.grid
+        plan.stages["sweep"].tokens += sweep_tokens
+        plan.stages["sweep"].seconds += hw.seconds_for_flops(2 * job.params * sweep_tokens)
+        if job.judge_calls_per_answer:
+            prompts = [p.prompt for p in job.test] * job.judge_multipliers
+            stage = plan.stages["judge generation"]
+            stage.tokens += sum(prompts) + len(prompts) * job.max_new_tokens
+            stage.seconds += generation_seconds(job.params, prompts, job.max_new_tokens, job.generation_batch, hw)
+            calls = len(prompts) * job.judge_calls_per_answer
+            plan.judge_calls += calls
+            # Each call shows the rubric, the question and the steered answer.
+            plan.judge_input_tokens += calls * judge.template_tokens + job.judge_calls_per_answer * (
+                sum(prompts) + len(prompts) * job.max_new_tokens
+            )
+            plan.judge_output_tokens += calls * judge.output_tokens
+    plan.judge_usd = (
+        plan.judge_input_tokens * judge.usd_per_m_input + plan.judge_output_tokens * judge.usd_per_m_output
+    ) / 1e6
+    return plan
+
+
+def format_plan(plan: Plan, hw: Hardware, judge: JudgePrice, notes: Sequence[str] = ()) -> str:
+    """The plan as text: per stage tokens and GPU-hours, totals, judge calls and cost, assumptions."""
+    lines = [f"jobs: {plan.jobs}", "", f"{'stage':<24}{'forward tokens':>18}{'GPU-hours':>12}"]
+    for name, cost in plan.stages.items():
+        lines.append(f"{name:<24}{cost.tokens:>18,.0f}{cost.seconds / 3600:>12.2f}")
+    total_tokens = sum(c.tokens for c in plan.stages.values())
+    lines.append(f"{'total':<24}{total_tokens:>18,.0f}{plan.gpu_hours:>12.2f}")
+    lines += [
+        "",
+        f"judge ({judge.model}): {plan.judge_calls:,} calls, {plan.judge_input_tokens:,.0f} input + "
+        f"{plan.judge_output_tokens:,.0f} output tokens = ${plan.judge_usd:,.2f}",
+        "",
+        "assumptions:",
+        f"- GPU: {hw.name}, {hw.peak_flops / 1e12:.0f} TFLOP/s peak at {hw.mfu:.0%} MFU for forward/backward "
+        f"(2·params FLOPs per token forward, ×3 for a training step); greedy decoding memory-bound at "
+        f"{hw.bandwidth / 1e12:.2f} TB/s ({hw.bytes_per_param} bytes per weight per step and batch); every job "
+        f"loads its model once at {hw.load_bandwidth / 1e9:.0f} GB/s",
+        f"- judge: ${judge.usd_per_m_input:.2f} / ${judge.usd_per_m_output:.2f} per 1M input/output tokens; "
+        f"{judge.template_tokens} rubric tokens + question + answer in, {judge.output_tokens} tokens out per call",
+        *(f"- {note}" for note in notes),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,205 @@
+"""Multiruns end to end: a real submitit job array, the per-device node launcher, a multirun under
+``accelerate launch``, the end-of-multirun table (failed jobs included) and the W&B offline runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO
+from tests.test_accelerate_launch import free_port
+
+SECRETS = {"WANDB_API_KEY": "wandb-key-7f3c9e1d55aa", "OPENAI_API_KEY": "sk-judge-key-0b8d2c4e9f"}
+TINY = [
+    "experiment=smoke",
+    "progress=false",
+    "dataset.limit=2",
+    "intervention.train.batch_size=2",
+]
+
+
+def run_py(args: list[str], env: dict | None = None, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    command = launcher or [sys.executable]
+    return subprocess.run([*command, "run.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+
+
+def jobs_csv(root: Path) -> pd.DataFrame:
+    (csv,) = root.glob("multirun-*.csv")
+    return pd.read_csv(csv)
+
+
+def wandb_records(run_folder: Path) -> list:
+    """Every record of an offline run's ``.wandb`` file, parsed with wandb's own protobuf schema.
+
+    The file is a LevelDB-style log: a 7-byte header (":W&B", magic, version), then 32 KiB blocks
+    of chunks (crc32c, length, type: 1 full, 2 first, 3 middle, 4 last).
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (path,) = run_folder.glob("*.wandb")
+    data, block = path.read_bytes(), 32768
+    assert data[:4] == b":W&B"
+    pos, pending, records = 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0:
+            pos += left
+            continue
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def history(records: list) -> list[dict]:
+    return [
+        {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+        for r in records
+        if r.HasField("history")
+    ]
+
+
+@pytest.mark.slow
+def test_submitit_multirun_table_report_and_wandb(tmp_path):
+    """Four submitit jobs: two finish (DiffMean and SFT vectors), two fail at run time (a layer the
+    model lacks). The table lists all four, the report picks up the two runs, W&B wrote one offline
+    run per finished job in one group, and no key from the environment reached any file."""
+    root = tmp_path / "out"
+    done = run_py(
+        ["-m", "hydra/launcher=submitit_local", *TINY, "objective=diffmean,sft", "layer=15,99", f"output_root={root}"],
+        env={"WANDB_MODE": "offline", **SECRETS},
+    )
+    assert done.returncode != 0, done.stdout  # Hydra reports the failed jobs
+    table = jobs_csv(root)
+    assert len(table) == 4
+    ok, failed = table[table.status == "completed"], table[table.status == "failed"]
+    assert sorted(ok.objective) == ["diffmean", "sft"] and set(ok.layer) == {15}
+    assert (ok.r2_pref.notna() & ok.r2_util.notna()).all()
+    assert set(failed.layer) == {99} and failed.error.str.contains("layer=99 is out of range").all()
+    assert done.stdout.count("Multirun: 4 job(s), 2 failed") == 1
+    assert done.stdout.count("wandb sync") == 1
+
+    report = subprocess.run(
+        [sys.executable, "-m", "steer.report", "table2", "--outputs", str(root)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert report.returncode == 0 and "## Runs used (2)" in report.stdout
+
+    runs = {}
+    for run_dir in ok.run_dir:
+        (folder,) = Path(run_dir).glob("wandb/offline-run-*")
+        assert str(folder) in done.stdout  # the one sync line names every run
+        records = wandb_records(folder)
+        (run,) = [r.run for r in records if r.HasField("run")]
+        runs[run.job_type] = (run, history(records), folder)
+    assert set(runs) == {"vector-diffmean", "vector-sft"}
+    groups = {run.run_group for run, _, _ in runs.values()}
+    assert len(groups) == 1 and groups.pop().startswith("out-")
+    run, rows, folder = runs["vector-sft"]
+    assert list(run.tags) == ["vector", "sft", "sentiment", "smollm2-135m"]
+    losses = [row["train/loss"] for row in rows if "train/loss" in row]
+    assert len(losses) >= 1 and all(isinstance(x, float) for x in losses)
+    for split in ("train", "test"):
+        (chart,) = [row for row in rows if f"sweep/curves_{split}_table/path" in row]
+        table_file = folder / "files" / chart[f"sweep/curves_{split}_table/path"]
+        data = json.loads(table_file.read_text())
+        assert data["columns"] == ["step", "lineKey", "lineVal"]  # wandb's line-series table: x, series, y
+        assert {r[1] for r in data["data"]} == {"pref mean", "pref fit", "util mean", "util fit"}
+        assert sum(r[1] == "pref mean" for r in data["data"]) == 9  # one point per m of the grid
+    assert any("fit/dynamics/path" in row for row in rows)
+
+    for path in root.rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            for name, secret in SECRETS.items():
+                assert secret.encode() not in content, f"{name} leaked into {path}"
+
+
+@pytest.mark.slow
+def test_node_launcher_gives_each_job_a_slot(tmp_path):
+    """hydra/launcher=node with 2 jobs on this 2-core CPU: each job runs with one thread."""
+    root = tmp_path / "out"
+    args = ["-m", "hydra/launcher=node", "node.jobs=2", "device=cpu", *TINY, "stages=[train]"]
+    done = run_py([*args, "objective=diffmean", "layer=14,15", "tracking.wandb=false", f"output_root={root}"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout + done.stderr
+    assert out.count("device cpu, 1 CPU thread(s)") == 2, out
+    assert list(jobs_csv(root).status) == ["completed", "completed"]
+
+
+@pytest.mark.slow
+def test_multirun_under_accelerate_launch(tmp_path):
+    """A 2x2 multirun under two CPU processes: all four run directories complete, and the table
+    is written once (by the first process)."""
+    root = tmp_path / "out"
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--main_process_port", str(free_port())]
+    args = ["-m", *TINY, "device=cpu", "stages=[train,sweep]", "sweep.grid=[-1,0,1]", "intervention.train.batch_size=1"]
+    done = run_py(
+        [*args, "objective=diffmean,sft", "layer=14,15", "tracking.wandb=false", f"output_root={root}"], launcher=launch
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    dirs = sorted(p.parent for p in root.rglob("sweep.parquet"))
+    assert len(dirs) == 4
+    for run_dir in dirs:
+        assert set(json.loads((run_dir / "stages.json").read_text())) == {"data", "train", "sweep"}
+    assert list(jobs_csv(root).status) == ["completed"] * 4
+    assert done.stdout.count("Multirun: 4 job(s), 0 failed") == 1
+
+
+def test_jobs_table_reads_fits_metrics_and_failures(tmp_path):
+    """The table from job records: R² from fit.json, every metrics.json value, a failed job's error."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf
+
+    from steer.multirun import job_record, jobs_table
+
+    done, failed = tmp_path / "a", tmp_path / "b"
+    done.mkdir()
+    fit = {"pref": {"train": {"r2": 0.91}}, "util": {"train": {"r2": None}}}
+    (done / "fit.json").write_text(json.dumps(fit))
+    (done / "metrics.json").write_text(json.dumps({"judge": {"concept": 1.25, "harmonic": 0.5}, "accuracy": 0.75}))
+
+    def config(num: int, run_dir: Path, form: str):
+        return OmegaConf.create(
+            {
+                "hydra": {"job": {"num": num}, "runtime": {"output_dir": str(run_dir)}},
+                "intervention": {"form": form},
+                "objective": {"name": "sft"},
+                "dataset": {"name": "axbench-c${layer}"},
+                "model": {"name": "smollm2-135m"},
+                "layer": 3,
+            }
+        )
+
+    ok = JobReturn(overrides=["intervention=vector"], status=JobStatus.COMPLETED)
+    bad = JobReturn(overrides=["intervention=lora"], status=JobStatus.FAILED)
+    bad.return_value = RuntimeError("stage sweep needs the outputs of train\nsecond line")
+    records = [job_record(config(1, failed, "lora"), bad, 2.04), job_record(config(0, done, "vector"), ok, 10.0)]
+    table = jobs_table(records)
+    assert list(table.job) == [0, 1] and list(table.form) == ["vector", "lora"]
+    assert list(table.dataset) == ["axbench-c3", "axbench-c3"]
+    first, second = table.iloc[0], table.iloc[1]
+    assert first.r2_pref == 0.91 and pd.isna(first.r2_util) and first["judge/concept"] == 1.25
+    assert first.accuracy == 0.75 and first.status == "completed" and first.seconds == 10.0
+    assert second.status == "failed" and second.error == "RuntimeError: stage sweep needs the outputs of train"
+    assert pd.isna(second.r2_pref) and second.seconds == 2.0
+    assert list(table.columns[-5:]) == ["status", "seconds", "error", "run_dir", "overrides"]
