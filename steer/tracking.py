@@ -8,25 +8,11 @@ whose key looks like a secret are never sent.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import pandas as pd
 
-SECRET_KEY = re.compile(r"(^|[_-])(api[_-]?key|token|secret|password)s?($|[_-])", re.IGNORECASE)
-
-
-def scrub(config: dict) -> dict:
-    """A copy of ``config`` with every secret-looking key's value replaced by ``"***"``."""
-    clean = {}
-    for key, value in config.items():
-        if SECRET_KEY.search(str(key)) and value is not None:
-            clean[key] = "***"
-        elif isinstance(value, dict):
-            clean[key] = scrub(value)
-        else:
-            clean[key] = value
-    return clean
+from steer.secrets import scrub
 
 
 def wandb_mode() -> str:
