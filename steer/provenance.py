@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from steer.artifacts import read_json
 from steer.atomic import atomic_write_text
 from steer.secrets import redact_argv
 
@@ -243,7 +244,7 @@ def write_run_info(path: str | Path, info: dict) -> None:
 def finish_run_info(path: str | Path, status: str = "finished", ended: str | None = None) -> dict:
     """Stamp the end time and how the run ended (``finished``, ``failed``, ``interrupted``) into
     an existing ``run_info.json``; returns the updated record."""
-    info = json.loads(Path(path).read_text())
+    info = read_json(path)
     info["ended"] = ended or now()
     info["status"] = status
     write_run_info(path, info)
