@@ -165,8 +165,7 @@ def sweep(
     """
     if not records:
         raise ValueError("sweep: no pairs to score")
-    if not len(grid):
-        raise ValueError("sweep.grid is empty")
+    grid = check_grid(grid)
     encoded = [encode_pair(tokenizer, r.prompt_text, r.positive, r.negative) for r in records]
     model.eval()
     losses = grid_losses(model, encoded, intervention, grid, batch_size, per_token, progress, parts_dir, key)
@@ -189,8 +188,40 @@ def sweep(
     return pd.concat(frames, ignore_index=True)[COLUMNS]
 
 
+def check_grid(grid: Sequence[float], key: str = "sweep.grid") -> list[float]:
+    """The multipliers as floats, or a ValueError naming ``key``: a grid must be a non-empty list
+    of distinct finite numbers (a NaN or infinite m would sweep for minutes and write NaN odds)."""
+    if isinstance(grid, (str, bytes)) or not isinstance(grid, Sequence) or not len(grid):
+        raise ValueError(f"{key}={grid!r} must be a non-empty list of finite numbers, e.g. [-4,-2,0,2,4]")
+    values = []
+    for m in grid:
+        if isinstance(m, bool) or not isinstance(m, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{key}: {m!r} is not a number; the grid takes finite numbers, e.g. [-4,-2,0,2,4]")
+        if not np.isfinite(m):
+            raise ValueError(f"{key}: {m!r} is not finite; the grid takes finite numbers, e.g. [-4,-2,0,2,4]")
+        if float(m) in values:
+            raise ValueError(f"{key}: {m!r} appears twice; each multiplier is scored once")
+        values.append(float(m))
+    return values
+
+
+# A non-finite loss always makes PrefOdds (L_n − L_p) non-finite, so the odds flag every bad row.
+ODDS = ["pref_odds", "util_odds"]
+
+
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean PrefOdds / UtilOdds per split and m: the table a run prints at the end."""
-    table = frame.groupby(["split", "m"])[["pref_odds", "util_odds"]].mean().unstack("split")
+    """Mean PrefOdds / UtilOdds per split and m over the finite rows, and ``nonfinite[split]``: how
+    many rows at that m had NaN or infinite odds (from a loss or the odds themselves) (left out of the means, and warned about:
+    a mean never silently averages them away)."""
+    bad = pd.Series(~np.isfinite(frame[ODDS].to_numpy(dtype=np.float64)).all(axis=1), index=frame.index)
+    keys = [frame["split"], frame["m"]]
+    means = frame.loc[~bad].groupby(["split", "m"])[ODDS].mean()
+    counts = bad.groupby(keys).sum().astype(int).rename("nonfinite")
+    table = means.reindex(counts.index).join(counts).unstack("split")
     table.columns = [f"{metric}[{split}]" for metric, split in table.columns]
+    if bad.any():
+        where = ", ".join(f"{n} at m={m:g} ({split})" for (split, m), n in counts[counts > 0].items())
+        log.warning(
+            "sweep: %d of %d rows have a non-finite loss or odds, left out of the means: %s", bad.sum(), len(bad), where
+        )
     return table

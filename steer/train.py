@@ -70,6 +70,29 @@ class TrainSettings:
                 raise ValueError(f"train.{key}={getattr(self, key)!r} is not valid (see conf/intervention/*.yaml)")
 
 
+class NonFiniteLoss(RuntimeError):
+    """Training diverged: a step's loss, gradient norm or updated Δ is NaN or infinite.
+
+    Raised before the bad update is kept, so Δ and the checkpoint of the last finished epoch (left
+    on disk) hold only finite values; ``train_log.csv`` holds every good step.
+    """
+
+    def __init__(
+        self, step: int, epoch: int, loss: float, grad_norm: float, lr: float, checkpoint: Path | None, what: str = ""
+    ) -> None:
+        self.step, self.epoch, self.loss, self.grad_norm = step, epoch, loss, grad_norm
+        value = f"the update made {what} non-finite" if what else f"loss {loss}, gradient norm {grad_norm}"
+        kept = (
+            f"the last good checkpoint {checkpoint} is kept"
+            if checkpoint is not None and checkpoint.is_file()
+            else "no epoch had finished, so there is no checkpoint"
+        )
+        super().__init__(
+            f"train: step {step} (epoch {epoch}) is not finite ({value}) at lr {lr:g}: training diverged. "
+            f"Lower intervention.train.lr or check the objective's options and the data; {kept}."
+        )
+
+
 @dataclass(frozen=True)
 class TrainReport:
     """What a training run measured; ``log`` holds one row per optimiser step (LOG_COLUMNS)."""
@@ -257,14 +280,24 @@ def train_intervention(
                     running += loss.detach() / len(group)
                 grad_norm = accelerator.clip_grad_norm_(params, settings.grad_clip)
                 lr = scheduler.get_last_lr()[0]
+                # Every process sees the same reduced loss and norm, so all of them stop together.
+                step_loss = float(accelerator.reduce(running, reduction="mean"))
+                if not (math.isfinite(step_loss) and math.isfinite(float(grad_norm))):
+                    if main:
+                        _write_log(log_path, rows)
+                    raise NonFiniteLoss(len(rows) + 1, epoch + 1, step_loss, float(grad_norm), lr, checkpoint)
                 optimizer.step()
+                if not all(bool(p.isfinite().all()) for p in params):
+                    if main:
+                        _write_log(log_path, rows)
+                    raise NonFiniteLoss(len(rows) + 1, epoch + 1, step_loss, float(grad_norm), lr, checkpoint, "Δ")
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 steps_run += 1
                 row = {
                     "step": len(rows) + 1,
                     "epoch": epoch + 1,
-                    "loss": float(accelerator.reduce(running, reduction="mean")),
+                    "loss": step_loss,
                     "lr": lr,
                     "grad_norm": float(grad_norm),
                     "seconds": round(time.perf_counter() - loop_start, 3),
