@@ -13,10 +13,12 @@ Two tools, for the two ways a secret travels:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Iterator, Mapping
 
 MASK = "***"
 # A part that on its own names a secret.
@@ -65,6 +67,22 @@ def scrub(config: Mapping) -> dict:
     return clean
 
 
+def redact_config(config: Mapping, values: Iterable[str] | None = None) -> dict:
+    """``scrub(config)`` with, in addition, every known secret value removed from string values
+    (a key pasted under an ordinary name, ``note=sk-...``)."""
+    values = secret_values() if values is None else list(values)
+    clean = {}
+    for key, value in scrub(config).items():
+        if isinstance(value, Mapping):
+            value = redact_config(value, values)
+        elif isinstance(value, str):
+            value = redact(value, values)
+        elif isinstance(value, (list, tuple)):
+            value = [redact(v, values) if isinstance(v, str) else v for v in value]
+        clean[key] = value
+    return clean
+
+
 def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
     """The values of the secret-named environment variables (``WANDB_API_KEY``, ``OPENAI_API_KEY``,
     ``HF_TOKEN``, a judge's key variable...), longest first, too-short ones left out."""
@@ -93,6 +111,18 @@ def redact_argv(argv: Iterable[str], values: Iterable[str] | None = None) -> lis
             arg = f"{key}={MASK}"
         clean.append(redact(arg, values))
     return clean
+
+
+@contextlib.contextmanager
+def argv_redacted() -> Iterator[None]:
+    """Inside the block ``sys.argv`` carries no secret (``redact_argv``): libraries that record the
+    command line themselves, like W&B's run metadata, record this one. Restored afterwards."""
+    original = list(sys.argv)
+    sys.argv[:] = redact_argv(original)
+    try:
+        yield
+    finally:
+        sys.argv[:] = original
 
 
 class RedactingFilter(logging.Filter):

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from steer.secrets import scrub
+from steer.secrets import argv_redacted, redact_config
+from steer.secrets import scrub as scrub  # re-exported: steer.stages writes config.yaml with it
 
 
 def wandb_mode() -> str:
@@ -43,16 +44,17 @@ class Tracker:
     ) -> Tracker:
         import wandb
 
-        run = wandb.init(
-            project=project,
-            entity=entity,
-            name=name,
-            group=group,
-            dir=str(run_dir),
-            config=scrub(config),
-            mode=wandb_mode(),
-            reinit="finish_previous",
-        )
+        with argv_redacted():  # W&B records the command line in its metadata
+            run = wandb.init(
+                project=project,
+                entity=entity,
+                name=name,
+                group=group,
+                dir=str(run_dir),
+                config=redact_config(config),
+                mode=wandb_mode(),
+                reinit="finish_previous",
+            )
         # Each stage logs against its own x-axis: training steps, or the sweep's multiplier m.
         run.define_metric("train/*", step_metric="train/step")
         run.define_metric("sweep/*", step_metric="sweep/m")

@@ -136,3 +136,28 @@ def test_redacting_filter_cleans_messages_args_and_tracebacks(monkeypatch, tmp_p
     assert "wandb-key-0123456789" not in text and "typed-secret-99" not in text
     assert text.count(MASK) == 4  # message, argument, exception message, source line in the traceback
     assert "RuntimeError" in text  # the traceback is kept, only the value is gone
+
+
+def test_no_secret_reaches_the_files_wandb_writes(tmp_path, monkeypatch):
+    """A real offline W&B run started by Tracker.start: secrets given in the environment, on the
+    command line and in the config appear in none of the files under the run directory."""
+    from steer.tracking import Tracker
+
+    env_secret, argv_secret, config_secret = "wandb-env-secret-0001", "sk-argv-secret-0002", "sk-config-secret-0003"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("MY_JUDGE_API_KEY", env_secret)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    argv = ["run.py", f"judge.api_key={argv_secret}", f"note={env_secret}", "objective.per_token=true"]
+    monkeypatch.setattr("sys.argv", argv)
+    config = {"judge": {"api_key": config_secret, "model": "m"}, "note": env_secret, "objective": {"per_token": True}}
+    tracker = Tracker.start(tmp_path, "secrets", config, project="steer-test")
+    tracker.log({"value": 1.0})
+    tracker.finish()
+    assert __import__("sys").argv == argv  # restored after wandb.init
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    for path in files:
+        data = path.read_bytes()
+        for secret in (env_secret, argv_secret, config_secret):
+            assert secret.encode() not in data, f"{secret} found in {path}"
+    record = next(p for p in files if p.suffix == ".wandb").read_bytes()  # the run's metadata holds argv
+    assert b"objective.per_token=true" in record and f"judge.api_key={MASK}".encode() in record
