@@ -191,8 +191,10 @@ def sweep(
 def check_grid(grid: Sequence[float], key: str = "sweep.grid") -> list[float]:
     """The multipliers as floats, or a ValueError naming ``key``: a grid must be a non-empty list
     of distinct finite numbers (a NaN or infinite m would sweep for minutes and write NaN odds)."""
-    if isinstance(grid, (str, bytes)) or not isinstance(grid, Sequence) or not len(grid):
-        raise ValueError(f"{key}={grid!r} must be a non-empty list of finite numbers, e.g. [-4,-2,0,2,4]")
+    if isinstance(grid, (str, bytes)) or not isinstance(grid, Sequence):
+        raise ValueError(f"{key}={grid!r} must be a list of finite numbers, e.g. {key}=[-4,0,4]")
+    if not len(grid):
+        raise ValueError(f"{key} is empty: give the multipliers to score, e.g. {key}=[-4,0,4]")
     values = []
     for m in grid:
         if isinstance(m, bool) or not isinstance(m, (int, float, np.integer, np.floating)):
@@ -211,8 +213,8 @@ ODDS = ["pref_odds", "util_odds"]
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean PrefOdds / UtilOdds per split and m over the finite rows, and ``nonfinite[split]``: how
-    many rows at that m had NaN or infinite odds (from a loss or the odds themselves) (left out of the means, and warned about:
-    a mean never silently averages them away)."""
+    many rows at that m had NaN or infinite odds (a non-finite loss makes them so). Those rows are
+    left out of the means and warned about: a mean never silently averages them away."""
     bad = pd.Series(~np.isfinite(frame[ODDS].to_numpy(dtype=np.float64)).all(axis=1), index=frame.index)
     keys = [frame["split"], frame["m"]]
     means = frame.loc[~bad].groupby(["split", "m"])[ODDS].mean()

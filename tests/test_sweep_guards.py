@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from steer.metrics import pref_odds, util_odds
 from steer.sweep import check_grid, summarize
@@ -15,6 +16,7 @@ from steer.sweep import check_grid, summarize
 
 def test_check_grid_accepts_finite_numbers():
     assert check_grid([-4, -2.5, 0, np.float32(2.0), np.int64(4)]) == [-4.0, -2.5, 0.0, 2.0, 4.0]
+    assert check_grid(OmegaConf.create([-1, 0.5])) == [-1.0, 0.5]  # as the stage passes cfg.sweep.grid
 
 
 @pytest.mark.parametrize(
@@ -26,8 +28,9 @@ def test_check_grid_accepts_finite_numbers():
         ([1.0, "2"], r"sweep\.grid: '2' is not a number"),
         ([True, 1.0], r"sweep\.grid: True is not a number"),
         ([None], r"sweep\.grid: None is not a number"),
-        ([], r"sweep\.grid=\[\] must be a non-empty list"),
-        ("1,2", r"sweep\.grid='1,2' must be a non-empty list"),
+        ([], r"sweep\.grid is empty: give the multipliers"),
+        (None, r"sweep\.grid=None must be a list of finite numbers"),
+        ("1,2", r"sweep\.grid='1,2' must be a list of finite numbers"),
         ([1.0, 2.0, 1], r"sweep\.grid: 1 appears twice"),
     ],
 )
