@@ -117,6 +117,14 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def kept_parts(parts_dir: str | Path) -> int:
+    """How many finished parts ``parts_dir`` holds: for the line an interrupted run ends with."""
+    parts_dir = Path(parts_dir)
+    if not parts_dir.is_dir():
+        return 0
+    return sum(1 for p in parts_dir.iterdir() if p.suffix == SUFFIX and not p.name.startswith("."))
+
+
 def finish(parts_dir: str | Path) -> None:
     """Delete the parts once the final file holding their result is written."""
     shutil.rmtree(parts_dir, ignore_errors=True)

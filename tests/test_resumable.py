@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steer.resumable import finish, part_path, run_resumable
+from steer.resumable import finish, kept_parts, part_path, run_resumable
 
 ITEMS = list(range(23))
 
@@ -45,9 +45,12 @@ def test_uninterrupted_run_is_the_concatenation_in_item_order(tmp_path):
 
 def test_interrupted_run_resumes_and_ends_identical(tmp_path):
     parts = tmp_path / "parts"
+    assert kept_parts(parts) == 0
     with pytest.raises(KeyboardInterrupt):
         run_resumable(ITEMS, 5, Compute(stop_at=3), parts, "k")
     assert len(list(parts.iterdir())) == 3
+    (parts / ".half.parquet.tmp-0000abcd").write_bytes(b"")  # a write the kill cut short
+    assert kept_parts(parts) == 3
     compute = Compute()
     seen = []
     done = run_resumable(ITEMS, 5, compute, parts, "k", progress=seen.append)
