@@ -153,6 +153,9 @@ def test_no_secret_reaches_the_files_wandb_writes(tmp_path, monkeypatch):
     tracker = Tracker.start(tmp_path, "secrets", config, project="steer-test")
     tracker.log({"value": 1.0})
     tracker.finish()
+    import wandb
+
+    wandb.teardown()  # wandb-core writes the run file after finish() returns; teardown waits for it
     assert __import__("sys").argv == argv  # restored after wandb.init
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     for path in files:
