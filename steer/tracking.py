@@ -12,27 +12,15 @@ a multirun wandb is silent, and the multirun prints one ``wandb sync`` line for 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import pandas as pd
 
+from steer.secrets import argv_redacted, redact_config
+from steer.secrets import scrub as scrub  # re-exported: steer.stages writes config.yaml with it
+
 # The W&B group of the multirun this process's jobs belong to (set by steer.multirun.JobsTable).
 MULTIRUN_ENV = "STEER_MULTIRUN"
-SECRET_KEY = re.compile(r"(^|[_-])(api[_-]?key|token|secret|password)s?($|[_-])", re.IGNORECASE)
-
-
-def scrub(config: dict) -> dict:
-    """A copy of ``config`` with every secret-looking key's value replaced by ``"***"``."""
-    clean = {}
-    for key, value in config.items():
-        if SECRET_KEY.search(str(key)) and value is not None:
-            clean[key] = "***"
-        elif isinstance(value, dict):
-            clean[key] = scrub(value)
-        else:
-            clean[key] = value
-    return clean
 
 
 def default_group(group: str | None) -> str | None:
@@ -83,20 +71,21 @@ class Tracker:
         import wandb
 
         job_type, tags = run_labels(config)
-        run = wandb.init(
-            project=project,
-            entity=entity,
-            name=name,
-            group=default_group(group),
-            job_type=job_type,
-            tags=tags,
-            dir=str(run_dir),
-            config=scrub(config),
-            mode=wandb_mode(),
-            reinit="finish_previous",
-            # Inside a multirun the multirun prints one `wandb sync` line for all jobs.
-            settings=wandb.Settings(silent=bool(os.environ.get(MULTIRUN_ENV))),
-        )
+        with argv_redacted():  # W&B records the command line in its metadata
+            run = wandb.init(
+                project=project,
+                entity=entity,
+                name=name,
+                group=default_group(group),
+                job_type=job_type,
+                tags=tags,
+                dir=str(run_dir),
+                config=redact_config(config),
+                mode=wandb_mode(),
+                reinit="finish_previous",
+                # Inside a multirun the multirun prints one `wandb sync` line for all jobs.
+                settings=wandb.Settings(silent=bool(os.environ.get(MULTIRUN_ENV))),
+            )
         # Each stage logs against its own x-axis: training steps, or the sweep's multiplier m.
         run.define_metric("train/*", step_metric="train/step")
         run.define_metric("sweep/*", step_metric="sweep/m")

@@ -70,6 +70,38 @@ class TrainSettings:
                 raise ValueError(f"train.{key}={getattr(self, key)!r} is not valid (see conf/intervention/*.yaml)")
 
 
+class Diverged(Exception):
+    """A step's loss, gradient norm or updated Δ is not finite (raised inside the loop, before the
+    bad update is kept; ``train_intervention`` turns it into ``NonFiniteLoss``)."""
+
+    def __init__(self, loss: float, grad_norm: float, lr: float, what: str = "") -> None:
+        super().__init__(what or "loss")
+        self.loss, self.grad_norm, self.lr, self.what, self.epoch = loss, grad_norm, lr, what, 0
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training diverged: a step's loss, gradient norm or updated Δ is NaN or infinite.
+
+    Raised before the bad update is kept, so Δ and the checkpoint of the last finished epoch (left
+    on disk) hold only finite values; ``train_log.csv`` holds every good step.
+    """
+
+    def __init__(
+        self, step: int, epoch: int, loss: float, grad_norm: float, lr: float, checkpoint: Path | None, what: str = ""
+    ) -> None:
+        self.step, self.epoch, self.loss, self.grad_norm = step, epoch, loss, grad_norm
+        value = f"the update made {what} non-finite" if what else f"loss {loss}, gradient norm {grad_norm}"
+        kept = (
+            f"the last good checkpoint {checkpoint} is kept"
+            if checkpoint is not None and checkpoint.is_file()
+            else "no epoch had finished, so there is no checkpoint"
+        )
+        super().__init__(
+            f"train: step {step} (epoch {epoch}) is not finite ({value}) at lr {lr:g}: training diverged. "
+            f"Lower intervention.train.lr or check the objective's options and the data; {kept}."
+        )
+
+
 @dataclass(frozen=True)
 class TrainReport:
     """What a training run measured; ``log`` holds one row per optimiser step (LOG_COLUMNS)."""
@@ -223,12 +255,18 @@ class Loop:
                 )
                 accelerator.backward(loss / len(group))
             running += loss.detach() / len(group)
-        grad_norm = accelerator.clip_grad_norm_(self.params, self.settings.grad_clip)
+        grad_norm = float(accelerator.clip_grad_norm_(self.params, self.settings.grad_clip))
         lr = self.scheduler.get_last_lr()[0]
+        # Every process sees the same reduced loss and norm, so all of them stop together.
+        loss = float(accelerator.reduce(running, reduction="mean"))
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            raise Diverged(loss, grad_norm, lr)
         self.optimizer.step()
+        if not all(bool(p.isfinite().all()) for p in self.params):
+            raise Diverged(loss, grad_norm, lr, "Δ")
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(accelerator.reduce(running, reduction="mean")), lr, float(grad_norm)
+        return loss, lr, grad_norm
 
     def epoch(self, epoch: int, n_pairs: int, n_batches: int) -> Iterator[tuple[float, float, float]]:
         """The steps of ``epoch`` in this process: its pairs in the epoch's order, in ``n_batches``."""
@@ -237,7 +275,11 @@ class Loop:
         batches = np.array_split(np.asarray([i for i in order if i % world == rank]), n_batches)
         accum = self.settings.grad_accum
         for b in range(0, n_batches, accum):
-            yield self.step(batches[b : b + accum], factors)
+            try:
+                yield self.step(batches[b : b + accum], factors)
+            except Diverged as err:
+                err.epoch = epoch + 1
+                raise
 
     def run(
         self,
@@ -349,6 +391,10 @@ def train_intervention(
         steps_run = loop.run(
             range(first_epoch, settings.epochs), len(pairs), n_batches, rows, bar, log_metrics, epoch_done
         )
+    except Diverged as err:
+        if main:
+            _write_log(log_path, rows)
+        raise NonFiniteLoss(len(rows) + 1, err.epoch, err.loss, err.grad_norm, err.lr, checkpoint, err.what) from None
     finally:
         bar.close()
         freeze(intervention)

@@ -20,14 +20,14 @@ from steer.models import (
     layer_linear,
     load_model,
     resolve_source,
-    sha256_file,
 )
+from steer.provenance import file_digest
 from steer.stages import compose_config
 from tests.conftest import REPO, tiny_model
 
 
 def test_embedded_gguf_is_the_pinned_file():
-    assert sha256_file(embedded_gguf_path()) == EMBEDDED_SHA256
+    assert file_digest(embedded_gguf_path()) == EMBEDDED_SHA256
 
 
 def test_converted_cache_is_plain_safetensors(smol):

@@ -181,3 +181,55 @@ def test_bad_settings_name_their_key():
         settings(train_factors=())
     with pytest.raises(ValueError, match="train.epochs=0 is not valid"):
         settings(epochs=0)
+
+
+def test_a_non_finite_loss_stops_training_with_a_clear_error(tmp_path):
+    """RePS scales the winner's log p by c·(log p_ref(l) − log p_ref(w)); a huge c overflows float32
+    in the backward pass: the loop must stop at that step, before the update, naming the cause."""
+    model = tiny_model("llama")
+    iv = new_intervention(model, "vector", LAYER, init_scale=0.01, seed=1)
+    before = iv.delta_b.detach().clone()
+    with pytest.raises(train_module.NonFiniteLoss, match=r"step 1 \(epoch 1\) is not finite .*intervention\.train\.lr"):
+        train_intervention(
+            model,
+            tiny_pairs(8),
+            iv,
+            RePS(simpo_scaler=1e30),
+            settings(),
+            Accelerator(cpu=True),
+            progress=False,
+            log_path=tmp_path / "train_log.csv",
+            checkpoint=tmp_path / "ckpt.pt",
+        )
+    assert torch.equal(iv.delta_b.detach(), before)  # the bad step was never applied
+    assert pd.read_csv(tmp_path / "train_log.csv").empty
+    assert not (tmp_path / "ckpt.pt").exists()
+
+
+def test_divergence_after_an_epoch_keeps_the_last_good_checkpoint(tmp_path):
+    """A run stopped (Ctrl-C) in epoch 2 leaves the checkpoint of epoch 1; resumed with an objective
+    that overflows (RePS's scale), it diverges at its first step and leaves that checkpoint and the
+    good log rows as they were."""
+    model, pairs = tiny_model("llama"), tiny_pairs(8)  # 2 steps per epoch
+    common = dict(progress=False, log_path=tmp_path / "train_log.csv", checkpoint=tmp_path / "ckpt.pt", fingerprint="f")
+
+    def stop_in_epoch_2(row: dict) -> None:
+        if row["train/step"] == 3:
+            raise KeyboardInterrupt
+
+    first = new_intervention(model, "vector", LAYER, init_scale=0.01, seed=1)
+    with pytest.raises(KeyboardInterrupt):
+        train_intervention(
+            model, pairs, first, RePS(), settings(), Accelerator(cpu=True), log_metrics=stop_in_epoch_2, **common
+        )
+    saved = (tmp_path / "ckpt.pt").read_bytes()
+    good_log = pd.read_csv(tmp_path / "train_log.csv")
+    assert good_log["epoch"].tolist() == [1, 1]
+    resumed = new_intervention(model, "vector", LAYER, init_scale=0.01, seed=1)
+    with pytest.raises(
+        train_module.NonFiniteLoss, match=r"step 3 \(epoch 2\).*last good checkpoint .*ckpt\.pt is kept"
+    ):
+        train_intervention(model, pairs, resumed, RePS(simpo_scaler=1e30), settings(), Accelerator(cpu=True), **common)
+    assert (tmp_path / "ckpt.pt").read_bytes() == saved
+    assert torch.isfinite(torch.load(tmp_path / "ckpt.pt", weights_only=True)["intervention"]["delta_b"]).all()
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "train_log.csv"), good_log, check_exact=True)

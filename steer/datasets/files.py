@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from steer.data import PolarityPair, Splits, seeded_split, strip_answer
+from steer.provenance import file_digest
 
 log = logging.getLogger("steer")
 
@@ -70,10 +71,6 @@ class Table:
     rows: list[Row]
     name: str
     digest: str
-
-
-def sha256_bytes(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def check_columns(name: str, where: str, present: Sequence[str], required: Sequence[str]) -> None:
@@ -151,7 +148,7 @@ def read_table(path: str | Path, columns: Sequence[str] = ()) -> Table:
         raise ValueError(f"{path}: unknown file type {suffix!r} (expected one of {', '.join(FORMATS)})")
     if not rows:
         raise ValueError(f"{path}: the file is empty (no data rows)")
-    return Table(rows, str(path), sha256_bytes(path))
+    return Table(rows, str(path), file_digest(path))
 
 
 def hub_table(repo: str, file: str, columns: Sequence[str] = ()) -> Table:
