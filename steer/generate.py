@@ -13,6 +13,15 @@ Greedy by default. Sampling draws one uniform number per row and step from the r
 generator, seeded from (seed, prompt text, m), and picks the token by inverse CDF: a row's
 answer depends on nothing else in the batch, so it is the same at any batch size or in any
 prompt list. Hooks already on the model stay on.
+
+Several processes (``accelerate launch``; the judge's steered generation): shard the prompts, not
+the rows, so each prompt's answers at every m come from one process, then put them back together:
+
+    groups = ctx.map_sharded(prompts, lambda part: by_prompt(generate(model, tok, part, ...), len(part)))
+    found = from_prompts(groups)  # main process: what generate(model, tok, prompts, ...) returns
+
+Process r continues prompts r, r + N, ... (``RunContext.shard``); since a row's answer depends on
+nothing else in its batch, the texts equal one process's (greedy up to float ties of the padding).
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -269,3 +278,18 @@ def greedy_generate(
     at the first EOS, as decoded text in the order of ``prompts``."""
     found = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
     return [g.text for g in found]
+
+
+def by_prompt(found: Sequence[Generation], n_prompts: int) -> list[list[Generation]]:
+    """``generate``'s answers grouped per prompt (each prompt's answers at every m): one result per
+    prompt, the shape ``RunContext.map_sharded`` gathers."""
+    if len(found) % max(n_prompts, 1) or (found and not n_prompts):
+        raise ValueError(f"by_prompt: {len(found)} answers do not split into {n_prompts} prompts")
+    per = len(found) // max(n_prompts, 1)
+    return [list(found[i * per : (i + 1) * per]) for i in range(n_prompts)]
+
+
+def from_prompts(groups: Sequence[Sequence[Generation]]) -> list[Generation]:
+    """Undo ``by_prompt`` over gathered groups: one prompt-major list whose ``prompt_index`` counts
+    positions in the whole prompt list (a process numbered its own share from 0)."""
+    return [replace(g, prompt_index=i) for i, group in enumerate(groups) for g in group]

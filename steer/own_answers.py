@@ -6,6 +6,10 @@ different model, checkpoint, dtype or data file never reads another's answers. I
 keyed by the exact prompt text (chat template and any instruction included). Runs that need only
 some prompts (``dataset.limit``) generate only those; later runs add the rest. Writes are atomic
 and merge with what is on disk, so a crash never leaves a half-written cache.
+
+Several processes: ``map_items`` (``RunContext.map_sharded``) splits the missing prompts across
+them; only the main process, which gets every answer back, writes the cache, so processes never
+race on the file.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from torch import nn
@@ -23,6 +27,13 @@ from steer.generate import greedy_generate
 from steer.models import cache_root, model_fingerprint
 
 log = logging.getLogger("steer")
+
+# (items, fn) -> fn's results for all items in order, or None on a process that gets none back.
+Mapper = Callable[[list[str], Callable[[list[str]], list[str]]], list[str] | None]
+
+
+def in_one_process(items: list[str], fn: Callable[[list[str]], list[str]]) -> list[str]:
+    return list(fn(items))
 
 
 def cache_file(model_key: str, data_digest: str, max_new_tokens: int) -> Path:
@@ -48,8 +59,13 @@ def own_answers(
     max_new_tokens: int,
     batch_size: int = 8,
     progress: bool = True,
-) -> list[str]:
-    """The model's greedy answer to every prompt text, from the cache where it has them."""
+    map_items: Mapper = in_one_process,
+) -> list[str] | None:
+    """The model's greedy answer to every prompt text, from the cache where it has them.
+
+    ``map_items`` runs the generation of the missing answers (``in_one_process``, or
+    ``RunContext.map_sharded`` across processes; every process must then call this function).
+    Returns None on a process that ``map_items`` returns nothing to; that process writes nothing."""
     if not data_digest:
         raise ValueError("own_answers: the data digest is empty; it keys the cache")
     model_key = model_fingerprint(model)
@@ -60,7 +76,14 @@ def own_answers(
         log.info(
             "generating the model's own answers: %d new prompt(s), %d cached (%s)", len(missing), len(answers), path
         )
-        new = greedy_generate(model, tokenizer, missing, max_new_tokens, batch_size, progress)
+
+    def generate(part: list[str]) -> list[str]:
+        return greedy_generate(model, tokenizer, part, max_new_tokens, batch_size, progress) if part else []
+
+    new = map_items(missing, generate)  # a collective under several processes, even with nothing missing
+    if new is None:
+        return None
+    if new:
         answers = {**read_cache(path), **dict(zip(missing, new, strict=True))}
         record = {"model": model_key, "data": data_digest, "max_new_tokens": max_new_tokens, "answers": answers}
         atomic_write_text(path, json.dumps(record, ensure_ascii=False, indent=1) + "\n")

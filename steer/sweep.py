@@ -188,6 +188,23 @@ def sweep(
     return pd.concat(frames, ignore_index=True)[COLUMNS]
 
 
+def by_record(frame: pd.DataFrame, n_records: int) -> list[pd.DataFrame]:
+    """The rows of each record of a ``sweep`` frame, record by record (a process's share of a
+    data-parallel sweep, ready for ``RunContext.gather``). ``sweep`` orders its rows m-major: row
+    k·n + j is record j at the k-th multiplier."""
+    if n_records < 1 or len(frame) % n_records:
+        raise ValueError(f"by_record: {len(frame)} rows do not split into {n_records} records")
+    return [frame.iloc[j::n_records] for j in range(n_records)]
+
+
+def from_records(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Undo ``by_record``: one m-major frame, as ``sweep`` over all the records would order it."""
+    n, width = len(parts), len(parts[0])
+    whole = pd.concat(parts, ignore_index=True)  # record-major: record j's rows are j·G .. j·G + G − 1
+    order = np.arange(n * width).reshape(n, width).T.reshape(-1)
+    return whole.iloc[order].reset_index(drop=True)
+
+
 def check_grid(grid: Sequence[float], key: str = "sweep.grid") -> list[float]:
     """The multipliers as floats, or a ValueError naming ``key``: a grid must be a non-empty list
     of distinct finite numbers (a NaN or infinite m would sweep for minutes and write NaN odds)."""

@@ -4,13 +4,17 @@ loaded models.
 Under ``accelerate launch`` every process builds its own context; ``state`` (accelerate's
 ``PartialState``) says which one is the main process and holds the barrier the runner uses.
 ``shard`` and ``gather`` let a data-parallel stage split a list of items over the processes and
-put the results back together in the original order on the main process.
+put the results back together in the original order on the main process; ``map_sharded`` does
+both around one function.
+
+The assignment is fixed: with N processes, item i goes to process i mod N (process 0 is the main
+process), so a run's split depends only on N, never on timing, and ``gather`` can undo it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
@@ -18,7 +22,7 @@ from typing import TypeVar
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import DistributedType, gather_object
+from accelerate.utils import DistributedType, broadcast_object_list, gather_object
 from omegaconf import DictConfig
 
 from steer import rundir
@@ -32,6 +36,7 @@ log = logging.getLogger("steer")
 # While the main process runs a stage alone (data, sweep), the others wait at a barrier: allow long.
 BARRIER_TIMEOUT = timedelta(hours=48)
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def pick_device(device: str) -> str:
@@ -104,3 +109,19 @@ class RunContext:
         Every process must call it (it is a collective)."""
         parts = gather_object([list(local_results)])
         return interleave(parts) if self.is_main else None
+
+    def map_sharded(self, items: Sequence[T], fn: Callable[[list[T]], Sequence[R]]) -> list[R] | None:
+        """``fn`` over ``items`` split across the processes: every process calls ``fn`` on its
+        ``shard`` (one result per item, in order); the main process gets all results in the order
+        of ``items``, the others None. A collective: every process must call it.
+
+        The main process's ``items`` are the ones mapped (broadcast first), so processes that built
+        their lists from a shared cache at slightly different moments still agree on the split."""
+        if self.state.num_processes > 1:
+            shared = [list(items) if self.is_main else None]
+            items = broadcast_object_list(shared, from_process=0)[0]
+        mine = self.shard(items)
+        local = list(fn(mine))
+        if len(local) != len(mine):
+            raise RuntimeError(f"map_sharded: fn returned {len(local)} results for {len(mine)} items")
+        return self.gather(local)

@@ -3,6 +3,11 @@
 Where a data set leaves A_n to the model (AxBench: ``negative=None``), the stage loads the model
 and fills A_n with its greedy answer to the rendered prompt (``steer.own_answers``, cached under
 ``$STEER_CACHE``), under the same whitespace rule as every other answer.
+
+The stage is ``parallel``: under ``accelerate launch`` every process loads the data (cheap); when
+A_n must be generated, process r generates the answers of prompts r, r + N, ... of the missing
+ones (``RunContext.map_sharded``) and the main process gathers them, writes the cache and alone
+writes ``pairs.jsonl``. With nothing to generate the other processes return at once.
 """
 
 from __future__ import annotations
@@ -60,18 +65,27 @@ def load_dataset(cfg: DictConfig) -> Splits:
     return splits
 
 
-def with_own_answers(ctx: RunContext, splits: Splits, instruction: str | None) -> Splits:
-    """``splits`` with every missing A_n set to the model's greedy answer to the rendered prompt."""
+def with_own_answers(ctx: RunContext, splits: Splits, instruction: str | None) -> Splits | None:
+    """``splits`` with every missing A_n set to the model's greedy answer to the rendered prompt.
+    A collective under several processes (the generation is sharded): None on all but the main one."""
     if not needs_own_answers(splits):
         return splits
     max_new_tokens, batch_size = generation_settings(OmegaConf.to_container(ctx.cfg.dataset, resolve=True))
     todo = [p for _, pairs in splits.items() for p in pairs if p.negative is None]
     prompts = [render_prompt(ctx.tokenizer, p.prompt, instruction) for p in todo]
-    answers = iter(
-        own_answers(
-            ctx.model, ctx.tokenizer, prompts, splits.digest, max_new_tokens, batch_size, bool(ctx.cfg.progress)
-        )
+    found = own_answers(
+        ctx.model,
+        ctx.tokenizer,
+        prompts,
+        splits.digest,
+        max_new_tokens,
+        batch_size,
+        bool(ctx.cfg.progress),
+        map_items=ctx.map_sharded,
     )
+    if found is None:
+        return None
+    answers = iter(found)
 
     def fill(pairs: list[PolarityPair]) -> list[PolarityPair]:
         out = []
@@ -87,9 +101,11 @@ def with_own_answers(ctx: RunContext, splits: Splits, instruction: str | None) -
     return replace(splits, train=fill(splits.train), test=fill(splits.test))
 
 
-def pair_records(ctx: RunContext, splits: Splits, instruction: str | None) -> list[PairRecord]:
-    """The records of ``pairs.jsonl`` for ``splits`` rendered with ``instruction``."""
-    return to_records(ctx.tokenizer, with_own_answers(ctx, splits, instruction), instruction)
+def pair_records(ctx: RunContext, splits: Splits, instruction: str | None) -> list[PairRecord] | None:
+    """The records of ``pairs.jsonl`` for ``splits`` rendered with ``instruction`` (None on all but
+    the main process when A_n is generated across processes)."""
+    filled = with_own_answers(ctx, splits, instruction)
+    return None if filled is None else to_records(ctx.tokenizer, filled, instruction)
 
 
 class DataStage(Stage):
@@ -100,6 +116,7 @@ class DataStage(Stage):
     ignore = ("dataset.answer_format",)
     outputs = (rundir.PAIRS,)
     implicit = True
+    parallel = True  # only while A_n is generated do the other processes do anything
 
     def check(self, cfg: DictConfig) -> None:
         """The data set loads (options, files, limit, non-empty splits); no model is needed."""
@@ -110,6 +127,10 @@ class DataStage(Stage):
 
     def run(self, ctx: RunContext) -> None:
         splits = load_dataset(ctx.cfg)
+        if not (ctx.is_main or needs_own_answers(splits)):
+            return
         records = pair_records(ctx, splits, ctx.cfg.dataset.get("instruction"))
+        if records is None:
+            return
         rundir.write_pairs(ctx.run_dir, records)
         log.info("pairs: %d train, %d test -> %s", len(splits.train), len(splits.test), ctx.path(rundir.PAIRS))
