@@ -8,8 +8,9 @@ interrupted stage simply runs again.
 
 Several processes (``accelerate launch``): every process walks the same stage list. Before each
 stage all of them meet at a barrier and read the ledger, so they take the same decision; a
-``parallel`` stage (training) runs in every process, any other stage in the main process alone
-while the rest wait at the next barrier. Only the main process writes the ledger.
+``parallel`` stage (data, train, sweep) runs in every process and splits its work with
+``RunContext.shard``/``map_sharded``, any other stage in the main process alone while the rest
+wait at the next barrier. Only the main process writes the ledger.
 """
 
 from __future__ import annotations
