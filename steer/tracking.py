@@ -28,11 +28,19 @@ def default_group(group: str | None) -> str | None:
     return group or os.environ.get(MULTIRUN_ENV) or None
 
 
-def run_labels(config: dict) -> tuple[str, list[str]]:
+def run_labels(config: dict) -> tuple[str | None, list[str]]:
     """W&B ``job_type`` (form-objective) and tags (form, objective, data set, model) of a run's
-    resolved config, so the dashboard can filter and group by any of them."""
-    form, objective = config["intervention"]["form"], config["objective"]["name"]
-    return f"{form}-{objective}", [form, objective, config["dataset"]["name"], config["model"]["name"]]
+    resolved config, so the dashboard can filter and group by any of them; a config without one of
+    them (a library user's own run) simply has fewer labels."""
+
+    def label(group: str, key: str) -> str | None:
+        value = (config.get(group) or {}).get(key)
+        return None if value is None else str(value)
+
+    form, objective = label("intervention", "form"), label("objective", "name")
+    job_type = "-".join(x for x in (form, objective) if x) or None
+    tags = [x for x in (form, objective, label("dataset", "name"), label("model", "name")) if x]
+    return job_type, tags
 
 
 def wandb_mode() -> str:
