@@ -30,8 +30,10 @@ class Stage:
     ignore: tuple[str, ...] = ()
     # File names (``steer.rundir``) the stage writes; all must exist for it to count as done.
     outputs: tuple[str, ...]
-    # Stages whose outputs it reads (their fingerprints are part of its own).
+    # Stages whose outputs it reads (their fingerprints and the digests of their files are part of its own).
     after: tuple[str, ...] = ()
+    # External inputs it reads, hashed into its fingerprint (``steer.stages.runner.INPUTS``: "model", "data").
+    reads: tuple[str, ...] = ()
     # Implicit stages are not named in ``stages``: they run whenever a later stage needs them.
     implicit: bool = False
     # Parallel stages run in every process (data-parallel); the others in the main process only.

@@ -99,6 +99,7 @@ class DataStage(Stage):
     keys = ("model.source", "precision", "dataset")
     ignore = ("dataset.answer_format",)
     outputs = (rundir.PAIRS,)
+    reads = ("model", "data")
     implicit = True
 
     def check(self, cfg: DictConfig) -> None:

@@ -1,4 +1,11 @@
-"""The sweep stage: PrefOdds/UtilOdds of every pair at every m of ``sweep.grid``."""
+"""The sweep stage: PrefOdds/UtilOdds of every pair at every m of ``sweep.grid``.
+
+The intervention is verified on load against the run's config (form, layer, model, objective,
+sizes): an ``intervention.json`` edited to another layer is refused, never swept. The sweep is
+resumable: every finished batch is kept in ``sweep.parts/<rank>-of-<world>/`` under the stage's
+fingerprint, a killed sweep computes only the batches it had not finished, and the parts are
+deleted once ``sweep.parquet`` is written.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +13,38 @@ import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
+from torch import nn
 
 from steer import rundir
+from steer.forms import get_form
 from steer.interventions import DynamicAffine
-from steer.stages.base import Stage
+from steer.resumable import finish
+from steer.stages.base import ConfigError, Stage
 from steer.stages.context import RunContext
 from steer.sweep import check_grid, summarize, sweep
 
 log = logging.getLogger("steer")
+
+
+def expected_intervention(cfg: DictConfig, model: nn.Module) -> dict:
+    """What the run's config says ``intervention.json`` must hold (``steer.artifacts.verify_intervention``)."""
+    form = get_form(cfg.intervention.form)
+    d_in, d_out = form.dims(model, cfg.layer)
+    return {
+        "form": form.name,
+        "layer": cfg.layer,
+        "model": cfg.model.name,
+        "objective": cfg.objective.name,
+        "d_in": d_in,
+        "d_out": d_out,
+        "rank": cfg.intervention.rank if form.uses_rank else None,
+    }
+
+
+def check_batch_size(value, key: str = "sweep.batch_size") -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{key} must be a positive integer (pairs per forward pass), got {value!r}")
+    return value
 
 
 class SweepStage(Stage):
@@ -22,23 +53,29 @@ class SweepStage(Stage):
     ignore = ("sweep.batch_size",)
     outputs = (rundir.SWEEP,)
     after = ("train",)
+    reads = ("model",)
 
     def check(self, cfg: DictConfig) -> None:
         check_grid(cfg.sweep.grid)
+        check_batch_size(cfg.sweep.batch_size)
 
     def run(self, ctx: RunContext) -> None:
         cfg = ctx.cfg
+        parts = ctx.path(rundir.SWEEP_PARTS)
         frame = sweep(
             ctx.model,
             ctx.tokenizer,
             ctx.records(),
-            DynamicAffine.load(ctx.run_dir),
+            DynamicAffine.load(ctx.run_dir, expected_intervention(cfg, ctx.model)),
             [float(m) for m in cfg.sweep.grid],
             batch_size=cfg.sweep.batch_size,
             per_token=cfg.sweep.per_token,
             progress=cfg.progress,
+            parts_dir=parts / f"{ctx.state.process_index}-of-{ctx.state.num_processes}",
+            key=ctx.fingerprint or "",
         )
         rundir.write_sweep(ctx.run_dir, frame)
+        finish(parts)
         table = summarize(frame)
         for m, row in table.iterrows():
             ctx.tracker.log({"sweep/m": m, **{f"sweep/{k}": v for k, v in row.items()}})

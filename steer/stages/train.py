@@ -21,8 +21,6 @@ from steer.metrics import encode_pair
 from steer.objectives import DiffMean, Estimator, Loss, Objective, make_objective
 from steer.stages.base import Stage
 from steer.stages.context import RunContext
-from steer.stages.data import DataStage
-from steer.stages.runner import fingerprint
 from steer.train import TrainSettings, train_intervention
 
 log = logging.getLogger("steer")
@@ -79,6 +77,7 @@ class TrainStage(Stage):
     ignore = ("intervention.grid", "objective.grid", "objective.batch_size")
     outputs = (rundir.WEIGHTS, rundir.META)
     after = ("data",)
+    reads = ("model",)
     parallel = True
 
     def check(self, cfg: DictConfig) -> None:
@@ -142,7 +141,7 @@ def train(ctx: RunContext, iv: DynamicAffine, objective: Loss) -> None:
         log_metrics=ctx.tracker.log,
         log_path=ctx.path(rundir.TRAIN_LOG),
         checkpoint=ctx.path(rundir.CHECKPOINT),
-        fingerprint=fingerprint(TrainStage(), cfg, (DataStage(), TrainStage())),
+        fingerprint=ctx.fingerprint or "",
     )
     final = report.log[-1]["loss"] if report.log else float("nan")
     log.info(
