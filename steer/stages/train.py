@@ -34,14 +34,24 @@ NOT_OPTIONS = ("name", "grid")
 def train_settings(cfg: DictConfig) -> TrainSettings:
     """``intervention.train`` as checked settings (a bad value raises, naming its key)."""
     train = cfg.intervention.train
+
+    def number(key: str, value=None) -> float:
+        value = train[key] if value is None else value
+        if isinstance(value, bool):
+            value = None
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"intervention.train.{key}={train[key]!r}: {value!r} is not a number") from None
+
     return TrainSettings(
-        lr=float(train.lr),
+        lr=number("lr"),
         epochs=train.epochs,
         batch_size=train.batch_size,
-        train_factors=tuple(float(m) for m in train.train_factors),
+        train_factors=tuple(number("train_factors", m) for m in train.train_factors),
         grad_accum=train.grad_accum,
-        weight_decay=float(train.weight_decay),
-        grad_clip=float(train.grad_clip),
+        weight_decay=number("weight_decay"),
+        grad_clip=number("grad_clip"),
         seed=cfg.seed,
     )
 
