@@ -111,6 +111,7 @@ def test_a_bad_value_is_refused_before_anything_is_written(tmp_path, overrides, 
     assert_refused(config(*overrides), tmp_path / "run", re.escape(message.replace("{tmp}", str(tmp_path))))
 
 
+@pytest.mark.slow  # a train → sweep (→ fit) run: a minute or more on a busy CPU
 def test_bad_values_leave_a_finished_run_untouched(finished, tmp_path):
     """The same refusals on an existing run directory change none of its files."""
     run_dir = copy_run(finished, tmp_path)
@@ -154,6 +155,7 @@ def copy_run(finished: Path, tmp_path: Path) -> Path:
     return run_dir
 
 
+@pytest.mark.slow  # a train → sweep (→ fit) run: a minute or more on a busy CPU
 def test_a_finished_run_records_its_provenance_and_a_content_addressed_ledger(finished):
     info = json.loads((finished / "run_info.json").read_text())
     assert info["status"] == "finished" and info["ended"] and info["seed"] == 0
@@ -166,6 +168,7 @@ def test_a_finished_run_records_its_provenance_and_a_content_addressed_ledger(fi
     assert not (finished / "sweep.parts").exists(), "the sweep's parts are deleted once sweep.parquet is written"
 
 
+@pytest.mark.slow  # a train → sweep (→ fit) run: a minute or more on a busy CPU
 def test_editing_the_data_file_in_place_reruns_data_and_everything_after(tmp_path, smol):
     path = data_file(tmp_path, persona_rows(4))
     run_dir = tmp_path / "run"
@@ -178,48 +181,55 @@ def test_editing_the_data_file_in_place_reruns_data_and_everything_after(tmp_pat
     assert json.loads((run_dir / "run_info.json").read_text())["data"][str(path)]["sha256"] != old_info
 
 
+@pytest.mark.slow  # a train → sweep (→ fit) run: a minute or more on a busy CPU
 def test_an_edited_intervention_json_is_refused_naming_the_file_and_the_mismatch(finished, tmp_path):
     run_dir = copy_run(finished, tmp_path)
     meta = json.loads((run_dir / "intervention.json").read_text())
     meta["layer"] = 3
     (run_dir / "intervention.json").write_text(json.dumps(meta))
-    with pytest.raises(CorruptArtifact, match=r"intervention.json: says layer=3 but this run's config has layer=15"):
-        run(config(base=FULL), run_dir)
-    assert not (run_dir / "fit.json").exists() and not (run_dir / "sweep.parquet").exists(), "stale results removed"
-    assert "intervention.json: says layer=3" in (run_dir / "run.log").read_text()
-    assert json.loads((run_dir / "run_info.json").read_text())["status"] == "failed"
+    before = snapshot(run_dir)
+    for overrides in ([], ["force=true", "stages=[sweep]"]):  # the issue's case: force=true swept it at layer 3
+        with pytest.raises(CorruptArtifact, match=r"intervention.json: says layer=3 but this run's config has layer=1"):
+            run(config(*overrides, base=FULL), run_dir)
+    assert snapshot(run_dir) == before, "refused before anything was written"
     # The remedy the message names: force=true retrains, and the run ends as an untouched one does.
     assert run(config("force=true", base=FULL), run_dir).ran == ["train", "sweep", "fit"]
     assert (run_dir / "sweep.parquet").read_bytes() == (finished / "sweep.parquet").read_bytes()
 
 
+@pytest.mark.slow  # a train → sweep (→ fit) run: a minute or more on a busy CPU
 def test_a_truncated_safetensors_is_refused_then_retrained_once_deleted(finished, tmp_path):
     run_dir = copy_run(finished, tmp_path)
     weights = run_dir / "intervention.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
+    before = snapshot(run_dir)
     with pytest.raises(CorruptArtifact, match=r"intervention.safetensors: is not a readable safetensors file"):
         run(config(base=FULL), run_dir)
+    assert snapshot(run_dir) == before
     weights.unlink()  # the remedy the message names
     assert run(config(base=FULL), run_dir).ran == ["train", "sweep", "fit"]
     assert weights.read_bytes() == (finished / "intervention.safetensors").read_bytes()
     assert (run_dir / "sweep.parquet").read_bytes() == (finished / "sweep.parquet").read_bytes()
 
 
+@pytest.mark.slow  # a train → sweep (→ fit) run: a minute or more on a busy CPU
 def test_a_garbled_sweep_parquet_is_refused_then_recomputed_once_deleted(finished, tmp_path):
     run_dir = copy_run(finished, tmp_path)
     sweep_file = run_dir / "sweep.parquet"
     data = bytearray(sweep_file.read_bytes())
     data[len(data) // 2 : len(data) // 2 + 64] = b"\0" * 64
     sweep_file.write_bytes(bytes(data))
-    with pytest.raises(CorruptArtifact, match=r"sweep.parquet: is not a readable parquet file"):
+    before = snapshot(run_dir)
+    with pytest.raises(CorruptArtifact, match=r"sweep.parquet: changed since the sweep stage wrote it"):
         run(config(base=FULL), run_dir)
-    assert not (run_dir / "fit.json").exists() and not (run_dir / "dynamics.png").exists()
+    assert snapshot(run_dir) == before
     sweep_file.unlink()
     assert run(config(base=FULL), run_dir).ran == ["sweep", "fit"]
     assert sweep_file.read_bytes() == (finished / "sweep.parquet").read_bytes()
     assert json.loads((run_dir / "fit.json").read_text()) == json.loads((finished / "fit.json").read_text())
 
 
+@pytest.mark.slow  # a train → sweep (→ fit) run: a minute or more on a busy CPU
 def test_a_rerun_sweep_removes_the_stale_fit_and_figure(finished, tmp_path):
     run_dir = copy_run(finished, tmp_path)
     assert run(config("sweep.grid=[-1,1]", "stages=[train,sweep]", base=FULL), run_dir).ran == ["sweep"]
@@ -227,6 +237,7 @@ def test_a_rerun_sweep_removes_the_stale_fit_and_figure(finished, tmp_path):
     assert "fit" not in json.loads((run_dir / "stages.json").read_text())
 
 
+@pytest.mark.slow  # a train → sweep (→ fit) run: a minute or more on a busy CPU
 def test_the_same_seed_twice_gives_bitwise_identical_files(tmp_path, smol):
     trained = ["objective=sft", "intervention.train.epochs=1", "intervention.train.batch_size=2"]
     for name in ("a", "b"):
@@ -241,6 +252,7 @@ def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # a train → sweep (→ fit) run: a minute or more on a busy CPU
 def test_cli_refuses_a_bad_value_and_a_damaged_file_in_one_line_exit_2(finished, tmp_path):
     proc = cli("seed=x", f"hydra.run.dir={tmp_path / 'fresh'}")
     assert proc.returncode == 2 and "seed must be an integer in 0..2**32-1, got 'x'" in proc.stdout + proc.stderr
@@ -250,5 +262,5 @@ def test_cli_refuses_a_bad_value_and_a_damaged_file_in_one_line_exit_2(finished,
     proc = cli(*FULL, f"hydra.run.dir={run_dir}")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
-    assert f"{run_dir}/sweep.parquet: is not a readable parquet file" in out and "force=true" in out
+    assert f"{run_dir}/sweep.parquet: changed since the sweep stage wrote it" in out and "force=true" in out
     assert "Traceback" not in out

@@ -45,6 +45,10 @@ class Stage:
     def run(self, ctx: RunContext) -> None:
         raise NotImplementedError
 
+    def verify(self, cfg: DictConfig, run_dir: Path) -> None:
+        """Called when a file of this finished stage changed on disk: raise a ``CorruptArtifact``
+        saying what is wrong with it, where the stage can tell (else the runner names the change)."""
+
     def summary(self, run_dir: Path) -> str | None:
         """This stage's part of the end-of-run printout, from its files; None when there is nothing."""
         return None

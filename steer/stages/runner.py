@@ -30,7 +30,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from steer import rundir
-from steer.artifacts import read_json
+from steer.artifacts import CorruptArtifact, read_json
 from steer.atomic import atomic_write_text
 from steer.models import resolve_source
 from steer.provenance import file_digest, path_digest, weights_identity
@@ -118,12 +118,29 @@ class Ledger:
         self.entries: dict = read_json(self.path) if self.path.is_file() else {}
 
     def is_done(self, stage: Stage) -> bool:
+        """Finished for this config and these inputs. A finished stage's file that changed on disk
+        since (edited, truncated, garbled) is never trusted: ``CorruptArtifact`` naming it."""
         entry = self.entries.get(stage.name)
-        return (
+        done = (
             entry is not None
             and all((self.run_dir / out).exists() for out in stage.outputs)
             and entry.get("fingerprint") == self.prints.of(stage)
         )
+        if done:
+            self.vouch(stage, entry.get("outputs", {}))
+        return done
+
+    def vouch(self, stage: Stage, recorded: dict) -> None:
+        """The stage's files are the ones it wrote: same sha256 as recorded, else the stage's own
+        ``verify`` names what is wrong, else a ``CorruptArtifact`` naming the changed file."""
+        now = output_digests(stage, self.run_dir)
+        changed = [name for name, digest in recorded.items() if digest and now.get(name) != digest]
+        if changed:
+            stage.verify(self.prints.cfg, self.run_dir)
+            raise CorruptArtifact(
+                self.run_dir / changed[0],
+                f"changed since the {stage.name} stage wrote it (its sha256 differs from the one in {rundir.LEDGER})",
+            )
 
     def changes(self, stage: Stage, cfg: DictConfig) -> list[str]:
         """The config keys and inputs (model, data, upstream files) that differ from the entry's."""
@@ -243,7 +260,7 @@ def _should_run(
 ) -> bool:
     say = (lambda *args: None) if quiet else log.info
     wanted = stage.name in requested
-    if ledger.is_done(stage) and not (force and wanted):
+    if not (force and wanted) and ledger.is_done(stage):
         say("stage %s: done for this config and inputs, skipped (force=true re-runs it)", stage.name)
         return False
     if not wanted and not (stage.implicit and any(stage.name in s.after for s in stages if s.name in requested)):

@@ -13,32 +13,16 @@ import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
-from torch import nn
 
 from steer import rundir
-from steer.forms import get_form
 from steer.interventions import DynamicAffine
 from steer.resumable import finish
 from steer.stages.base import ConfigError, Stage
 from steer.stages.context import RunContext
+from steer.stages.train import expected_intervention
 from steer.sweep import check_grid, summarize, sweep
 
 log = logging.getLogger("steer")
-
-
-def expected_intervention(cfg: DictConfig, model: nn.Module) -> dict:
-    """What the run's config says ``intervention.json`` must hold (``steer.artifacts.verify_intervention``)."""
-    form = get_form(cfg.intervention.form)
-    d_in, d_out = form.dims(model, cfg.layer)
-    return {
-        "form": form.name,
-        "layer": cfg.layer,
-        "model": cfg.model.name,
-        "objective": cfg.objective.name,
-        "d_in": d_in,
-        "d_out": d_out,
-        "rank": cfg.intervention.rank if form.uses_rank else None,
-    }
 
 
 def check_batch_size(value, key: str = "sweep.batch_size") -> int:

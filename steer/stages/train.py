@@ -11,8 +11,10 @@ interruption, deleted once the stage is done) and the intervention files.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from steer import rundir
 from steer.forms import get_form
@@ -81,6 +83,22 @@ def starting_estimate(cfg: DictConfig, objective: Objective) -> Estimator | None
     return None
 
 
+def expected_intervention(cfg: DictConfig, model: nn.Module | None = None) -> dict:
+    """What the run's config says ``intervention.json`` must hold (``steer.artifacts.verify_intervention``):
+    form, layer, model, objective, rank, and with ``model`` the site's sizes."""
+    form = get_form(cfg.intervention.form)
+    expected = {
+        "form": form.name,
+        "layer": cfg.layer,
+        "model": cfg.model.name,
+        "objective": cfg.objective.name,
+        "rank": cfg.intervention.rank if form.uses_rank else None,
+    }
+    if model is not None:
+        expected["d_in"], expected["d_out"] = form.dims(model, cfg.layer)
+    return expected
+
+
 class TrainStage(Stage):
     name = "train"
     keys = ("model", "precision", "layer", "intervention", "objective", "seed")
@@ -121,6 +139,10 @@ class TrainStage(Stage):
         if ctx.is_main:
             iv.save(ctx.run_dir)
             ctx.path(rundir.CHECKPOINT).unlink(missing_ok=True)
+
+    def verify(self, cfg: DictConfig, run_dir: Path) -> None:
+        """Both files readable, the json agreeing with the config and with the tensors."""
+        DynamicAffine.load(run_dir, expected_intervention(cfg))
 
 
 def estimate(ctx: RunContext, iv: DynamicAffine, estimator: Estimator) -> None:
