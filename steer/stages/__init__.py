@@ -161,6 +161,10 @@ def run(cfg: DictConfig, run_dir: str | Path, stages: Sequence[Stage] = STAGES) 
         with interruptible(lambda: kept(run_dir, stages), logger=run_log) as interrupted:
             try:
                 ran = run_stage_list(stages, list(cfg.stages), cfg, run_dir, ctx, bool(cfg.force))
+                status, exit_code = "finished", 0
+            except KeyboardInterrupt:
+                status, exit_code = "interrupted", interrupted.exit_code
+                raise
             except (ConfigError, CorruptArtifact) as err:
                 run_log.error("%s", err)
                 exit_code = 2
@@ -168,13 +172,10 @@ def run(cfg: DictConfig, run_dir: str | Path, stages: Sequence[Stage] = STAGES) 
             except Exception:
                 run_log.exception("the run failed")
                 raise
-        status, exit_code = "finished", 0
-    except SystemExit:
-        status, exit_code = "interrupted", interrupted.exit_code
-        raise
+            finally:  # before the interruption's line, so that line is the last one printed
+                ctx.tracker.finish(exit_code=exit_code)
+                finish_run_info(info_path, status)
     finally:
-        ctx.tracker.finish(exit_code=exit_code)
-        finish_run_info(info_path, status)
         run_log.removeHandler(handler)
         logging.getLogger().removeHandler(handler)
         handler.close()
