@@ -28,7 +28,7 @@ from steer.stages.base import ConfigError, Stage
 from steer.stages.context import RunContext
 from steer.stages.data import DataStage
 from steer.stages.fit import FitStage
-from steer.stages.runner import kept, plan, run_stage_list
+from steer.stages.runner import Fingerprints, kept, plan, run_stage_list
 from steer.stages.sweep import SweepStage
 from steer.stages.train import TrainStage
 from steer.tracking import Tracker
@@ -135,11 +135,13 @@ def run(cfg: DictConfig, run_dir: str | Path, stages: Sequence[Stage] = STAGES) 
     """
     run_dir = Path(run_dir)
     check(cfg, stages)
-    plan(stages, list(cfg.stages), cfg, run_dir, bool(cfg.force))
+    prints = Fingerprints(cfg, run_dir, stages)  # the model and data digests are taken once per run
+    plan(stages, list(cfg.stages), cfg, run_dir, bool(cfg.force), prints)
     ctx = RunContext(cfg, run_dir)
     if not ctx.is_main:  # under accelerate launch: the main process writes files, logs and reports
         logging.getLogger("steer").setLevel(logging.WARNING)
-        return RunResult(run_dir, run_stage_list(stages, list(cfg.stages), cfg, run_dir, ctx, bool(cfg.force)))
+        ran = run_stage_list(stages, list(cfg.stages), cfg, run_dir, ctx, bool(cfg.force), prints)
+        return RunResult(run_dir, ran)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     rundir.write_config(run_dir, redact_config(resolved))
@@ -160,7 +162,7 @@ def run(cfg: DictConfig, run_dir: str | Path, stages: Sequence[Stage] = STAGES) 
     try:
         with interruptible(lambda: kept(run_dir, stages), logger=run_log) as interrupted:
             try:
-                ran = run_stage_list(stages, list(cfg.stages), cfg, run_dir, ctx, bool(cfg.force))
+                ran = run_stage_list(stages, list(cfg.stages), cfg, run_dir, ctx, bool(cfg.force), prints)
                 status, exit_code = "finished", 0
             except KeyboardInterrupt:
                 status, exit_code = "interrupted", interrupted.exit_code

@@ -188,10 +188,18 @@ class Ledger:
             self.save()
 
 
-def plan(stages: Sequence[Stage], requested: Sequence[str], cfg: DictConfig, run_dir: Path, force: bool) -> list[str]:
+def plan(
+    stages: Sequence[Stage],
+    requested: Sequence[str],
+    cfg: DictConfig,
+    run_dir: Path,
+    force: bool,
+    prints: Fingerprints | None = None,
+) -> list[str]:
     """The stages a run will execute, decided before anything is written: a requested stage whose
-    inputs no stage provides is a ``ConfigError`` now, not after the others ran."""
-    ledger = Ledger(Path(run_dir), stages, Fingerprints(cfg, Path(run_dir), stages))
+    inputs no stage provides is a ``ConfigError`` now, not after the others ran, and a finished
+    stage's file changed on disk a ``CorruptArtifact``."""
+    ledger = Ledger(Path(run_dir), stages, prints or Fingerprints(cfg, Path(run_dir), stages))
     planned: list[str] = []
     for stage in stages:
         if _should_run(stage, stages, requested, cfg, Path(run_dir), ledger, planned, force, quiet=True):
@@ -214,16 +222,23 @@ def kept(run_dir: Path, stages: Sequence[Stage]) -> str:
 
 
 def run_stage_list(
-    stages: Sequence[Stage], requested: Sequence[str], cfg: DictConfig, run_dir: Path, ctx, force: bool
+    stages: Sequence[Stage],
+    requested: Sequence[str],
+    cfg: DictConfig,
+    run_dir: Path,
+    ctx,
+    force: bool,
+    prints: Fingerprints | None = None,
 ) -> list[str]:
     """Run the ``requested`` stages in the order of ``stages``, implicit ones where needed.
 
     ``ctx.state`` is accelerate's process state (main process, barrier); ``ctx.fingerprint`` is set
-    to the running stage's fingerprint (the key of its resumable parts and checkpoints). Returns
-    the names of the stages that ran (in any process).
+    to the running stage's fingerprint (the key of its resumable parts and checkpoints); ``prints``
+    carries the input digests already taken by ``plan``. Returns the names of the stages that ran
+    (in any process).
     """
     state = ctx.state
-    prints = Fingerprints(cfg, run_dir, stages)
+    prints = prints or Fingerprints(cfg, run_dir, stages)
     ran: list[str] = []
     for stage in stages:
         state.wait_for_everyone()  # what the main process wrote for earlier stages is in place
