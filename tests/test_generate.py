@@ -12,7 +12,7 @@ import steer.own_answers as own
 from steer.data import render_prompt
 from steer.generate import generate, greedy_generate, sample_tokens, stop_ids, top_p_keep
 from steer.interventions import new_intervention
-from steer.models import decoder_layer, down_proj, model_fingerprint
+from steer.models import decoder_layer, layer_linear, model_fingerprint
 from tests.conftest import tiny_model
 
 PROMPTS = ["Say hi.", "What is 2+2? Answer with a number only.", "Name a colour that is also a fruit, please."]
@@ -149,7 +149,8 @@ def hand_hook(model, form: str, layer: int, tensors: dict, m: float):
 
         return decoder_layer(model, layer).register_forward_hook(add)
     a, b = tensors["lora_A"], tensors["lora_B"]
-    return down_proj(model, layer).register_forward_hook(lambda mod, args, out: out + m * (args[0] @ a.T @ b.T))
+    site = layer_linear(model, layer, "mlp.down_proj")
+    return site.register_forward_hook(lambda mod, args, out: out + m * (args[0] @ a.T @ b.T))
 
 
 def hf_generate(model, tok, prompts, max_new_tokens: int) -> list[tuple[int, ...]]:
