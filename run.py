@@ -46,14 +46,15 @@ def node_slot(cfg: DictConfig):
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    from steer.artifacts import CorruptArtifact
     from steer.stages import ConfigError, run
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         with node_slot(cfg):
             run(cfg, run_dir)
-    except ConfigError as err:
-        log.error("config error: %s", err)
+    except (ConfigError, CorruptArtifact) as err:
+        log.error("%s: %s", "config error" if isinstance(err, ConfigError) else "damaged file", err)
         if run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()  # Hydra made it; nothing was written
         if HydraConfig.get().mode == RunMode.MULTIRUN:

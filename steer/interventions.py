@@ -11,15 +11,16 @@ per batch row, which lets training draw a multiplier per example and the sweep b
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from steer import rundir
+from steer.artifacts import CorruptArtifact, read_json, read_safetensors, verify_intervention
 from steer.atomic import atomic_path
 from steer.forms import Form, Multiplier, get_form
 
@@ -161,27 +162,35 @@ class DynamicAffine(nn.Module):
         rundir.write_json(run_dir / rundir.META, meta)
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> DynamicAffine:
-        """Rebuild an intervention from its two files, checking names and shapes."""
+    def load(cls, run_dir: str | Path, expected: Mapping | None = None) -> DynamicAffine:
+        """Rebuild an intervention from its two files, verified (``steer.artifacts.verify_intervention``):
+        the json against ``expected`` (what the run's config says: form, layer, model, ...), the
+        tensors against the json's shapes, every value finite. A damaged or foreign file is a
+        ``CorruptArtifact`` naming it."""
         run_dir = Path(run_dir)
         meta_path, weights_path = run_dir / rundir.META, run_dir / rundir.WEIGHTS
         for path in (meta_path, weights_path):
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing: run the train stage first")
-        meta = rundir.read_meta(run_dir)
+        meta = read_json(meta_path)
+        tensors = read_safetensors(weights_path)
+        verify_intervention(meta, tensors, expected or {}, meta_path, weights_path)
         known = {"form", "layer", "site", "model", "objective", "d_in", "d_out", "rank", "shapes"}
-        info = InterventionInfo(
-            form=get_form(meta["form"]).name,
-            layer=int(meta["layer"]),
-            d_in=int(meta["d_in"]),
-            d_out=int(meta["d_out"]),
-            rank=meta.get("rank"),
-            model=meta.get("model", ""),
-            objective=meta.get("objective", ""),
-            extra={k: v for k, v in meta.items() if k not in known},
-        )
-        module = cls(info)
-        module.load_tensors(load_file(str(weights_path)), source=str(weights_path))
+        try:
+            info = InterventionInfo(
+                form=get_form(meta["form"]).name,
+                layer=int(meta["layer"]),
+                d_in=int(meta["d_in"]),
+                d_out=int(meta["d_out"]),
+                rank=meta.get("rank"),
+                model=meta.get("model", ""),
+                objective=meta.get("objective", ""),
+                extra={k: v for k, v in meta.items() if k not in known},
+            )
+            module = cls(info)
+            module.load_tensors(tensors, source=str(weights_path))
+        except (KeyError, TypeError, ValueError) as err:
+            raise CorruptArtifact(meta_path, f"does not describe the tensors of {weights_path.name} ({err})") from None
         return module
 
 

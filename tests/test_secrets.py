@@ -149,7 +149,14 @@ def test_no_secret_reaches_the_files_wandb_writes(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     argv = ["run.py", f"judge.api_key={argv_secret}", f"note={env_secret}", "objective.per_token=true"]
     monkeypatch.setattr("sys.argv", argv)
-    config = {"judge": {"api_key": config_secret, "model": "m"}, "note": env_secret, "objective": {"per_token": True}}
+    config = {
+        "judge": {"api_key": config_secret, "model": "m"},
+        "note": env_secret,
+        "objective": {"name": "sft", "per_token": True},
+        "intervention": {"form": "vector"},  # run_labels names the W&B job and tags from these
+        "dataset": {"name": "sentiment"},
+        "model": {"name": "smollm2-135m"},
+    }
     tracker = Tracker.start(tmp_path, "secrets", config, project="steer-test")
     tracker.log({"value": 1.0})
     tracker.finish()

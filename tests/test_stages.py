@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from steer.stages import compose_config, run
-from steer.tracking import scrub
+from steer.secrets import scrub
+from steer.stages import ConfigError, compose_config, run
 from tests.conftest import REPO, assert_refused
 
 # Two values of m keep these tests fast; the fit stage needs at least 9, so it is left out here.
@@ -49,7 +49,7 @@ def test_finished_stages_are_skipped_and_changed_ones_rerun(tmp_path, smol):
     assert run(config("sweep.batch_size=2"), run_dir).ran == [], "batch size does not change results"
     assert run(config("sweep.grid=[0]"), run_dir).ran == ["sweep"]
     assert run(config("dataset.limit=1", "sweep.grid=[0]"), run_dir).ran == ["data", "train", "sweep"]
-    with pytest.raises(RuntimeError, match="stage sweep needs the outputs of train"):
+    with pytest.raises(ConfigError, match="stage sweep needs the outputs of train"):
         run(config("stages=[sweep]"), run_dir)  # train's outputs are for dataset.limit=1
     assert run(config(), run_dir).ran == ["data", "train", "sweep"]
     assert (run_dir / "sweep.parquet").read_bytes() == first, "same config, same bytes"
@@ -61,7 +61,7 @@ def test_finished_stages_are_skipped_and_changed_ones_rerun(tmp_path, smol):
 
 
 def test_a_stage_without_its_inputs_says_which_to_add(tmp_path, smol):
-    with pytest.raises(RuntimeError, match=r"stage sweep needs the outputs of train .*stages=\[train, sweep\]"):
+    with pytest.raises(ConfigError, match=r"stage sweep needs the outputs of train .*stages=\[train, sweep\]"):
         run(config("stages=[sweep]"), tmp_path / "run")
 
 

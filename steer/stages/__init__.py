@@ -9,6 +9,7 @@ Adding a stage is one ``Stage`` subclass (``steer.stages.base``) and one entry i
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,16 +18,20 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from steer import rundir
-from steer.models import load_config, num_layers
+from steer.artifacts import CorruptArtifact
+from steer.interrupt import interruptible
+from steer.models import check_model_folder, load_config, num_layers, resolve_source
 from steer.precision import PRECISIONS
+from steer.provenance import finish_run_info, run_info, weights_identity, write_run_info
+from steer.secrets import RedactingFilter, redact_config
 from steer.stages.base import ConfigError, Stage
 from steer.stages.context import RunContext
 from steer.stages.data import DataStage
 from steer.stages.fit import FitStage
-from steer.stages.runner import run_stage_list
+from steer.stages.runner import Fingerprints, kept, plan, run_stage_list
 from steer.stages.sweep import SweepStage
 from steer.stages.train import TrainStage
-from steer.tracking import Tracker, scrub
+from steer.tracking import Tracker
 
 __all__ = ["STAGES", "ConfigError", "RunContext", "RunResult", "Stage", "check", "compose_config", "report", "run"]
 
@@ -76,12 +81,39 @@ def check_layer(cfg: DictConfig) -> None:
         raise ConfigError(f"layer={cfg.layer} is out of range: model {cfg.model.name} has layers 0..{n - 1}")
 
 
+def check_seed(seed) -> None:
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed must be an integer in 0..2**32-1, got {seed!r}")
+
+
+def check_device(device) -> None:
+    """``device`` is auto, cpu, cuda or cuda:<index>, and a named GPU exists on this machine."""
+    match = re.fullmatch(r"cuda(?::(\d+))?", str(device))
+    if device in ("auto", "cpu"):
+        return
+    if match is None:
+        raise ConfigError(f"device={device!r} is not one of auto, cpu, cuda, cuda:<index>")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device={device} but this machine has no CUDA GPU; use device=cpu or device=auto")
+    if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
+        raise ConfigError(f"device={device}: this machine has GPUs cuda:0..cuda:{torch.cuda.device_count() - 1}")
+
+
 def check(cfg: DictConfig, stages: Sequence[Stage] = STAGES) -> None:
-    """Fail on a bad key before anything is loaded or written: the stage list, the layer, and the
-    ``check`` of every stage that may run (the requested ones and the implicit ones)."""
+    """Fail on a bad key before anything is loaded or written: the stage list, seed, device,
+    precision, the model folder, the layer, and the ``check`` of every stage that may run (the
+    requested ones and the implicit ones)."""
     check_stage_list(cfg, stages)
+    check_seed(cfg.seed)
+    check_device(cfg.device)
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"precision={cfg.precision!r} is not one of {', '.join(PRECISIONS)}")
+    try:
+        check_model_folder(str(cfg.model.source))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     for stage in stages:
         if stage.implicit or stage.name in cfg.stages:
             try:
@@ -94,31 +126,76 @@ def check(cfg: DictConfig, stages: Sequence[Stage] = STAGES) -> None:
 
 
 def run(cfg: DictConfig, run_dir: str | Path, stages: Sequence[Stage] = STAGES) -> RunResult:
-    """Check, then run ``cfg.stages`` (of ``stages``, in its order) in ``run_dir``; print the summary."""
+    """Check, then run ``cfg.stages`` (of ``stages``, in its order) in ``run_dir``; print the summary.
+
+    Nothing is written before every check and the stage plan passed. Then ``config.yaml``
+    (secrets redacted), ``run_info.json`` (provenance, stamped finished/failed/interrupted at the
+    end) and ``run.log`` (every error, secrets redacted). Ctrl-C or SIGTERM ends the run with one
+    line saying what was kept and how to resume (``steer.interrupt``); W&B records the exit code.
+    """
     run_dir = Path(run_dir)
     check(cfg, stages)
+    prints = Fingerprints(cfg, run_dir, stages)  # the model and data digests are taken once per run
+    plan(stages, list(cfg.stages), cfg, run_dir, bool(cfg.force), prints)
     ctx = RunContext(cfg, run_dir)
     if not ctx.is_main:  # under accelerate launch: the main process writes files, logs and reports
         logging.getLogger("steer").setLevel(logging.WARNING)
-        return RunResult(run_dir, run_stage_list(stages, list(cfg.stages), cfg, run_dir, ctx, bool(cfg.force)))
+        ran = run_stage_list(stages, list(cfg.stages), cfg, run_dir, ctx, bool(cfg.force), prints)
+        return RunResult(run_dir, ran)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    rundir.write_config(run_dir, scrub(resolved))
+    rundir.write_config(run_dir, redact_config(resolved))
+    info_path = run_dir / rundir.RUN_INFO
+    write_run_info(info_path, provenance(cfg, ctx.device))
     handler = logging.FileHandler(run_dir / rundir.RUN_LOG)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
+    handler.addFilter(RedactingFilter())
     logging.getLogger().addHandler(handler)
+    run_log = logging.getLogger("steer.run_log")  # run.log alone: the console shows errors once, at the top
+    run_log.propagate = False
+    run_log.addHandler(handler)
     if cfg.tracking.wandb:
         ctx.tracker = Tracker.start(
             run_dir, cfg.run_id, resolved, cfg.tracking.project, cfg.tracking.entity, group=cfg.tracking.group
         )
+    status, exit_code = "failed", 1
     try:
-        ran = run_stage_list(stages, list(cfg.stages), cfg, run_dir, ctx, bool(cfg.force))
+        with interruptible(lambda: kept(run_dir, stages), logger=run_log) as interrupted:
+            try:
+                ran = run_stage_list(stages, list(cfg.stages), cfg, run_dir, ctx, bool(cfg.force), prints)
+                status, exit_code = "finished", 0
+            except KeyboardInterrupt:
+                status, exit_code = "interrupted", interrupted.exit_code
+                raise
+            except (ConfigError, CorruptArtifact) as err:
+                run_log.error("%s", err)
+                exit_code = 2
+                raise
+            except Exception:
+                run_log.exception("the run failed")
+                raise
+            finally:  # before the interruption's line, so that line is the last one printed
+                ctx.tracker.finish(exit_code=exit_code)
+                finish_run_info(info_path, status)
     finally:
-        ctx.tracker.finish()
+        run_log.removeHandler(handler)
         logging.getLogger().removeHandler(handler)
         handler.close()
     report(run_dir, stages)
     return RunResult(run_dir, ran)
+
+
+def provenance(cfg: DictConfig, device: str) -> dict:
+    """``run_info.json`` of a run of ``cfg``: model weights identity, data file hashes, seed, command."""
+    source = str(cfg.model.source)
+    path = OmegaConf.select(cfg, "dataset.path", default=None)
+    return run_info(
+        seed=cfg.seed,
+        model=weights_identity(source, resolve_source(source)),
+        data_files=[Path(str(path)).expanduser()] if path else [],
+        device=device,
+        extra={"run_id": cfg.run_id, "stages": list(cfg.stages), "status": "running"},
+    )
 
 
 def report(run_dir: Path, stages: Sequence[Stage] = STAGES) -> None:

@@ -30,8 +30,10 @@ class Stage:
     ignore: tuple[str, ...] = ()
     # File names (``steer.rundir``) the stage writes; all must exist for it to count as done.
     outputs: tuple[str, ...]
-    # Stages whose outputs it reads (their fingerprints are part of its own).
+    # Stages whose outputs it reads (their fingerprints and the digests of their files are part of its own).
     after: tuple[str, ...] = ()
+    # External inputs it reads, hashed into its fingerprint (``steer.stages.runner.INPUTS``: "model", "data").
+    reads: tuple[str, ...] = ()
     # Implicit stages are not named in ``stages``: they run whenever a later stage needs them.
     implicit: bool = False
     # Parallel stages run in every process (data-parallel); the others in the main process only.
@@ -42,6 +44,10 @@ class Stage:
 
     def run(self, ctx: RunContext) -> None:
         raise NotImplementedError
+
+    def verify(self, cfg: DictConfig, run_dir: Path) -> None:
+        """Called when a file of this finished stage changed on disk: raise a ``CorruptArtifact``
+        saying what is wrong with it, where the stage can tell (else the runner names the change)."""
 
     def summary(self, run_dir: Path) -> str | None:
         """This stage's part of the end-of-run printout, from its files; None when there is nothing."""

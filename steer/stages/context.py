@@ -60,6 +60,8 @@ class RunContext:
         self.tracker = tracker or Tracker.disabled()
         self.state = PartialState(cpu=pick_device(cfg.device) == "cpu", timeout=BARRIER_TIMEOUT)
         self._models: dict[tuple[str, str], tuple] = {}
+        # The running stage's fingerprint (set by the runner): keys its resumable parts and checkpoints.
+        self.fingerprint: str | None = None
 
     def path(self, name: str) -> Path:
         return self.run_dir / name

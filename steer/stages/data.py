@@ -115,6 +115,7 @@ class DataStage(Stage):
     keys = ("model.source", "precision", "dataset")
     ignore = ("dataset.answer_format",)
     outputs = (rundir.PAIRS,)
+    reads = ("model", "data")
     implicit = True
     parallel = True  # only while A_n is generated do the other processes do anything
 

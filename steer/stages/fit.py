@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import numbers
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +13,7 @@ from steer.fit import PREF_PARAMS, SPLITS, SweepFit, check_restarts, fit_sweep
 from steer.plots import Panel, save_dynamics_figure
 from steer.stages.base import ConfigError, Stage
 from steer.stages.context import RunContext
+from steer.sweep import check_grid
 from steer.tracking import log_fit
 
 log = logging.getLogger("steer")
@@ -47,7 +47,7 @@ class FitStage(Stage):
     def check(self, cfg: DictConfig) -> None:
         """The fit needs at least as many distinct multipliers as the preference model has parameters."""
         check_restarts(cfg.fit.restarts)
-        distinct = len({float(m) for m in cfg.sweep.grid or [] if isinstance(m, numbers.Real)})
+        distinct = len(check_grid(cfg.sweep.grid))  # finite and distinct: nine NaNs are not nine multipliers
         if distinct < len(PREF_PARAMS):
             raise ConfigError(
                 f"sweep.grid has {distinct} distinct multipliers; the fit stage needs at least {len(PREF_PARAMS)} "

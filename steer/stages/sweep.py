@@ -4,6 +4,11 @@ Data-parallel under ``accelerate launch``: process r scores pairs r, r + N, r + 
 ``pairs.jsonl`` (``RunContext.map_sharded``); the main process puts the rows back in the order one
 process would write them and alone writes ``sweep.parquet``. Losses match one process to ~1e-6:
 a different batch composition changes the padding, hence the last bits of a sum.
+The intervention is verified on load against the run's config (form, layer, model, objective,
+sizes): an ``intervention.json`` edited to another layer is refused, never swept. The sweep is
+resumable: every finished batch is kept in ``sweep.parts/<rank>-of-<world>/`` under the stage's
+fingerprint, a killed sweep computes only the batches it had not finished, and the parts are
+deleted once ``sweep.parquet`` is written.
 """
 
 from __future__ import annotations
@@ -15,11 +20,19 @@ from omegaconf import DictConfig
 
 from steer import rundir
 from steer.interventions import DynamicAffine
-from steer.stages.base import Stage
+from steer.resumable import finish
+from steer.stages.base import ConfigError, Stage
 from steer.stages.context import RunContext
+from steer.stages.train import expected_intervention
 from steer.sweep import by_record, check_grid, from_records, summarize, sweep
 
 log = logging.getLogger("steer")
+
+
+def check_batch_size(value, key: str = "sweep.batch_size") -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{key} must be a positive integer (pairs per forward pass), got {value!r}")
+    return value
 
 
 class SweepStage(Stage):
@@ -29,13 +42,16 @@ class SweepStage(Stage):
     outputs = (rundir.SWEEP,)
     after = ("train",)
     parallel = True
+    reads = ("model",)
 
     def check(self, cfg: DictConfig) -> None:
         check_grid(cfg.sweep.grid)
+        check_batch_size(cfg.sweep.batch_size)
 
     def run(self, ctx: RunContext) -> None:
         cfg = ctx.cfg
-        intervention = DynamicAffine.load(ctx.run_dir)
+        intervention = DynamicAffine.load(ctx.run_dir, expected_intervention(cfg, ctx.model))
+        parts = ctx.path(rundir.SWEEP_PARTS)
 
         def score(part: list) -> list:
             if not part:  # fewer pairs than processes
@@ -49,6 +65,8 @@ class SweepStage(Stage):
                 batch_size=cfg.sweep.batch_size,
                 per_token=cfg.sweep.per_token,
                 progress=cfg.progress,
+                parts_dir=parts / f"{ctx.state.process_index}-of-{ctx.state.num_processes}",
+                key=ctx.fingerprint or "",
             )
             return by_record(frame, len(part))
 
@@ -57,6 +75,7 @@ class SweepStage(Stage):
             return
         frame = from_records(rows)
         rundir.write_sweep(ctx.run_dir, frame)
+        finish(parts)
         table = summarize(frame)
         for m, row in table.iterrows():
             ctx.tracker.log({"sweep/m": m, **{f"sweep/{k}": v for k, v in row.items()}})

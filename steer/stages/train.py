@@ -11,8 +11,10 @@ interruption, deleted once the stage is done) and the intervention files.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from steer import rundir
 from steer.forms import get_form
@@ -21,8 +23,6 @@ from steer.metrics import encode_pair
 from steer.objectives import DiffMean, Estimator, Loss, Objective, make_objective
 from steer.stages.base import Stage
 from steer.stages.context import RunContext
-from steer.stages.data import DataStage
-from steer.stages.runner import fingerprint
 from steer.train import TrainSettings, train_intervention
 
 log = logging.getLogger("steer")
@@ -36,14 +36,24 @@ NOT_OPTIONS = ("name", "grid")
 def train_settings(cfg: DictConfig) -> TrainSettings:
     """``intervention.train`` as checked settings (a bad value raises, naming its key)."""
     train = cfg.intervention.train
+
+    def number(key: str, value=None) -> float:
+        value = train[key] if value is None else value
+        if isinstance(value, bool):
+            value = None
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"intervention.train.{key}={train[key]!r}: {value!r} is not a number") from None
+
     return TrainSettings(
-        lr=float(train.lr),
+        lr=number("lr"),
         epochs=train.epochs,
         batch_size=train.batch_size,
-        train_factors=tuple(float(m) for m in train.train_factors),
+        train_factors=tuple(number("train_factors", m) for m in train.train_factors),
         grad_accum=train.grad_accum,
-        weight_decay=float(train.weight_decay),
-        grad_clip=float(train.grad_clip),
+        weight_decay=number("weight_decay"),
+        grad_clip=number("grad_clip"),
         seed=cfg.seed,
     )
 
@@ -73,12 +83,29 @@ def starting_estimate(cfg: DictConfig, objective: Objective) -> Estimator | None
     return None
 
 
+def expected_intervention(cfg: DictConfig, model: nn.Module | None = None) -> dict:
+    """What the run's config says ``intervention.json`` must hold (``steer.artifacts.verify_intervention``):
+    form, layer, model, objective, rank, and with ``model`` the site's sizes."""
+    form = get_form(cfg.intervention.form)
+    expected = {
+        "form": form.name,
+        "layer": cfg.layer,
+        "model": cfg.model.name,
+        "objective": cfg.objective.name,
+        "rank": cfg.intervention.rank if form.uses_rank else None,
+    }
+    if model is not None:
+        expected["d_in"], expected["d_out"] = form.dims(model, cfg.layer)
+    return expected
+
+
 class TrainStage(Stage):
     name = "train"
     keys = ("model", "precision", "layer", "intervention", "objective", "seed")
     ignore = ("intervention.grid", "objective.grid", "objective.batch_size")
     outputs = (rundir.WEIGHTS, rundir.META)
     after = ("data",)
+    reads = ("model",)
     parallel = True
 
     def check(self, cfg: DictConfig) -> None:
@@ -113,6 +140,10 @@ class TrainStage(Stage):
             iv.save(ctx.run_dir)
             ctx.path(rundir.CHECKPOINT).unlink(missing_ok=True)
 
+    def verify(self, cfg: DictConfig, run_dir: Path) -> None:
+        """Both files readable, the json agreeing with the config and with the tensors."""
+        DynamicAffine.load(run_dir, expected_intervention(cfg))
+
 
 def estimate(ctx: RunContext, iv: DynamicAffine, estimator: Estimator) -> None:
     """Fill ``iv`` with ``estimator``'s closed-form tensors from the train split."""
@@ -142,7 +173,7 @@ def train(ctx: RunContext, iv: DynamicAffine, objective: Loss) -> None:
         log_metrics=ctx.tracker.log,
         log_path=ctx.path(rundir.TRAIN_LOG),
         checkpoint=ctx.path(rundir.CHECKPOINT),
-        fingerprint=fingerprint(TrainStage(), cfg, (DataStage(), TrainStage())),
+        fingerprint=ctx.fingerprint or "",
     )
     final = report.log[-1]["loss"] if report.log else float("nan")
     log.info(
