@@ -122,5 +122,5 @@ def test_table_bootstrap_shows_intervals_in_md_and_csv_columns(tmp_path):
     md = (tmp_path / "reports" / "table2.md").read_text()
     csv = pd.read_csv(tmp_path / "reports" / "table2.csv")
     assert "0.900 [" in md and "3 replicates per run" in md
-    assert {"pref_Sent_lo", "pref_Sent_hi", "util_Avg_lo"} <= set(csv.columns)
-    assert csv["pref_Sent_lo"].iloc[0] <= csv["pref_Sent_hi"].iloc[0]
+    assert {"pref_sentiment_lo", "pref_sentiment_hi", "util_Avg_lo"} <= set(csv.columns)
+    assert csv["pref_sentiment_lo"].iloc[0] <= csv["pref_sentiment_hi"].iloc[0]
