@@ -22,7 +22,7 @@ from steer.atomic import atomic_write_text
 from steer.fit import PREF_PARAMS
 from steer.interventions import FORMS
 from steer.models import load_config, num_layers
-from steer.stages import data, fit, sweep, train
+from steer.stages import data, fit, judge, sweep, train
 from steer.stages.context import RunContext
 from steer.stages.runner import Ledger, run_stage_list
 from steer.tracking import Tracker, scrub
@@ -30,7 +30,7 @@ from steer.tracking import Tracker, scrub
 log = logging.getLogger("steer")
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-STAGES = (data.STAGE, train.STAGE, sweep.STAGE, fit.STAGE)
+STAGES = (data.STAGE, train.STAGE, sweep.STAGE, fit.STAGE, judge.STAGE)
 # Stages of the full pipeline, in order; those without a module yet are refused by name.
 PIPELINE = ("train", "sweep", "fit", "judge")
 # Which intervention forms each objective can train.
@@ -93,9 +93,11 @@ def validate(cfg: DictConfig) -> None:
     limit = cfg.dataset.get("limit")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"dataset.limit must be a positive integer or null, got {limit!r}")
-    if "train" in stages:
+    for name, module in (("train", train), ("judge", judge)):
+        if name not in stages:
+            continue
         try:
-            train.check(cfg)
+            module.check(cfg)
         except (ValueError, OmegaConfBaseException) as err:
             raise ConfigError(str(err)) from err
 
