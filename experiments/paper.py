@@ -6,7 +6,8 @@
 Every target uses the same runs: a Hydra multirun of ``run.py`` over the intervention forms ×
 trained objectives (``conf/experiment/dynamics.yaml``) and one for DiffMean on vectors
 (``conf/experiment/dynamics_diffmean.yaml``), for each data set of ``--datasets``, with stages
-train → sweep → fit. Finished runs are skipped (``stages.json``), so after the first target the
+train → sweep → fit (table3: then judge, ``judge=local`` by default). Finished runs are skipped
+(``stages.json``), so after the first target the
 others cost only their report. The overrides go to both multiruns and set the scale: the default
 is the embedded model with ``dataset.limit=16``; the paper's scale is e.g.
 ``--datasets psychopathy,powerseeking model=gemma-2-9b-it dataset.limit=null``.
@@ -27,11 +28,17 @@ RECIPES = {
     "table2": "Table 2: R² of the validity-decay fit on the train split, model × form × objective by data set",
     "table5": "Table 5: R² of the fit on the test split",
     "table6": "Table 6: R² of the train fit scored on the test split",
+    "table3": "Table 3: judged results (Psychopathy accuracy, PowerSeeking score, AxBench concept and HM)",
     "fig2": "Figure 2: preference/utility dynamics with fits, one figure per model and data set",
     "fig4": "Figure 4: the same dynamics panels (the paper's PowerSeeking figure)",
     "fig5": "Figure 5: the same dynamics panels (the paper's AxBench figure)",
 }
 EXPERIMENTS = ("dynamics", "dynamics_diffmean")
+# Overrides a recipe adds to the shared multiruns: Table 3 also runs the judge stage (the finished
+# train, sweep and fit stages are skipped). Small judge work by default; later overrides win.
+EXTRA = {
+    "table3": ["stages=[train,sweep,fit,judge]", "judge.generation.max_new_tokens=32", "judge.max_tokens=48"],
+}
 # output_root of conf/experiment/dynamics.yaml: where the recipes' runs and reports live.
 DEFAULT_ROOT = "outputs/paper"
 
@@ -39,7 +46,15 @@ DEFAULT_ROOT = "outputs/paper"
 def commands(target: str, datasets: str, overrides: list[str]) -> list[list[str]]:
     """The multiruns, then the report command, for ``target``."""
     runs = [
-        [sys.executable, "run.py", "-m", f"+experiment={name}", f"dataset={datasets}", *overrides]
+        [
+            sys.executable,
+            "run.py",
+            "-m",
+            f"+experiment={name}",
+            f"dataset={datasets}",
+            *EXTRA.get(target, []),
+            *overrides,
+        ]
         for name in EXPERIMENTS
     ]
     roots = [o.split("=", 1)[1] for o in overrides if o.startswith("output_root=")]
