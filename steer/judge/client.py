@@ -118,6 +118,8 @@ class JudgeClient:
                 answers[i] = Answer(**{**hit, "cached": True})
                 self.usage.cached += 1
         if todo:
+            if self._endpoint is None:  # before the clock: a local server's start-up is not judging time
+                self._endpoint = self.connect()
             start = time.perf_counter()
             try:
                 asyncio.run(self._fetch(calls, todo, answers))
@@ -128,8 +130,6 @@ class JudgeClient:
     async def _fetch(self, calls: Sequence[Call], todo: list[int], answers: list[Answer | None]) -> None:
         from openai import AsyncOpenAI
 
-        if self._endpoint is None:
-            self._endpoint = self.connect()
         base_url, api_key = self._endpoint
         client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=self.max_retries, timeout=self.timeout)
         gate = asyncio.Semaphore(self.concurrency)

@@ -143,8 +143,29 @@ def local_server(
         )
     log.info("judge: started transformers serve (pid %d) on %s for %s", process.pid, base, model_path)
     try:
-        wait_ready(base, model_path, process, log_path, startup_timeout)
-        yield LocalServer(f"{base}/v1", model_path, process.pid, log_path)
+        with _sigterm_unwinds():
+            wait_ready(base, model_path, process, log_path, startup_timeout)
+            yield LocalServer(f"{base}/v1", model_path, process.pid, log_path)
     finally:
         stop_group(process)
         log.info("judge: stopped transformers serve (pid %d)", process.pid)
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While the server runs, SIGTERM (a scheduler's kill) unwinds like Ctrl-C, so the server is
+    stopped too; the previous handler comes back afterwards. Only the main thread can do this."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
