@@ -190,7 +190,8 @@ def settings(cfg: DictConfig) -> Settings:
             "judge.generation.do_sample=true needs steered sampling (steer.generate.generate), which this "
             "version lacks; set judge.generation.do_sample=false for greedy generation"
         )
-    BACKENDS[backend].check(out)
+    if rubrics:  # accuracy alone (psychopathy) calls no judge
+        BACKENDS[backend].check(out)
     return out
 
 
