@@ -227,3 +227,17 @@ def test_endpoint_failing_mid_stage_keeps_judgments_and_rerun_completes(trained,
     assert any("wandb" in str(p) for p in written)
     for path in written:
         assert secret.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow
+def test_local_server_that_cannot_start_fails_clearly_and_leaves_nothing(tmp_path):
+    from steer.judge.server import ServerError, local_server
+
+    before = {p.pid for p in serve_processes()}
+    missing = str(tmp_path / "no-such-model")
+    with (
+        pytest.raises(ServerError, match=r"exited with status \d+ before it was ready; its log"),
+        local_server(missing, tmp_path / "server.log", startup_timeout=120),
+    ):
+        pass
+    assert {p.pid for p in serve_processes()} <= before
