@@ -124,6 +124,41 @@ def test_local_judge_over_http_then_cached(trained, tmp_path):
     assert {p.pid for p in serve_processes()} <= before
 
 
+@pytest.mark.slow
+def test_accuracy_with_m_chosen_on_validation_and_by_the_fit(trained, tmp_path):
+    """No rubric left: accuracy alone (PrefOdds > 0 from a scoring pass), no generation, no judge."""
+    from steer.judge.select import by_fit
+
+    sweep = pd.read_parquet(trained / "sweep.parquet")
+    test = sweep[sweep["split"] == "test"]
+    ids = sorted(test["example_id"].unique(), key=list(test["example_id"]).index)
+    validation, report = ids[:1], ids[1:]
+    run_dir = copy_run(trained, tmp_path / "validation")
+    cfg = config("stages=[judge]", "judge.rubrics=[]", "judge.select=validation", "judge.candidates=[-4,4]")
+    assert run(cfg, run_dir).ran == ["judge"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())["judge"]
+    assert metrics["prompts"] == {"validation": 1, "report": 1}
+    assert metrics["usage"]["calls"] == 0 and len(pd.read_parquet(run_dir / "generations.parquet")) == 0
+
+    def accuracy(m, which):  # from the sweep file: grid points are scored with the same engine
+        rows = test[(test["m"] == m) & test["example_id"].isin(which)]
+        return float((rows["pref_odds"] > 0).mean())
+
+    scores = {m: accuracy(m, validation) for m in (-4.0, 4.0)}
+    best = min((m for m in scores if scores[m] == max(scores.values())), key=lambda m: (abs(m), m))
+    assert metrics["select"] == "validation" and metrics["m"] == best
+    assert metrics["selection"]["validation"] == {str(m): v for m, v in sorted(scores.items())}
+    assert metrics["steered"]["accuracy"] == accuracy(best, report)
+    assert metrics["vanilla"]["accuracy"] == accuracy(0.0, report)
+
+    run_dir = copy_run(trained, tmp_path / "fit")
+    assert run(config("stages=[judge]", "judge.rubrics=[]", "judge.select=fit"), run_dir).ran == ["judge"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())["judge"]
+    expected = by_fit(json.loads((trained / "fit.json").read_text()), (-4, 4), 1.0)
+    assert metrics["select"] == "fit" and metrics["m"] == expected.m and metrics["reason"] == expected.reason
+    assert metrics["prompts"] == {"validation": 0, "report": 2}
+
+
 class FlakyJudge(BaseHTTPRequestHandler):
     """An OpenAI-compatible endpoint: the first ``ok`` chat completions succeed, later ones get 500."""
 

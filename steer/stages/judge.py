@@ -79,6 +79,9 @@ class Settings:
 
     protocol: Protocol
     rubrics: tuple[Rubric, ...]
+    # The metric judge.select=validation maximises: the protocol's; with judge.rubrics overridden,
+    # the first rubric's mean score (accuracy when no rubric is left).
+    headline: str
     backend: str
     model: str
     base_url: str | None
@@ -153,9 +156,20 @@ def settings(cfg: DictConfig) -> Settings:
     max_new = protocol.max_new_tokens if gen.get("max_new_tokens") is None else gen["max_new_tokens"]
     do_sample = protocol.do_sample if gen.get("do_sample") is None else bool(gen["do_sample"])
     gen_t = protocol.temperature if gen.get("temperature") is None else gen["temperature"]
+    if names == protocol.rubrics:
+        headline = protocol.headline
+    elif names:
+        headline = names[0]
+    elif protocol.accuracy:
+        headline = "accuracy"
+    else:
+        raise ValueError(
+            f"judge.rubrics is empty and dataset.loader={cfg.dataset.loader} has no accuracy: nothing to judge"
+        )
     out = Settings(
         protocol=protocol,
         rubrics=rubrics,
+        headline=headline,
         backend=backend,
         model=str(j["model"]),
         base_url=j.get("base_url"),
@@ -396,7 +410,7 @@ def _headline(s: Settings, judgments: list[dict], frame, ids: set[str], m: float
     rows = pd.DataFrame(judgments, columns=JUDGMENT_COLUMNS)
     rows = rows[(rows["m"] == m) & rows["example_id"].isin(ids)]
     accuracy = _accuracy_at(frame, ids, m) if frame is not None else None
-    return condition_metrics([r.name for r in s.rubrics], rows, accuracy).get(s.protocol.headline)
+    return condition_metrics([r.name for r in s.rubrics], rows, accuracy).get(s.headline)
 
 
 def run(ctx: RunContext) -> None:
@@ -457,7 +471,7 @@ def _choose(ctx, s: Settings, iv, client, validation, records, queries, work: Wo
         rows = _generate(ctx, s, iv, validation, queries, "validation", candidates, work)
         _judge(client, s, rows, records, queries, work)
     scores = {m: _headline(s, work.judgments, frame, ids, m) for m in candidates}
-    return by_validation(scores, s.protocol.headline)
+    return by_validation(scores, s.headline)
 
 
 def _metrics(s: Settings, client: JudgeClient, choice: Choice, work: Work, frame, report_ids, n_validation) -> dict:
@@ -473,7 +487,7 @@ def _metrics(s: Settings, client: JudgeClient, choice: Choice, work: Work, frame
         "protocol": {
             "accuracy": s.protocol.accuracy,
             "rubrics": {r.name: r.version for r in s.rubrics},
-            "headline": s.protocol.headline,
+            "headline": s.headline,
         },
         "m": choice.m,
         "select": choice.method,
