@@ -23,6 +23,7 @@ from steer.stages.base import ConfigError, Stage
 from steer.stages.context import RunContext
 from steer.stages.data import DataStage
 from steer.stages.fit import FitStage
+from steer.stages.judge import JudgeStage
 from steer.stages.runner import run_stage_list
 from steer.stages.sweep import SweepStage
 from steer.stages.train import TrainStage
@@ -33,7 +34,7 @@ __all__ = ["STAGES", "ConfigError", "RunContext", "RunResult", "Stage", "check",
 log = logging.getLogger("steer")
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-STAGES: tuple[Stage, ...] = (DataStage(), TrainStage(), SweepStage(), FitStage())
+STAGES: tuple[Stage, ...] = (DataStage(), TrainStage(), SweepStage(), FitStage(), JudgeStage())
 
 
 @dataclass(frozen=True)
