@@ -101,3 +101,24 @@ def test_table3_rows_columns_and_family_means(tmp_path):
     assert "half: metrics.json has no judge section" in text
     assert csv.read_text().splitlines()[0].startswith("model,layer,form,objective,psychopathy_accuracy")
     assert "\\toprule" in tex.read_text()
+
+
+def test_settings_follow_the_protocol_and_sampling_is_checked():
+    """AxBench samples at temperature 1.0 by default; PowerSeeking is greedy with 200 new tokens;
+    sampling at temperature 0 or top_p outside (0, 1] is refused naming the key."""
+    from steer.judge.settings import parse_settings
+
+    judge = {"backend": "local", "model": "embedded:smollm2-135m", "select": "fit", "max_util_drop": 1.0}
+    judge |= {"scoring": "parsed", "temperature": 0.0, "concurrency": 2, "max_retries": 1, "timeout": 5.0}
+    judge["generation"] = {"batch_size": 4}
+    axbench = parse_settings(judge, "axbench", [-2, 0, 2]).generation
+    assert (axbench.do_sample, axbench.temperature, axbench.max_new_tokens) == (True, 1.0, 128)
+    power = parse_settings(judge, "powerseeking", [-2, 0, 2]).generation
+    assert (power.do_sample, power.max_new_tokens) == (False, 200)
+    assert parse_settings(judge, "sentiment", [-2, 0, 2]).candidates == (2.0,)
+    for generation, message in (
+        ({"do_sample": True, "temperature": 0.0}, r"judge\.generation\.temperature must be > 0 when sampling"),
+        ({"top_p": 1.5}, r"judge\.generation\.top_p must be in \(0, 1\]"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_settings({**judge, "generation": {"batch_size": 4, **generation}}, "axbench", [2])

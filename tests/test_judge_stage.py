@@ -33,6 +33,9 @@ JUDGE = [
     "judge.max_tokens=4",
     "judge.generation.max_new_tokens=8",
 ]
+# AxBench's protocol samples (temperature 1.0): the same seed gives the same answers, so a re-run's
+# judge calls are all cache hits.
+SAMPLED = [*JUDGE, "judge.generation.do_sample=true", "judge.generation.temperature=1.0"]
 
 
 def config(*overrides: str):
@@ -92,13 +95,14 @@ def test_local_judge_over_http_then_cached(trained, tmp_path):
     before = {p.pid for p in serve_processes()}
     run_dir = copy_run(trained, tmp_path / "run")
     cache_dir = tmp_path / "cache"
-    cfg = config("stages=[judge]", *JUDGE, f"judge.cache_dir={cache_dir}")
+    cfg = config("stages=[judge]", *SAMPLED, f"judge.cache_dir={cache_dir}")
     assert run(cfg, run_dir).ran == ["judge"]
     log = (run_dir / "judge_server.log").read_text()
     posts = log.count('"POST /v1/chat/completions HTTP/1.1" 200')
     assert posts == 4  # 2 prompts x 2 multipliers x 1 rubric, each over HTTP
     metrics = json.loads((run_dir / "metrics.json").read_text())["judge"]
     assert metrics["usage"]["calls"] == 4 and metrics["usage"]["cached"] == 0
+    assert metrics["generation"]["do_sample"] and metrics["generation"]["temperature"] == 1.0
     assert metrics["m"] == 2.0 and metrics["select"] == "fixed"
     judgments = pd.read_parquet(run_dir / "judgments.parquet")
     assert len(judgments) == 4 and not judgments["cached"].any()
@@ -115,7 +119,9 @@ def test_local_judge_over_http_then_cached(trained, tmp_path):
     assert {p.pid for p in serve_processes()} <= before  # no server left behind
 
     # The re-run (forced) answers everything from the cache: no server, no HTTP call.
-    assert run(config("stages=[judge]", *JUDGE, f"judge.cache_dir={cache_dir}", "force=true"), run_dir).ran == ["judge"]
+    rerun_cfg = config("stages=[judge]", *SAMPLED, f"judge.cache_dir={cache_dir}", "force=true")
+    assert run(rerun_cfg, run_dir).ran == ["judge"]
+    assert pd.read_parquet(run_dir / "generations.parquet")["text"].tolist() == generations["text"].tolist()
     assert (run_dir / "judge_server.log").read_text() == log
     again = json.loads((run_dir / "metrics.json").read_text())["judge"]
     assert again["usage"]["calls"] == 0 and again["usage"]["cached"] == 4
