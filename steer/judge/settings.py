@@ -29,7 +29,7 @@ SCORINGS = ("parsed", "expected")
 
 
 @dataclass(frozen=True)
-class Generation:
+class GenerationSettings:
     """How the judged answers are generated (``judge.generation``, defaults from the protocol)."""
 
     max_new_tokens: int
@@ -66,7 +66,7 @@ class Settings:
     concurrency: int
     max_retries: int
     timeout: float
-    generation: Generation
+    generation: GenerationSettings
     cache_dir: str | None
 
 
@@ -118,13 +118,13 @@ def _selection(j: dict, grid: Sequence) -> tuple[str, float | None, tuple[float,
     return select, m, candidates, drop
 
 
-def _generation(gen: dict, protocol: Protocol) -> Generation:
+def _generation(gen: dict, protocol: Protocol) -> GenerationSettings:
     """``judge.generation`` with the protocol's defaults (null = the protocol's)."""
 
     def pick(key: str, default):
         return default if gen.get(key) is None else gen[key]
 
-    out = Generation(
+    out = GenerationSettings(
         max_new_tokens=positive_int(pick("max_new_tokens", protocol.max_new_tokens), "judge.generation.max_new_tokens"),
         do_sample=bool(pick("do_sample", protocol.do_sample)),
         temperature=finite(pick("temperature", protocol.temperature), "judge.generation.temperature"),

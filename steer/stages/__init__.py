@@ -1,6 +1,6 @@
 """The stages of a run and the one function that runs them: the only code that reads Hydra config.
 
-``STAGES`` is the pipeline in order: (data) → train → sweep → fit. ``data`` is implicit: it
+``STAGES`` is the pipeline in order: (data) → train → sweep → fit → judge. ``data`` is implicit: it
 writes ``pairs.jsonl`` whenever a later stage needs it. Each stage checks its own config keys
 before any model loads, and nothing is written to the run directory until every check passed.
 Adding a stage is one ``Stage`` subclass (``steer.stages.base``) and one entry in ``STAGES``.
