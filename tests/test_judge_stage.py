@@ -82,9 +82,14 @@ def test_data_set_without_protocol_and_unset_key_fail_before_anything_runs(tmp_p
 
 
 def serve_processes() -> list[psutil.Process]:
+    """The `transformers serve` processes this test process started (a leaked one stays our
+    descendant); servers of other jobs on the machine are not ours to count."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = proc.info["cmdline"] or []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmd = proc.cmdline()
+        except psutil.Error:  # it ended while we looked
+            continue
         if "transformers.cli.transformers" in cmd and "serve" in cmd:
             found.append(proc)
     return found
