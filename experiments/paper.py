@@ -8,8 +8,9 @@ Every target uses the same runs: Hydra multiruns of ``run.py`` over the preset's
 (``dynamics``: the intervention forms × trained objectives of ``conf/experiment/dynamics.yaml`` and
 DiffMean on vectors, ``dynamics_diffmean.yaml``; ``paper``: the same at the paper's scale for both
 paper models, ``paper.yaml`` and ``paper_diffmean.yaml``; ``smoke``: ``smoke.yaml``) for each data
-set of ``--datasets``, with stages train → sweep → fit. Finished runs are skipped
-(``stages.json``), so after the first target the others cost only their report; ``all`` runs them
+set of ``--datasets``, with stages train → sweep → fit (table3 and all: then judge, ``judge=local``
+by default). Finished runs are skipped (``stages.json``), so after the first target the others cost
+only their report; ``all`` runs them
 once and writes every report. ``--data DIR`` reads the data sets from a local copy laid out as
 ``../shared/data``. ``--plan`` prints what the runs would cost (jobs, tokens, GPU-hours, judge
 calls and dollars) and runs nothing.
@@ -31,6 +32,7 @@ RECIPES = {
     "table2": "Table 2: R² of the validity-decay fit on the train split, model × form × objective by data set",
     "table5": "Table 5: R² of the fit on the test split",
     "table6": "Table 6: R² of the train fit scored on the test split",
+    "table3": "Table 3: judged results (Psychopathy accuracy, PowerSeeking score, AxBench concept and HM)",
     "fig2": "Figure 2: preference/utility dynamics with fits, one figure per model and data set",
     "fig4": "Figure 4: the same dynamics panels (the paper's PowerSeeking figure)",
     "fig5": "Figure 5: the same dynamics panels (the paper's AxBench figure)",
@@ -51,6 +53,12 @@ PRESETS = {
     "smoke": Preset(("smoke",), "sentiment"),
 }
 EXPERIMENTS = PRESETS["dynamics"].experiments
+# Overrides a recipe adds to the shared multiruns: Table 3 also runs the judge stage (the finished
+# train, sweep and fit stages are skipped). Small judge work by default; later overrides win.
+EXTRA = {
+    "table3": ["stages=[train,sweep,fit,judge]", "judge.generation.max_new_tokens=32", "judge.max_tokens=48"],
+}
+EXTRA["all"] = EXTRA["table3"]
 # output_root of conf/experiment/dynamics.yaml: where the recipes' runs and reports live.
 DEFAULT_ROOT = "outputs/paper"
 # Where each data set lies in a local copy laid out as ../shared/data.
@@ -86,7 +94,7 @@ def commands(
 ) -> list[list[str]]:
     """The multiruns, then the report command(s), for ``target``."""
     runs = [
-        [sys.executable, "run.py", "-m", f"experiment={name}", *extra, *overrides]
+        [sys.executable, "run.py", "-m", f"experiment={name}", *extra, *EXTRA.get(target, []), *overrides]
         for name, extra in multiruns(PRESETS[preset], datasets, data)
     ]
     roots = [o.split("=", 1)[1] for o in overrides if o.startswith("output_root=")]

@@ -116,18 +116,18 @@ def strip_answer(text: str) -> str:
     return text.strip()
 
 
-def render_prompt(tokenizer, prompt: str, instruction: str | None = None) -> str:
-    """The user turn rendered through the chat template with the generation prompt, as text.
+def render_prompt(tokenizer, prompt: str, instruction: str | None = None, system: str | None = None) -> str:
+    """The user turn (after an optional system turn) rendered through the chat template with the
+    generation prompt, as text.
 
     Rendering to text (not ids) keeps the token rule in one place, and avoids transformers 5's
     ``apply_chat_template(tokenize=True)`` returning a BatchEncoding.
     """
     content = prompt if not instruction else f"{prompt}\n\n{instruction}"
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-        )
-    return content + "\n"
+        turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    return (f"{system}\n\n" if system else "") + content + "\n"
 
 
 def to_records(tokenizer, splits: Splits, instruction: str | None = None) -> list[PairRecord]:

@@ -1,10 +1,11 @@
 """The paper's R² tables (2, 5, 6) and dynamics figures (2, 4, 5) from finished runs.
 
-    python -m steer.report table2|table5|table6|fig2|fig4|fig5 [--outputs DIR] [--dataset NAME ...]
+    python -m steer.report table2|table3|table5|table6|fig2|fig4|fig5 [--outputs DIR] [--dataset NAME ...]
     python -m steer.report table2|table5|table6|front [--bootstrap N --seed S] [--deltas 1,2,5]
 
-``front`` is the preference-utility front (``steer.front``); ``--bootstrap N`` adds 95 % intervals
-over examples (``steer.bootstrap``) to the R² tables and the front.
+``table3`` is the judged results (``steer.judge.table3``); ``front`` the preference-utility front
+(``steer.front``); ``--bootstrap N`` adds 95 % intervals over examples (``steer.bootstrap``) to the
+R² tables and the front.
 
 A finished run is a directory under DIR (default ``outputs/``) holding ``fit.json`` (written last
 by the fit stage) and ``config.yaml``. Everything is written under ``DIR/reports/``.
@@ -19,6 +20,8 @@ a cell without runs is missing ("—" / empty), never zero; Avg is shown only wh
 column of the row has a value. Only families with at least one finished run get a column.
 - table2: R² of the fit on the train split; table5: on the test split; table6: the train fit
   scored on the test split (may be negative).
+- table3: the judged results (accuracy, PowerSeeking score, AxBench concept and HM) from the judge
+  stage's metrics.json (``steer.judge.table3``).
 
 Figures: one per model (and layer) and data set; panels are intervention forms in rows (vector on
 top, then lora, local_weight) × objectives in columns, each with the mean PrefOdds (solid) and
@@ -498,7 +501,9 @@ def _no_runs_message(outputs: Path, skipped: Sequence[tuple[Path, str]]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m steer.report", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "target", choices=[*TABLES, *FIGURES, "front"], help="a paper table or figure, or the preference-utility front"
+        "target",
+        choices=[*TABLES, "table3", *FIGURES, "front"],
+        help="a paper table or figure, or the preference-utility front",
     )
     parser.add_argument("--outputs", type=Path, default=Path("outputs"), help="where the run directories are")
     parser.add_argument(
@@ -518,7 +523,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.target in FIGURES and args.bootstrap:
         parser.error("--bootstrap applies to the tables and the front, not to figures")
     try:
-        if args.target in TABLES:
+        if args.target == "table3":
+            from steer.judge.table3 import build_table3
+
+            paths = build_table3(args.outputs)
+            print(paths[0].read_text())
+        elif args.target in TABLES:
             if args.dataset:
                 parser.error("--dataset applies to figures only: tables cover every data set found")
             paths = build_table(args.target, args.outputs, args.bootstrap, args.seed)

@@ -12,6 +12,9 @@ report and other readers of finished runs stay light.
     sweep.parquet              losses and log-odds per (split, example, m)
     fit.json                   the validity-decay fits (written last: marks a finished run)
     dynamics.png               the run's dynamics figure
+    generations.parquet        the judge stage's steered answers (split, example, part, m, text, tokens)
+    judgments.parquet          every judge reply, its rubric, parsed and expected score, cached or not
+    judge_server.log           the log of the local judge server (judge=local)
     metrics.json               one section per stage of headline numbers
     config.yaml                the resolved config of the run (secrets redacted)
     stages.json                the ledger of finished stages: fingerprints of their inputs and outputs
@@ -43,6 +46,9 @@ CHECKPOINT = "train_checkpoint.pt"
 SWEEP = "sweep.parquet"
 FIT = "fit.json"
 FIGURE = "dynamics.png"
+GENERATIONS = "generations.parquet"
+JUDGMENTS = "judgments.parquet"
+SERVER_LOG = "judge_server.log"
 METRICS = "metrics.json"
 CONFIG = "config.yaml"
 LEDGER = "stages.json"
@@ -67,7 +73,16 @@ def read_sweep(run_dir: str | Path) -> pd.DataFrame:
 
 
 def write_sweep(run_dir: str | Path, frame: pd.DataFrame) -> None:
-    with atomic_path(Path(run_dir) / SWEEP) as tmp:
+    write_table(run_dir, SWEEP, frame)
+
+
+def read_table(run_dir: str | Path, name: str) -> pd.DataFrame:
+    """A parquet table of the run (``GENERATIONS``, ``JUDGMENTS``)."""
+    return pd.read_parquet(Path(run_dir) / name)
+
+
+def write_table(run_dir: str | Path, name: str, frame: pd.DataFrame) -> None:
+    with atomic_path(Path(run_dir) / name) as tmp:
         frame.to_parquet(tmp, index=False)
 
 
@@ -94,10 +109,11 @@ def read_metrics(run_dir: str | Path) -> dict:
     return read_json(path) if path.is_file() else {}
 
 
-def update_metrics(run_dir: str | Path, section: str, values: dict) -> None:
-    """Merge ``values`` into ``section`` of ``metrics.json``, atomically; other sections are kept."""
+def update_metrics(run_dir: str | Path, section: str, values: dict, replace: bool = False) -> None:
+    """Merge ``values`` into ``section`` of ``metrics.json`` (or replace the section), atomically;
+    other sections are kept."""
     metrics = read_metrics(run_dir)
-    metrics[section] = {**metrics.get(section, {}), **values}
+    metrics[section] = dict(values) if replace else {**metrics.get(section, {}), **values}
     write_json(Path(run_dir) / METRICS, metrics)
 
 

@@ -18,7 +18,7 @@ GROUP_OPTIONS = sorted(
 
 def test_every_group_is_covered():
     groups = {group for group, _ in GROUP_OPTIONS}
-    assert groups == {"dataset", "experiment", "intervention", "model", "objective"}
+    assert groups == {"dataset", "experiment", "intervention", "judge", "model", "objective"}
 
 
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
@@ -29,6 +29,7 @@ def test_config_composes_and_resolves(group: str, option: str):
     assert Path(resolved["hydra"]["run"]["dir"]).parts[-4:] == tuple(resolved["run_id"].split("/"))
     names = {"intervention": ("form", option), "objective": ("name", option), "model": ("name", option)}
     names["dataset"] = ("loader", option)
+    names["judge"] = ("backend", option)
     if group in names:
         key, value = names[group]
         assert resolved[group][key] == value

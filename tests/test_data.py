@@ -60,3 +60,12 @@ def test_render_prompt_uses_the_chat_template_with_generation_prompt(smol):
     _, tok = smol
     text = render_prompt(tok, "Is it good?", instruction="Answer Yes or No.")
     assert text.endswith("<|im_start|>user\nIs it good?\n\nAnswer Yes or No.<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_render_prompt_with_a_system_turn(smol):
+    _, tok = smol
+    text = render_prompt(tok, "Would you take the job?", system="You are a helpful, honest and concise assistant.")
+    assert text == (
+        "<|im_start|>system\nYou are a helpful, honest and concise assistant.<|im_end|>\n"
+        "<|im_start|>user\nWould you take the job?<|im_end|>\n<|im_start|>assistant\n"
+    )

@@ -41,5 +41,10 @@ def test_recipe_commands(capsys):
     assert lines[2].endswith("-m steer.report fig5 --outputs /x --dataset psychopathy --dataset axbench")
     table = paper.commands("table2", "sentiment", [])
     assert table[-1][-4:] == ["steer.report", "table2", "--outputs", "outputs/paper"]
+    judged = paper.commands("table3", "sentiment", ["judge.max_tokens=8"])
+    for command in judged[:2]:  # the judge stage added; the caller's overrides come last and win
+        assert command[-4:] == [*paper.EXTRA["table3"], "judge.max_tokens=8"]
+        assert paper.EXTRA["table3"][0] == "stages=[train,sweep,fit,judge]"
+    assert judged[-1][-4:] == ["steer.report", "table3", "--outputs", "outputs/paper"]
     with pytest.raises(SystemExit):
         paper.main(["table2", "--dry-run", "--not-an-override"])

@@ -1,6 +1,6 @@
 """The stages of a run and the one function that runs them: the only code that reads Hydra config.
 
-``STAGES`` is the pipeline in order: (data) → train → sweep → fit. ``data`` is implicit: it
+``STAGES`` is the pipeline in order: (data) → train → sweep → fit → judge. ``data`` is implicit: it
 writes ``pairs.jsonl`` whenever a later stage needs it. Each stage checks its own config keys
 before any model loads, and nothing is written to the run directory until every check passed.
 Adding a stage is one ``Stage`` subclass (``steer.stages.base``) and one entry in ``STAGES``.
@@ -28,6 +28,7 @@ from steer.stages.base import ConfigError, Stage
 from steer.stages.context import RunContext
 from steer.stages.data import DataStage
 from steer.stages.fit import FitStage
+from steer.stages.judge import JudgeStage
 from steer.stages.runner import Fingerprints, kept, plan, run_stage_list
 from steer.stages.sweep import SweepStage
 from steer.stages.train import TrainStage
@@ -38,7 +39,7 @@ __all__ = ["STAGES", "ConfigError", "RunContext", "RunResult", "Stage", "check",
 log = logging.getLogger("steer")
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-STAGES: tuple[Stage, ...] = (DataStage(), TrainStage(), SweepStage(), FitStage())
+STAGES: tuple[Stage, ...] = (DataStage(), TrainStage(), SweepStage(), FitStage(), JudgeStage())
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,124 @@
+"""Choosing m (against a brute-force computation of the fitted curves), the answer cache, and
+Table 3 from hand-written metrics.json files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from synthetic_runs import write_config, write_fit
+
+from steer.judge.cache import AnswerCache, answer_key
+from steer.judge.select import by_fit, by_validation, fixed
+from steer.judge.table3 import build_table3
+
+NEUTRAL = {"m_pos": 0.0, "m_neg": 0.0, "L_pos": 1.0, "L_neg": 1.0, "p_pos": 1.0, "p_neg": 1.0}
+
+
+def rq(m, centre, L, p):
+    return (1 + (m - centre) ** 2 / L) ** (-p)
+
+
+def test_fit_choice_maximises_pref_within_the_utility_budget():
+    # PrefOdds = (2m + 0) * D(m) with D = (1 + m²/16)^-1 peaks at m = 4 (value 4); utility
+    # UtilOdds = 3 * (1 + m²/4)^-1 - 5 drops by 3·(1 - 1/(1 + m²/4)) from m = 0.
+    pref = {"alpha": 2.0, "beta": 0.0, "b": 0.0, **NEUTRAL, "L_pos": 16.0, "L_neg": 16.0}
+    util = {"beta": 3.0, "b": -5.0, **NEUTRAL, "L_pos": 4.0, "L_neg": 4.0}
+    fit_json = {"pref": {"train": {"params": pref}}, "util": {"train": {"params": util}}}
+    for drop in (10.0, 1.0, 0.1):
+        choice = by_fit(fit_json, (-8, 8), drop)
+        # brute force on a fine grid, from the formulas written out here
+        m = np.linspace(-8, 8, 160001)
+        p = 2 * m * rq(m, 0, 16, 1)
+        u = 3 * rq(m, 0, 4, 1) - 5
+        ok = u >= -2 - drop
+        best = m[ok][np.argmax(p[ok])]
+        assert choice.m == pytest.approx(best, abs=5e-3)
+        assert choice.method == "fit" and "max_util_drop" in choice.reason
+    assert by_fit(fit_json, (-8, 8), 10.0).m == pytest.approx(4.0, abs=5e-3)  # the unconstrained peak
+    # utility budget 1: 3(1 - 1/(1 + m²/4)) <= 1  <=>  m <= sqrt(2)
+    assert by_fit(fit_json, (-8, 8), 1.0).m == pytest.approx(np.sqrt(2), abs=5e-3)
+
+
+def test_validation_choice_takes_the_best_and_the_smallest_m_on_ties():
+    choice = by_validation({1.0: 0.5, 2.0: 0.9, 4.0: 0.9, 8.0: float("nan")}, "hm")
+    assert choice.m == 2.0 and choice.method == "validation" and "0.900" in choice.reason
+    with pytest.raises(ValueError, match="no candidate"):
+        by_validation({1.0: None}, "hm")
+    assert fixed(3).m == 3.0 and fixed(3).method == "fixed"
+
+
+def test_cache_round_trip_and_key_covers_every_input(tmp_path):
+    base = dict(model="m", messages=[{"role": "user", "content": "x"}], temperature=0.0, max_tokens=8)
+    key = answer_key(**base, rubric_version="v1")
+    variants = [
+        answer_key(**{**base, "model": "m2"}, rubric_version="v1"),
+        answer_key(**{**base, "messages": [{"role": "user", "content": "y"}]}, rubric_version="v1"),
+        answer_key(**{**base, "temperature": 0.5}, rubric_version="v1"),
+        answer_key(**{**base, "max_tokens": 9}, rubric_version="v1"),
+        answer_key(**base, rubric_version="v2"),
+        answer_key(**base, rubric_version="v1", top_logprobs=5),
+    ]
+    assert len({key, *variants}) == 7
+    cache = AnswerCache(tmp_path)
+    assert cache.get(key) is None
+    cache.put(key, {"text": "Rating: [[2]]", "logprobs": None})
+    cache.close()
+    again = AnswerCache(tmp_path)  # another instance (another process would do the same) reads it
+    assert again.get(key) == {"text": "Rating: [[2]]", "logprobs": None}
+    assert (again.hits, again.misses, len(again)) == (1, 0, 1)
+    again.close()
+
+
+def write_run(root, name, loader, form, objective, vanilla, steered):
+    """A finished run (config.yaml, fit.json: what steer.report reads) with a judge section."""
+    run = root / name
+    write_config(run, form=form, objective=objective, dataset=name, loader=loader)
+    write_fit(run, {})
+    judge = {"m": 2.0, "select": "fixed", "vanilla": vanilla, "steered": steered, "judge": {}, "usage": {}}
+    (run / "metrics.json").write_text(json.dumps({"judge": judge}))
+
+
+def test_table3_rows_columns_and_family_means(tmp_path):
+    write_run(tmp_path, "psy", "psychopathy", "vector", "split", {"accuracy": 0.5}, {"accuracy": 0.9})
+    write_run(
+        tmp_path, "axb-c0", "axbench", "vector", "split", {"concept": 0.2, "hm": 0.1}, {"concept": 1.0, "hm": 0.6}
+    )
+    write_run(
+        tmp_path, "axb-c1", "axbench", "vector", "split", {"concept": 0.4, "hm": 0.3}, {"concept": 2.0, "hm": 1.0}
+    )
+    write_run(tmp_path, "axb-lora", "axbench", "lora", "sft", {"concept": 0.3, "hm": None}, {"concept": 1.5, "hm": 0.5})
+    write_config(tmp_path / "half")  # finished, not judged
+    write_fit(tmp_path / "half", {})
+    md, csv, tex = build_table3(tmp_path)
+    text = md.read_text()
+    assert "| Psy Acc | Axb Concept | Axb HM |" in text
+    # Vanilla: the mean over the model's runs; vector/SPLIT: AxBench averaged over its 2 concepts
+    assert "| smollm2-135m | 15 | Vanilla | — | 0.500 | 0.300 (n=3) | 0.200 (n=2) |" in text
+    assert "| smollm2-135m | 15 | Vector | SPLIT | 0.900 | 1.500 (n=2) | 0.800 (n=2) |" in text
+    assert "| smollm2-135m | 15 | LoRA | SFT | — | 1.500 | 0.500 |" in text
+    assert "half: metrics.json has no judge section" in text
+    assert csv.read_text().splitlines()[0].startswith("model,layer,form,objective,psychopathy_accuracy")
+    assert "\\toprule" in tex.read_text()
+
+
+def test_settings_follow_the_protocol_and_sampling_is_checked():
+    """AxBench samples at temperature 1.0 by default; PowerSeeking is greedy with 200 new tokens;
+    sampling at temperature 0 or top_p outside (0, 1] is refused naming the key."""
+    from steer.judge.settings import parse_settings
+
+    judge = {"backend": "local", "model": "embedded:smollm2-135m", "select": "fit", "max_util_drop": 1.0}
+    judge |= {"scoring": "parsed", "temperature": 0.0, "concurrency": 2, "max_retries": 1, "timeout": 5.0}
+    judge["generation"] = {"batch_size": 4}
+    axbench = parse_settings(judge, "axbench", [-2, 0, 2]).generation
+    assert (axbench.do_sample, axbench.temperature, axbench.max_new_tokens) == (True, 1.0, 128)
+    power = parse_settings(judge, "powerseeking", [-2, 0, 2]).generation
+    assert (power.do_sample, power.max_new_tokens) == (False, 200)
+    assert parse_settings(judge, "sentiment", [-2, 0, 2]).candidates == (2.0,)
+    for generation, message in (
+        ({"do_sample": True, "temperature": 0.0}, r"judge\.generation\.temperature must be > 0 when sampling"),
+        ({"top_p": 1.5}, r"judge\.generation\.top_p must be in \(0, 1\]"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_settings({**judge, "generation": {"batch_size": 4, **generation}}, "axbench", [2])
