@@ -199,5 +199,5 @@ def test_paper_preset_commands(capsys):
     assert len(jobs) == 2 * 3 * 2 * 10
     assert paper.main(["all", "--preset", "paper", "--dry-run", "--datasets", "psychopathy"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("+ ")]
-    assert len(lines) == 2 + 6  # two multiruns, then every report
+    assert len(lines) == 2 + len(paper.RECIPES)  # two multiruns, then every report
     assert [line.split("steer.report ")[1].split()[0] for line in lines[2:]] == list(paper.RECIPES)
