@@ -26,13 +26,12 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from steer import rundir
 from steer.atomic import atomic_write_text
 from steer.tracking import MULTIRUN_ENV
 
 # Where a multirun's jobs leave their records (set by the launching process, inherited by workers).
 RECORDS_ENV = "STEER_MULTIRUN_RECORDS"
-FIT_FILE = "fit.json"
-METRICS_FILE = "metrics.json"
 # The job's choices the table shows, as (column, config key).
 CHOICES = (
     ("form", "intervention.form"),
@@ -70,12 +69,12 @@ def job_record(config: DictConfig, job_return: JobReturn, seconds: float) -> dic
 def results(run_dir: Path) -> dict[str, Any]:
     """R² of the train fits (``fit.json``) and every judge metric (``metrics.json``) of a run."""
     row: dict[str, Any] = {}
-    fit = run_dir / FIT_FILE
+    fit = run_dir / rundir.FIT
     if fit.is_file():
         fits = json.loads(fit.read_text())
         for kind in ("pref", "util"):
             row[f"r2_{kind}"] = fits.get(kind, {}).get("train", {}).get("r2")
-    metrics = run_dir / METRICS_FILE
+    metrics = run_dir / rundir.METRICS
     if metrics.is_file():
         for section, values in json.loads(metrics.read_text()).items():
             if isinstance(values, dict):

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-import yaml
 
 import steer
 from steer import rundir
@@ -23,7 +22,6 @@ from steer.atomic import atomic_write_text
 from steer.interventions import DynamicAffine
 
 PROVENANCE = "steer_export.json"
-CONFIG_FILE = "config.yaml"
 
 
 class ExportError(ValueError):
@@ -74,13 +72,13 @@ def read_source(run_dir: str | Path, m: float) -> Source:
     run_dir = Path(run_dir)
     if not math.isfinite(m):
         raise ExportError(f"--m must be a finite number, got {m}")
-    for name in (CONFIG_FILE, rundir.META, rundir.WEIGHTS):
+    for name in (rundir.CONFIG, rundir.META, rundir.WEIGHTS):
         if not (run_dir / name).is_file():
             raise ExportError(f"{run_dir / name} is missing: export needs a trained run (train stage finished)")
-    config = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
+    config = rundir.read_config(run_dir)
     model = config.get("model") or {}
     if "source" not in model:
-        raise ExportError(f"{run_dir / CONFIG_FILE} has no model.source: cannot tell which base model to export for")
+        raise ExportError(f"{run_dir / rundir.CONFIG} has no model.source: cannot tell which base model to export for")
     return Source(
         run_dir=run_dir,
         intervention=DynamicAffine.load(run_dir),
