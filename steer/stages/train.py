@@ -20,15 +20,15 @@ from steer import rundir
 from steer.forms import get_form
 from steer.interventions import DynamicAffine, new_intervention
 from steer.metrics import encode_pair
-from steer.objectives import DiffMean, Estimator, Loss, Objective, make_objective
+from steer.objectives import OBJECTIVES, Estimator, Loss, Objective, make_objective
 from steer.stages.base import Stage
 from steer.stages.context import RunContext
 from steer.train import TrainSettings, train_intervention
 
 log = logging.getLogger("steer")
 
-# intervention.train.init of a trained objective: the form's random init, or the DiffMean estimate.
-INITS = ("random", "diffmean")
+# intervention.train.init of a trained objective: the form's random init, or any registered estimator's estimate.
+RANDOM_INIT = "random"
 # objective.* keys that are not options of the objective.
 NOT_OPTIONS = ("name", "grid")
 
@@ -65,22 +65,24 @@ def objective_from_config(cfg: DictConfig) -> Objective:
 
 def train_init(cfg: DictConfig) -> str:
     """``intervention.train.init`` (random unless set), checked against the form."""
-    init = cfg.intervention.train.get("init", "random")
-    if init not in INITS:
-        raise ValueError(f"intervention.train.init={init!r} is not one of {', '.join(INITS)}")
-    if init == "diffmean":
-        DiffMean.check_form(cfg.intervention.form)
+    init = cfg.intervention.train.get("init", RANDOM_INIT)
+    inits = [RANDOM_INIT, *(name for name, cls in OBJECTIVES.items() if issubclass(cls, Estimator))]
+    if init not in inits:
+        raise ValueError(f"intervention.train.init={init!r} is not one of {', '.join(inits)}")
+    if init != RANDOM_INIT:
+        OBJECTIVES[init].check_form(cfg.intervention.form)
     return init
 
 
 def starting_estimate(cfg: DictConfig, objective: Objective) -> Estimator | None:
     """What fills Δ before training (or instead of it): the objective itself when it is an
-    estimator, DiffMean for ``init=diffmean``, else nothing (the form's random init)."""
+    estimator, the estimator named by ``intervention.train.init``, else nothing (the form's random init)."""
     if isinstance(objective, Estimator):
         return objective
-    if train_init(cfg) == "diffmean":
-        return DiffMean(batch_size=cfg.objective.get("batch_size", cfg.sweep.batch_size))
-    return None
+    init = train_init(cfg)
+    if init == RANDOM_INIT:
+        return None
+    return OBJECTIVES[init](batch_size=cfg.objective.get("batch_size", cfg.sweep.batch_size))
 
 
 def expected_intervention(cfg: DictConfig, model: nn.Module | None = None) -> dict:
