@@ -40,6 +40,7 @@ from steer.report import (
     _rank,
     _slug,
     find_runs,
+    markdown_head,
 )
 
 # Utility budgets in nats of UtilOdds (log-odds of P(A_p) + P(A_n)); summed-over-tokens losses of
@@ -189,8 +190,7 @@ def front_markdown(rows: Sequence[FrontRow], deltas: Sequence[float], figures: S
         "the swept range, and the same rule on the swept points as a check; (m) = where it is attained."
         + (f" {note}" if note else ""),
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * 5 + "---:|" * (1 + 2 * len(deltas)),
+        *markdown_head(head, 5),
     ]
     for row in rows:
         run = row.run

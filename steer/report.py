@@ -252,6 +252,11 @@ def _fmt(cell: Cell, count: bool) -> str:
     return f"{text} (n={cell.n})" if count and cell.n > 1 else text
 
 
+def markdown_head(head: Sequence[str], n_labels: int) -> list[str]:
+    """A Markdown table's header row and rule: ``n_labels`` left-aligned label columns, then numbers."""
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * n_labels + "---:|" * (len(head) - n_labels)]
+
+
 def table_markdown(table: Table, outputs: Path, skipped: Sequence[tuple[Path, str]]) -> str:
     head = ["Model", "Layer", "Form", "Objective"] + [f"{KINDS[k]} {f}" for k, f in table.columns]
     lines = [
@@ -263,8 +268,7 @@ def table_markdown(table: Table, outputs: Path, skipped: Sequence[tuple[Path, st
         f"family of the row has a value). {MISSING} = no finished run (or an undefined R²); "
         "(n=k) = the mean over k runs of that family (e.g. AxBench concepts); other cells are one run.",
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * 4 + "---:|" * len(table.columns),
+        *markdown_head(head, 4),
     ]
     for row in table.rows:
         cells = [_fmt(row.cells[c], count=c[1] != "Avg") for c in table.columns]

@@ -34,6 +34,7 @@ from steer.report import (
     _skipped_lines,
     family_label,
     find_runs,
+    markdown_head,
 )
 
 # (metric key in metrics.json, column label) per data set loader; other loaders show accuracy and HM.
@@ -126,8 +127,7 @@ def markdown(table: Table3, outputs: Path, skipped) -> str:
         f"(0–2) and mean per-sample harmonic mean of concept, instruction and fluency. {MISSING} = no run; "
         "(n=k) = mean over k runs of that family.",
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * 4 + "---:|" * len(table.columns),
+        *markdown_head(head, 4),
     ]
     for labels, cells in table.rows:
         lines.append("| " + " | ".join(labels + [_fmt(cells[c[:2]], count=True) for c in table.columns]) + " |")
