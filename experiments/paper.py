@@ -59,8 +59,6 @@ EXTRA = {
     "table3": ["stages=[train,sweep,fit,judge]", "judge.generation.max_new_tokens=32", "judge.max_tokens=48"],
 }
 EXTRA["all"] = EXTRA["table3"]
-# output_root of conf/experiment/dynamics.yaml: where the recipes' runs and reports live.
-DEFAULT_ROOT = "outputs/paper"
 # Where each data set lies in a local copy laid out as ../shared/data.
 LOCAL_DATA = {
     "psychopathy": "anthropic-evals/persona/psychopathy.jsonl",
@@ -97,8 +95,7 @@ def commands(
         [sys.executable, "run.py", "-m", f"experiment={name}", *extra, *EXTRA.get(target, []), *overrides]
         for name, extra in multiruns(PRESETS[preset], datasets, data)
     ]
-    roots = [o.split("=", 1)[1] for o in overrides if o.startswith("output_root=")]
-    outputs = roots[-1] if roots else DEFAULT_ROOT
+    outputs = output_root(PRESETS[preset], overrides)
     reports = []
     for name in RECIPES if target == "all" else [target]:
         report = [sys.executable, "-m", "steer.report", name, "--outputs", outputs]
@@ -107,6 +104,17 @@ def commands(
                 report += ["--dataset", dataset]
         reports.append(report)
     return [*runs, *reports]
+
+
+def output_root(preset: Preset, overrides: list[str]) -> str:
+    """Where the preset's runs land, so the report reads them: the last ``output_root=`` override,
+    else the ``output_root`` of the preset's first experiment (``outputs/paper``, ``outputs/smoke``)."""
+    roots = [o.split("=", 1)[1] for o in overrides if o.startswith("output_root=")]
+    if roots:
+        return roots[-1]
+    from steer.stages import compose_config
+
+    return str(compose_config([f"experiment={preset.experiments[0]}"]).output_root)
 
 
 # Parameter counts of the models (their model cards); the plan's FLOPs scale with them.

@@ -45,4 +45,4 @@ def test_experiment_is_a_plain_group_choice():
     plain = compose_config([])
     recipe = compose_config(["experiment=dynamics"], return_hydra_config=True)
     assert plain.output_root == "outputs" and recipe.output_root == "outputs/paper"
-    assert recipe.dataset.limit == 16 and recipe.hydra.sweeper.params.objective == "sft,split"
+    assert recipe.dataset.limit == 16 and recipe.hydra.sweeper.params.objective == "sft,reps,split"

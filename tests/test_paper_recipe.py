@@ -22,7 +22,7 @@ def load_recipe():
 
 @pytest.mark.parametrize(
     ("experiment", "forms", "objectives"),
-    [("dynamics", "vector,lora,local_weight", "sft,split"), ("dynamics_diffmean", "vector", "diffmean")],
+    [("dynamics", "vector,lora,local_weight", "sft,reps,split"), ("dynamics_diffmean", "vector", "diffmean")],
 )
 def test_experiment_configs_compose(experiment, forms, objectives):
     cfg = compose_config([f"experiment={experiment}"], return_hydra_config=True)
@@ -46,5 +46,7 @@ def test_recipe_commands(capsys):
         assert command[-4:] == [*paper.EXTRA["table3"], "judge.max_tokens=8"]
         assert paper.EXTRA["table3"][0] == "stages=[train,sweep,fit,judge]"
     assert judged[-1][-4:] == ["steer.report", "table3", "--outputs", "outputs/paper"]
+    smoke = paper.commands("table2", "sentiment", [], preset="smoke")
+    assert smoke[-1][-2:] == ["--outputs", "outputs/smoke"]  # the report reads where the preset's runs land
     with pytest.raises(SystemExit):
         paper.main(["table2", "--dry-run", "--not-an-override"])
