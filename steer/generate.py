@@ -27,16 +27,24 @@ nothing else in its batch, the texts equal one process's (greedy up to float tie
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
+import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from steer.interventions import DynamicAffine
+from steer.models import model_fingerprint
+from steer.resumable import run_resumable
 from steer.sweep import length_batches
+
+log = logging.getLogger("steer")
 
 
 @dataclass(frozen=True)
@@ -214,6 +222,8 @@ def generate(
     top_p: float = 1.0,
     seed: int = 0,
     progress: bool = True,
+    parts_dir: str | Path | None = None,
+    key: str = "",
 ) -> list[Generation]:
     """Continue every prompt text under every multiplier: one ``Generation`` per (prompt, m), in
     prompt-major order (``prompts[0]`` at each m, then ``prompts[1]``, ...).
@@ -224,9 +234,84 @@ def generate(
     ``do_sample``; sampling with ``temperature`` and nucleus ``top_p`` is seeded per row from
     (``seed``, prompt text, m), so identical prompts at the same m and seed get identical samples.
     Eval mode and ``torch.inference_mode`` inside; the model's training flag is restored.
+
+    With ``parts_dir``, the prompts go in chunks of one batch (``batch_size`` // number of m
+    prompts) whose answers are kept there as they finish (``steer.resumable``, under ``key`` and a
+    digest of everything the answers depend on): a re-run after a kill generates only the chunks
+    that were not finished, and returns what an uninterrupted run does.
     """
     _check(max_new_tokens, batch_size, do_sample, temperature, top_p)
     ms = _multipliers(multipliers, intervention)
+    options = {
+        "intervention": intervention, "multipliers": ms, "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size, "do_sample": do_sample, "temperature": temperature, "top_p": top_p, "seed": seed,
+    }  # fmt: skip
+    if parts_dir is None:
+        return _generate(model, tokenizer, prompts, progress=progress, **options)
+    return _resumable(model, tokenizer, prompts, options, progress, Path(parts_dir), key)
+
+
+def _resumable(
+    model, tokenizer, prompts: Sequence[str], options: dict, progress: bool, parts_dir: Path, key: str
+) -> list[Generation]:
+    """``generate`` in chunks of one batch, each kept in ``parts_dir`` once finished."""
+    full_key = generation_key(key, model, prompts, options)
+    bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress)
+
+    def compute(chunk: list[int]) -> pd.DataFrame:
+        found = _generate(model, tokenizer, [prompts[i] for i in chunk], progress=False, **options)
+        return pd.DataFrame(
+            {
+                "prompt_index": [chunk[g.prompt_index] for g in found],
+                "m": [g.m for g in found],
+                "text": [g.text for g in found],
+                "token_ids": [list(g.token_ids) for g in found],
+                "stopped_by_eos": [g.stopped_by_eos for g in found],
+            }
+        )
+
+    chunk = max(1, options["batch_size"] // len(options["multipliers"]))
+    done = run_resumable(range(len(prompts)), chunk, compute, parts_dir, full_key, progress=bar.update)
+    bar.close()
+    log.info(
+        "generate: computed %d of %d chunks, %d resumed from %s", done.computed, done.chunks, done.reused, parts_dir
+    )
+    rows = done.frame.itertuples(index=False)
+    return [
+        Generation(int(r.prompt_index), float(r.m), str(r.text), tuple(map(int, r.token_ids)), bool(r.stopped_by_eos))
+        for r in rows
+    ]
+
+
+def generation_key(key: str, model: nn.Module, prompts: Sequence[str], options: dict) -> str:
+    """A digest of everything the answers depend on, so kept parts are reused only by the same
+    generation: the caller's ``key``, the model, the prompts, Δ, the multipliers and the settings
+    (the chunking too: a batch's composition decides greedy ties of the padding)."""
+    intervention = options["intervention"]
+    settings = {k: v for k, v in options.items() if k != "intervention"}
+    digest = hashlib.sha256(f"{key}|{model_fingerprint(model)}|{json.dumps(settings, sort_keys=True)}|".encode())
+    digest.update((intervention.digest() if intervention is not None else "bare").encode())
+    digest.update(json.dumps(list(prompts)).encode())
+    return digest.hexdigest()
+
+
+def _generate(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    intervention: DynamicAffine | None,
+    multipliers: list[float],
+    max_new_tokens: int,
+    batch_size: int,
+    do_sample: bool,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    progress: bool,
+) -> list[Generation]:
+    """``generate`` of checked arguments, every prompt in one call."""
+    ms = multipliers
     encoded = [tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in prompts]
     empty = [i for i, ids in enumerate(encoded) if not ids]
     if empty:

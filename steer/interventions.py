@@ -11,6 +11,7 @@ per batch row, which lets training draw a multiplier per example and the sweep b
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,14 @@ class DynamicAffine(nn.Module):
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {name: value.detach().cpu().contiguous() for name, value in self.params().items()}
+
+    def digest(self) -> str:
+        """A hash of what the intervention computes (form, layer, every tensor's dtype and values):
+        keys the resumable parts of the computations run under it (sweep, generation)."""
+        h = hashlib.sha256(f"{self.form}|{self.info.layer}".encode())
+        for name, tensor in sorted(self.tensors().items()):
+            h.update(name.encode() + str(tensor.dtype).encode() + tensor.float().numpy().tobytes())
+        return h.hexdigest()
 
     def load_tensors(self, tensors: dict[str, torch.Tensor], source: str = "tensors") -> None:
         """Copy ``tensors`` into the parameters; names and shapes must match the form's exactly."""

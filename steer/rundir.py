@@ -14,6 +14,7 @@ report and other readers of finished runs stay light.
     dynamics.png               the run's dynamics figure
     generations.parquet        the judge stage's steered answers (split, example, part, m, text, tokens)
     judgments.parquet          every judge reply, its rubric, parsed and expected score, cached or not
+    accuracy.parquet           the judge stage's PrefOdds per test pair at m = 0 and the judged m (accuracy)
     judge_server.log           the log of the local judge server (judge=local)
     metrics.json               one section per stage of headline numbers
     config.yaml                the resolved config of the run (secrets redacted)
@@ -21,6 +22,7 @@ report and other readers of finished runs stay light.
     run_info.json              provenance: versions, git commit, model and data hashes, command, times, status
     run.log                    the run's log
     sweep.parts/               finished sweep batches while the sweep runs (deleted after)
+    generations.parts/         finished chunks of the judge stage's generation while it runs (deleted after)
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ FIT = "fit.json"
 FIGURE = "dynamics.png"
 GENERATIONS = "generations.parquet"
 JUDGMENTS = "judgments.parquet"
+ACCURACY = "accuracy.parquet"
 SERVER_LOG = "judge_server.log"
 METRICS = "metrics.json"
 CONFIG = "config.yaml"
@@ -55,6 +58,9 @@ LEDGER = "stages.json"
 RUN_LOG = "run.log"
 RUN_INFO = "run_info.json"
 SWEEP_PARTS = "sweep.parts"
+GENERATION_PARTS = "generations.parts"
+# Folders of resumable parts a killed run leaves to resume from (``steer.resumable``).
+PARTS = (SWEEP_PARTS, GENERATION_PARTS)
 SWEEP_COLUMNS = ("split", "example_id", "m", "loss_pos", "loss_neg", "pref_odds", "util_odds")
 
 
@@ -77,7 +83,7 @@ def write_sweep(run_dir: str | Path, frame: pd.DataFrame) -> None:
 
 
 def read_table(run_dir: str | Path, name: str) -> pd.DataFrame:
-    """A parquet table of the run (``GENERATIONS``, ``JUDGMENTS``)."""
+    """A parquet table of the run (``GENERATIONS``, ``JUDGMENTS``, ``ACCURACY``)."""
     return pd.read_parquet(Path(run_dir) / name)
 
 

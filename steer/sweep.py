@@ -140,9 +140,7 @@ def sweep_key(
     digest = hashlib.sha256(f"{key}|{model_fingerprint(model)}|{batch_size}|{per_token}|".encode())
     digest.update(repr([float(m) for m in grid]).encode())
     digest.update(repr([(p.prompt, p.positive, p.negative) for p in pairs]).encode())
-    digest.update(f"{intervention.form}|{intervention.info.layer}".encode())
-    for name, tensor in sorted(intervention.tensors().items()):
-        digest.update(name.encode() + str(tensor.dtype).encode() + tensor.float().numpy().tobytes())
+    digest.update(intervention.digest().encode())
     return digest.hexdigest()
 
 

@@ -242,6 +242,27 @@ def test_sampling_is_seeded_and_independent_of_batching(tok, prompts):
     assert [g.token_ids for g in greedy] != [g.token_ids for g in one]
 
 
+def test_resumable_generation_reuses_finished_chunks_and_equals_one_pass(tok, prompts, tmp_path, caplog):
+    model, iv = steerable("vector", len(tok))
+    kw = dict(intervention=iv, multipliers=[0.0, 4.0], max_new_tokens=6, batch_size=2, do_sample=True, seed=3)
+    whole = generate(model, tok, prompts, progress=False, **kw)
+    parts = tmp_path / "parts"
+    first = generate(model, tok, prompts, progress=False, parts_dir=parts, key="run", **kw)
+    assert first == whole  # one prompt per chunk (2 rows / 2 multipliers): three chunks on disk
+    kept = sorted(parts.glob("*.parquet"))
+    assert len(kept) == 3
+    kept[1].unlink()  # as if the run had been killed before its second chunk was written
+    with caplog.at_level("INFO", logger="steer"):
+        again = generate(model, tok, prompts, progress=False, parts_dir=parts, key="run", **kw)
+    assert again == whole
+    assert "generate: computed 1 of 3 chunks, 2 resumed" in caplog.text
+    # another key, intervention or setting is another computation: nothing of the old one is reused
+    iv.delta_b.data.add_(1.0)
+    changed = generate(model, tok, prompts, progress=False, parts_dir=parts, key="run", **kw)
+    assert [g.token_ids for g in changed if g.m == 4.0] != [g.token_ids for g in whole if g.m == 4.0]
+    assert [g for g in changed if g.m == 0.0] == [g for g in whole if g.m == 0.0]
+
+
 def test_top_p_nucleus_matches_transformers_warper():
     from transformers import TopPLogitsWarper
 

@@ -86,7 +86,7 @@ def test_sigterm_ends_the_run_with_one_line_and_records_it(tmp_path, monkeypatch
     assert "Traceback" not in out + err
     line = err.strip().splitlines()[-1]
     assert re.fullmatch(
-        r"interrupted \(SIGTERM\): kept finished stages: data, train; \d+ finished sweep batch\(es\) in "
+        r"interrupted \(SIGTERM\): kept finished stages: data, train; \d+ finished chunk\(s\) in "
         rf"sweep.parts/ in {re.escape(str(run_dir))}. Run the same command again to resume",
         line,
     ), line

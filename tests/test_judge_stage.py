@@ -161,6 +161,11 @@ def test_accuracy_with_m_chosen_on_validation_and_by_the_fit(trained, tmp_path):
     assert metrics["selection"]["validation"] == {str(m): v for m, v in sorted(scores.items())}
     assert metrics["steered"]["accuracy"] == accuracy(best, report)
     assert metrics["vanilla"]["accuracy"] == accuracy(0.0, report)
+    kept = pd.read_parquet(run_dir / "accuracy.parquet")  # per pair, for the report's bootstrap
+    assert sorted(kept["m"].unique()) == sorted({0.0, best})
+    for m in (0.0, best):
+        rows = kept[(kept["m"] == m) & kept["example_id"].isin(report)]
+        assert float((rows["pref_odds"] > 0).mean()) == metrics["steered" if m else "vanilla"]["accuracy"]
 
     run_dir = copy_run(trained, tmp_path / "fit")
     assert run(config("stages=[judge]", "judge.rubrics=[]", "judge.select=fit"), run_dir).ran == ["judge"]
@@ -225,7 +230,9 @@ def flaky_endpoint():
 
 
 @pytest.mark.slow
-def test_endpoint_failing_mid_stage_keeps_judgments_and_rerun_completes(trained, tmp_path, flaky_endpoint, monkeypatch):
+def test_endpoint_failing_mid_stage_keeps_judgments_and_rerun_completes(
+    trained, tmp_path, flaky_endpoint, monkeypatch, caplog
+):
     secret = "sk-test-DO-NOT-WRITE-4f1c9a"
     monkeypatch.setenv("STEER_TEST_JUDGE_KEY", secret)
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -254,10 +261,14 @@ def test_endpoint_failing_mid_stage_keeps_judgments_and_rerun_completes(trained,
     assert len(cache) == 2
     cache.close()
     assert not (run_dir / "metrics.json").exists()
+    assert list((run_dir / "generations.parts").rglob("*.parquet"))  # the finished generation is kept
 
     FlakyJudge.ok = 10**6  # the endpoint is back: the re-run asks only for the 2 missing answers
     FlakyJudge.seen = []
-    assert run(config("stages=[judge]", *JUDGE, *judge), run_dir).ran == ["judge"]
+    with caplog.at_level("INFO", logger="steer"):
+        assert run(config("stages=[judge]", *JUDGE, *judge), run_dir).ran == ["judge"]
+    assert "generate: computed 0 of 1 chunks, 1 resumed" in caplog.text  # nothing generated twice
+    assert not (run_dir / "generations.parts").exists()
     assert len(FlakyJudge.seen) == 2
     done = pd.read_parquet(run_dir / "judgments.parquet")
     assert len(done) == 4 and done["cached"].sum() == 2

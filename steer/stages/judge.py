@@ -9,7 +9,8 @@ metrics live in ``steer.judge``. Per run:
    several;
 3. on the main process, judge every generation with the protocol's rubrics (accuracy from a scoring
    pass needs no judge);
-4. write ``generations.parquet``, ``judgments.parquet`` and the ``judge`` section of ``metrics.json``.
+4. write ``generations.parquet``, ``judgments.parquet``, ``accuracy.parquet`` (PrefOdds per test
+   pair at m = 0 and the judged m, empty without accuracy) and the ``judge`` section of ``metrics.json``.
 
 Every judge answer is cached (``$STEER_CACHE/judge``): a re-run makes no HTTP call for what was
 answered, and with ``judge=local`` starts no server when nothing is missing. If the endpoint fails
@@ -49,6 +50,7 @@ from steer.judge.evaluate import (
 )
 from steer.judge.select import Choice, by_fit, by_validation, fixed
 from steer.judge.settings import Settings, make_client, parse_settings
+from steer.resumable import finish
 from steer.stages.base import Stage
 from steer.stages.context import RunContext
 from steer.sweep import sweep
@@ -74,7 +76,7 @@ class JudgeStage(Stage):
         "judge.cache_dir",
         "judge.generation.batch_size",
     )
-    outputs = (rundir.GENERATIONS, rundir.JUDGMENTS, rundir.METRICS)
+    outputs = (rundir.GENERATIONS, rundir.JUDGMENTS, rundir.ACCURACY, rundir.METRICS)
     after = ("fit",)
     parallel = True  # generation is sharded over the processes; the main one judges and writes
 
@@ -152,11 +154,13 @@ class Job:
         ctx, g = self.ctx, self.s.generation
         mine = ctx.shard(records)
         prompts = [self.prompt(r) for r in mine]
+        parts = ctx.path(rundir.GENERATION_PARTS) / f"{part}-{ctx.state.process_index}-of-{ctx.state.num_processes}"
         start = time.perf_counter()
         answers = generate(
             ctx.model, ctx.tokenizer, prompts, intervention=self.iv, multipliers=list(grid),
             max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, do_sample=g.do_sample,
             temperature=g.temperature, top_p=g.top_p, seed=g.seed, progress=bool(ctx.cfg.progress),
+            parts_dir=parts, key=ctx.fingerprint or "",
         )  # fmt: skip
         k = len(grid)
         local = [generation_rows(r, prompts[i], part, answers[i * k : (i + 1) * k]) for i, r in enumerate(mine)]
@@ -211,10 +215,13 @@ class Job:
         run_dir = self.ctx.run_dir
         rundir.write_table(run_dir, rundir.GENERATIONS, pd.DataFrame(self.work.generations, columns=GENERATION_COLUMNS))
         rundir.write_table(run_dir, rundir.JUDGMENTS, pd.DataFrame(self.work.judgments, columns=JUDGMENT_COLUMNS))
+        accuracy = self.frame if self.frame is not None else pd.DataFrame(columns=list(rundir.SWEEP_COLUMNS))
+        rundir.write_table(run_dir, rundir.ACCURACY, accuracy)
 
     def finish(self) -> None:
         """Write the tables and the judge section of ``metrics.json``; log them to the tracker."""
         self.write_tables()
+        finish(self.ctx.path(rundir.GENERATION_PARTS))
         ids = {r.example_id for r in self.report}
         section = metrics(self.s, self.client, self.choice, self.work, self.frame, ids, len(self.validation))
         rundir.update_metrics(self.ctx.run_dir, "judge", section, replace=True)

@@ -209,16 +209,17 @@ def plan(
 
 
 def kept(run_dir: Path, stages: Sequence[Stage]) -> str:
-    """What an interrupted run leaves to resume from: its finished stages and sweep batches."""
+    """What an interrupted run leaves to resume from: its finished stages and resumable chunks."""
     path = Path(run_dir) / rundir.LEDGER
     try:
         done = [name for name in (read_json(path) if path.is_file() else {}) if name in {s.name for s in stages}]
     except ValueError:
         done = []
-    parts = sum(kept_parts(d) for d in (Path(run_dir) / rundir.SWEEP_PARTS).glob("*") if d.is_dir())
     what = f"finished stages: {', '.join(done) if done else 'none'}"
-    if parts:
-        what += f"; {parts} finished sweep batch(es) in {rundir.SWEEP_PARTS}/"
+    for folder in rundir.PARTS:
+        parts = sum(kept_parts(d) for d in (Path(run_dir) / folder).glob("*") if d.is_dir())
+        if parts:
+            what += f"; {parts} finished chunk(s) in {folder}/"
     return f"kept {what} in {run_dir}. Run the same command again to resume"
 
 
