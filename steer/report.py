@@ -1,11 +1,11 @@
 """The paper's R² tables (2, 5, 6) and dynamics figures (2, 4, 5) from finished runs.
 
     python -m steer.report table2|table3|table5|table6|fig2|fig4|fig5 [--outputs DIR] [--dataset NAME ...]
-    python -m steer.report table2|table5|table6|front [--bootstrap N --seed S] [--deltas 1,2,5]
+    python -m steer.report table2|table3|table5|table6|front [--bootstrap N --seed S] [--deltas 1,2,5]
 
 ``table3`` is the judged results (``steer.judge.table3``); ``front`` the preference-utility front
 (``steer.front``); ``--bootstrap N`` adds 95 % intervals over examples (``steer.bootstrap``) to the
-R² tables and the front.
+R² tables, the front and the judged metrics of table3.
 
 A finished run is a directory under DIR (default ``outputs/``) holding ``fit.json`` (written last
 by the fit stage) and ``config.yaml``. Everything is written under ``DIR/reports/``.
@@ -517,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--split", choices=SPLITS, default="train", help="figures: which split's curves to draw")
     parser.add_argument(
-        "--bootstrap", type=int, default=0, metavar="N", help="tables, front: N bootstrap replicates (0 = off)"
+        "--bootstrap", type=int, default=0, metavar="N", help="tables (3 too), front: N bootstrap replicates (0 = off)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap replicates")
     parser.add_argument("--deltas", default=None, help="front: utility budgets δ, comma-separated (default 1,2,5)")
@@ -530,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.target == "table3":
             from steer.judge.table3 import build_table3
 
-            paths = build_table3(args.outputs)
+            paths = build_table3(args.outputs, args.bootstrap, args.seed)
             print(paths[0].read_text())
         elif args.target in TABLES:
             if args.dataset:

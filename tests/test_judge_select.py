@@ -122,3 +122,72 @@ def test_settings_follow_the_protocol_and_sampling_is_checked():
     ):
         with pytest.raises(ValueError, match=message):
             parse_settings({**judge, "generation": {"batch_size": 4, **generation}}, "axbench", [2])
+
+
+def write_examples(run, correct: list[bool], concept: list[float], fluency: list[float], m: float = 2.0) -> None:
+    """pairs.jsonl, accuracy.parquet and judgments.parquet of a judged sentiment run: the same
+    per-example results at m = 0 and at m (instruction always 2)."""
+    import pandas as pd
+
+    from steer.data import PairRecord, write_pairs
+
+    ids = [f"t{i}" for i in range(len(correct))]
+    write_pairs(run / "pairs.jsonl", [PairRecord("test", i, "p", "a", "b") for i in ids])
+    accuracy = [
+        {"split": "test", "example_id": i, "m": mm, "pref_odds": 1.0 if ok else -1.0} for mm in (0.0, m)
+        for i, ok in zip(ids, correct, strict=True)
+    ]  # fmt: skip
+    pd.DataFrame(accuracy).to_parquet(run / "accuracy.parquet")
+    rows = []
+    for mm in (0.0, m):
+        for i, c, f in zip(ids, concept, fluency, strict=True):
+            for rubric, score in (("concept", c), ("instruction", 2.0), ("fluency", f)):
+                rows.append({"example_id": i, "part": "report", "m": mm, "rubric": rubric, "score": score})
+    pd.DataFrame(rows).to_parquet(run / "judgments.parquet")
+
+
+def test_table3_bootstrap_intervals_over_test_examples(tmp_path):
+    """Accuracy of 8 pairs, 4 right: a resampled accuracy is Binomial(8, 1/2) / 8, whose 2.5 and 97.5
+    percentiles are 1/8 and 7/8. A metric equal on every example has a zero-width interval. The
+    per-example rows reproduce the metrics of metrics.json (hand-computed here)."""
+    from steer.judge.table3 import find_judged, run_examples
+
+    correct = [True, False] * 4
+    concept = [2.0, 1.0, 0.0, 2.0, 2.0, 1.0, 2.0, float("nan")]  # the last reply unparseable
+    fluency = [2.0] * 8
+    # HM per example of (concept, 2, 2): 2, 1.5, 0, 2, 2, 1.5, 2, missing -> mean 11/7
+    hand = {"accuracy": 0.5, "concept": 10 / 7, "hm": 11 / 7}
+    write_run(tmp_path, "sentiment", "sentiment", "vector", "split", hand, hand)
+    run = tmp_path / "sentiment"
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["judge"]["protocol"] = {"rubrics": {"concept": "v1", "instruction": "v1", "fluency": "v1"}}
+    for condition in ("vanilla", "steered"):
+        metrics["judge"][condition]["m"] = 0.0 if condition == "vanilla" else 2.0
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    write_examples(run, correct, concept, fluency)
+
+    (judged,), _ = find_judged(tmp_path)
+    examples = run_examples(judged)
+    for condition, frame in examples.items():
+        assert list(frame.index) == [f"t{i}" for i in range(8)]
+        for metric, value in hand.items():
+            assert np.nanmean(frame[metric]) == pytest.approx(value), (condition, metric)
+
+    md, csv, _ = build_table3(tmp_path, bootstrap=4000, seed=1)
+    text = md.read_text()
+    assert "| smollm2-135m | 15 | Vector | SPLIT | 0.500 [0.125, 0.875] |" in text
+    assert "4000 replicates per run (seed 1), 1 of 1 runs with per-example files" in text
+    first = csv.read_text()
+    row = [line for line in first.splitlines() if ",Vector," in line][0].split(",")
+    header = first.splitlines()[0].split(",")
+    values = dict(zip(header, row, strict=True))
+    assert float(values["sentiment_accuracy_lo"]) == 0.125 and float(values["sentiment_accuracy_hi"]) == 0.875
+    assert float(values["sentiment_concept_lo"]) < 10 / 7 < float(values["sentiment_concept_hi"]) <= 2.0
+    # same seed, same intervals; another seed, other (concept) intervals
+    assert build_table3(tmp_path, bootstrap=4000, seed=1)[0].read_text() == text
+    other = build_table3(tmp_path, bootstrap=50, seed=2)[1].read_text()
+    assert other != first
+    # without the per-example files the values stay and the interval goes
+    (run / "judgments.parquet").unlink()
+    plain = build_table3(tmp_path, bootstrap=100)[0].read_text()
+    assert "| Vector | SPLIT | 0.500 | 1.429 | 1.571 |" in plain and "0 of 1 runs" in plain

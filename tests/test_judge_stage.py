@@ -14,6 +14,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psutil
 import pytest
@@ -133,6 +134,15 @@ def test_local_judge_over_http_then_cached(trained, tmp_path):
     rerun = pd.read_parquet(run_dir / "judgments.parquet")
     assert rerun["cached"].all() and rerun["reply"].tolist() == judgments["reply"].tolist()
     assert {p.pid for p in serve_processes()} <= before
+
+    # Table 3's bootstrap resamples per-example rows whose means are the stage's metrics.
+    from steer.judge.table3 import find_judged, run_examples
+
+    (judged,), _ = find_judged(tmp_path)
+    for condition, frame in run_examples(judged).items():
+        assert set(frame.columns) == {"accuracy", "fluency"} and len(frame) == 2
+        for metric in frame.columns:
+            assert np.nanmean(frame[metric]) == pytest.approx(again[condition][metric]), (condition, metric)
 
 
 @pytest.mark.slow

@@ -53,17 +53,6 @@ class Work:
         return sum(int(row["tokens"]) for row in self.generations)
 
 
-def split_records(records: list[PairRecord], select: str) -> tuple[list[PairRecord], list[PairRecord]]:
-    """(validation, report): with ``select=validation`` the first half of the test pairs chooses m
-    and the second half is reported; otherwise every pair is reported."""
-    if select != "validation":
-        return [], records
-    if len(records) < 2:
-        raise ValueError("judge.select=validation needs at least 2 test pairs (half validate, half report)")
-    half = (len(records) + 1) // 2
-    return records[:half], records[half:]
-
-
 def generation_rows(record: PairRecord, prompt: str, part: str, generations: Sequence[Generation]) -> list[dict]:
     """The ``generations.parquet`` rows of one prompt's answers (one per m)."""
     return [

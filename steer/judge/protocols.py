@@ -81,24 +81,37 @@ def _mean(values: Sequence[float]) -> float | None:
     return float(np.mean(clean)) if clean else None
 
 
+def example_scores(rubrics: Sequence[str], judgments: pd.DataFrame, column: str = "score") -> pd.DataFrame:
+    """One row per judged example (index ``example_id``) of one condition's judgment rows: each
+    rubric's ``column`` (NaN where the rubric gave none) and, with the three AxBench rubrics, the
+    per-sample harmonic mean ``hm`` (NaN where one of its scores is missing). A condition's metric
+    is its column's mean over the examples with a value; the report's bootstrap resamples these rows."""
+    names = list(rubrics)
+    if judgments.empty:
+        table = pd.DataFrame(columns=names, dtype=float)
+    else:
+        table = judgments.pivot_table(index="example_id", columns="rubric", values=column, aggfunc="first")
+        table = table.reindex(columns=names).astype(float)
+    if set(AXBENCH) <= set(names):
+        rows = table[list(AXBENCH)].to_numpy()
+        table["hm"] = [math.nan if np.isnan(r).any() else harmonic_mean(r.tolist()) for r in rows]
+    table.columns.name = None
+    return table
+
+
 def condition_metrics(rubrics: Sequence[str], judgments: pd.DataFrame, accuracy: float | None) -> dict:
     """The metrics of one condition from its judgment rows (``example_id``, ``rubric``, ``score``,
     ``parsed``, ``expected``): per rubric the mean score (unparseable replies excluded where the
     rubric gives them no score, counted as 0 where it does), parseable/unparseable counts and the
     mean expected score; ``hm`` when the three AxBench rubrics are there; ``accuracy`` when given."""
     out: dict = {} if accuracy is None else {"accuracy": accuracy}
+    scores, expected = example_scores(rubrics, judgments), example_scores(rubrics, judgments, "expected")
     for rubric in rubrics:
-        rows = judgments[judgments["rubric"] == rubric]
-        out[rubric] = _mean(rows["score"].tolist())
-        out[f"{rubric}_parseable"] = int(rows["parsed"].sum())
-        out[f"{rubric}_unparseable"] = int((~rows["parsed"].astype(bool)).sum())
-        out[f"{rubric}_expected"] = _mean(rows["expected"].tolist())
-    if set(AXBENCH) <= set(rubrics) and len(judgments):
-        for column, name in (("score", "hm"), ("expected", "hm_expected")):
-            table = judgments[judgments["rubric"].isin(AXBENCH)].pivot_table(
-                index="example_id", columns="rubric", values=column, aggfunc="first", dropna=False
-            )
-            rows = [table.loc[i, list(AXBENCH)].tolist() for i in table.index] if set(AXBENCH) <= set(table) else []
-            values = [harmonic_mean(r) for r in rows if not any(v is None or math.isnan(v) for v in r)]
-            out[name] = _mean(values)
+        parsed = judgments.loc[judgments["rubric"] == rubric, "parsed"].astype(bool)
+        out[rubric] = _mean(scores[rubric].tolist())
+        out[f"{rubric}_parseable"] = int(parsed.sum())
+        out[f"{rubric}_unparseable"] = int((~parsed).sum())
+        out[f"{rubric}_expected"] = _mean(expected[rubric].tolist())
+    if "hm" in scores and len(judgments):
+        out["hm"], out["hm_expected"] = _mean(scores["hm"].tolist()), _mean(expected["hm"].tolist())
     return out

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from steer.data import PairRecord
 from steer.fit import curve
 
 METHODS = ("fixed", "validation", "fit")
@@ -30,6 +31,17 @@ class Choice:
     method: str
     reason: str
     details: dict = field(default_factory=dict)
+
+
+def split_records(records: list[PairRecord], select: str) -> tuple[list[PairRecord], list[PairRecord]]:
+    """(validation, report): with ``select=validation`` the first half of the test pairs chooses m
+    and the second half is reported; otherwise every pair is reported."""
+    if select != "validation":
+        return [], records
+    if len(records) < 2:
+        raise ValueError("judge.select=validation needs at least 2 test pairs (half validate, half report)")
+    half = (len(records) + 1) // 2
+    return records[:half], records[half:]
 
 
 def fixed(m: float) -> Choice:

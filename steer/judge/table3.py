@@ -6,12 +6,21 @@ per model (m = 0, the mean over that model's runs: every run scores its own base
 data set family present: Psychopathy accuracy, PowerSeeking mean score, AxBench mean concept score
 and mean harmonic mean, and for the built-in sentiment set accuracy, concept and HM. Runs of one
 family (AxBench concepts) are averaged and marked (n=k); a cell without runs is "—", never 0.
+
+``bootstrap`` > 0 adds 95 % intervals over test examples: per run, the report prompts are drawn
+with replacement (one draw for every metric and both conditions of the run), each metric is
+recomputed as the mean of the drawn examples' scores (``example_scores``: accuracy from
+``accuracy.parquet``, rubric scores and harmonic means from ``judgments.parquet``), and a cell's
+interval is the percentile interval of the replicate-wise mean over its runs. Nothing is refitted or
+judged again, so it takes seconds.
 """
 
 from __future__ import annotations
 
+import time
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +28,9 @@ import pandas as pd
 
 from steer import rundir
 from steer.atomic import atomic_write_text
+from steer.bootstrap import percentile_interval
+from steer.judge.protocols import example_scores
+from steer.judge.select import split_records
 from steer.report import (
     FORM_LABELS,
     MISSING,
@@ -48,16 +60,68 @@ DEFAULT_COLUMNS = (("accuracy", "Acc"), ("hm", "HM"))
 VANILLA = "Vanilla"
 
 
+CONDITIONS = ("vanilla", "steered")
+
+
 @dataclass(frozen=True)
 class JudgedRun:
-    """A finished run (``steer.report.Run``) and the judge section of its ``metrics.json``."""
+    """A finished run (``steer.report.Run``) and the judge section of its ``metrics.json``;
+    ``replicates`` (condition, metric) -> bootstrap samples, when the report bootstraps."""
 
     run: Run
     judge: dict
+    replicates: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
     def value(self, condition: str, metric: str) -> float | None:
         value = self.judge.get(condition, {}).get(metric)
         return None if value is None else float(value)
+
+
+def run_examples(run: JudgedRun) -> dict[str, pd.DataFrame]:
+    """Per condition, one row per report prompt of the run (the test pairs, less the validation half
+    under ``judge.select=validation``): ``accuracy`` (1/0, PrefOdds > 0) where the protocol has it,
+    each rubric's score and ``hm``. The mean of a column is that metric of ``metrics.json``."""
+    path = run.run.path
+    _, report = split_records(rundir.read_pairs(path, "test"), run.judge.get("select", "fit"))
+    ids = [r.example_id for r in report]
+    judgments = rundir.read_table(path, rundir.JUDGMENTS)
+    judgments = judgments[judgments["part"] == "report"]
+    accuracy = rundir.read_table(path, rundir.ACCURACY) if (path / rundir.ACCURACY).is_file() else None
+    rubrics = list(run.judge.get("protocol", {}).get("rubrics", {}))
+    out = {}
+    for condition in CONDITIONS:
+        m = float(run.judge[condition]["m"])
+        frame = example_scores(rubrics, judgments[judgments["m"] == m]).reindex(ids)
+        if accuracy is not None and not accuracy.empty:
+            odds = accuracy[accuracy["m"] == m].set_index("example_id")["pref_odds"].reindex(ids)
+            frame["accuracy"] = (odds > 0).astype(float).where(odds.notna())
+        out[condition] = frame
+    return out
+
+
+def example_replicates(examples: dict[str, pd.DataFrame], n: int, seed: int) -> dict[tuple[str, str], np.ndarray]:
+    """``n`` bootstrap means of every (condition, metric) column, one draw of the examples shared by all."""
+    size = len(next(iter(examples.values())))
+    draws = np.random.default_rng(seed).integers(0, size, (n, size))
+    out = {}
+    with warnings.catch_warnings():  # a draw of only unparseable replies has no mean: NaN, counted missing
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for condition, frame in examples.items():
+            for metric in frame.columns:
+                out[condition, metric] = np.nanmean(frame[metric].to_numpy(dtype=float)[draws], axis=1)
+    return out
+
+
+def with_replicates(runs: Sequence[JudgedRun], n: int, seed: int) -> list[JudgedRun]:
+    """The runs with their bootstrap samples; a run without its per-example files keeps its
+    values, without interval."""
+    out = []
+    for run in runs:
+        needed = (rundir.PAIRS, rundir.JUDGMENTS)
+        if all((run.run.path / name).is_file() for name in needed):
+            run = JudgedRun(run.run, run.judge, example_replicates(run_examples(run), n, seed))
+        out.append(run)
+    return out
 
 
 def find_judged(outputs: Path) -> tuple[list[JudgedRun], list[tuple[Path, str]]]:
@@ -96,9 +160,12 @@ def build(runs: Sequence[JudgedRun]) -> Table3:
     def cells(mine: Sequence[JudgedRun], condition: str) -> dict[tuple[str, str], Cell]:
         out = {}
         for loader, metric, _ in columns:
-            values = [r.value(condition, metric) for r in mine if r.run.loader == loader]
-            values = [v for v in values if v is not None]
-            out[loader, metric] = Cell(float(np.mean(values)) if values else None, len(values))
+            used = [r for r in mine if r.run.loader == loader and r.value(condition, metric) is not None]
+            values = [r.value(condition, metric) for r in used]
+            interval = None
+            if used and all((condition, metric) in r.replicates for r in used):
+                interval = percentile_interval(np.mean([r.replicates[condition, metric] for r in used], axis=0))
+            out[loader, metric] = Cell(float(np.mean(values)) if values else None, len(values), interval)
         return out
 
     rows = []
@@ -157,8 +224,12 @@ def csv(table: Table3) -> str:
     for labels, cells in table.rows:
         record = dict(zip(("model", "layer", "form", "objective"), labels, strict=True))
         for loader, metric, _ in table.columns:
-            record[f"{loader}_{metric}"] = cells[loader, metric].value
-            record[f"{loader}_{metric}_n"] = cells[loader, metric].n
+            cell = cells[loader, metric]
+            record[f"{loader}_{metric}"] = cell.value
+            if cell.interval is not None:
+                record[f"{loader}_{metric}_lo"] = cell.interval.lo
+                record[f"{loader}_{metric}_hi"] = cell.interval.hi
+            record[f"{loader}_{metric}_n"] = cell.n
         records.append(record)
     return pd.DataFrame.from_records(records).to_csv(index=False)
 
@@ -182,18 +253,28 @@ def latex(table: Table3) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_table3(outputs: Path) -> list[Path]:
-    """Write ``reports/table3.{md,csv,tex}`` under ``outputs``."""
+def build_table3(outputs: Path, bootstrap: int = 0, seed: int = 0) -> list[Path]:
+    """Write ``reports/table3.{md,csv,tex}`` under ``outputs``; ``bootstrap`` > 0 adds 95 % intervals
+    over test examples from that many replicates per run."""
     runs, skipped = find_judged(outputs)
     if not runs:
         raise NoRuns(
             f"no judged runs under {outputs} (a judged run has metrics.json with a judge section); run the "
             "pipeline with the judge stage first, e.g. `python run.py stages=[train,sweep,fit,judge]`, or `make table3`"
         )
+    note = ""
+    if bootstrap:
+        start = time.perf_counter()
+        runs = with_replicates(runs, bootstrap, seed)
+        note = (
+            f"\n[lo, hi] = 95 % bootstrap interval over test examples: {bootstrap} replicates per run (seed {seed}), "
+            f"{sum(bool(r.replicates) for r in runs)} of {len(runs)} runs with per-example files; "
+            f"{time.perf_counter() - start:.1f} s.\n"
+        )
     table = build(runs)
     out = outputs / REPORTS
     texts = {
-        out / "table3.md": markdown(table, outputs, skipped),
+        out / "table3.md": markdown(table, outputs, skipped) + note,
         out / "table3.csv": csv(table),
         out / "table3.tex": latex(table),
     }

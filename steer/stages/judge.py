@@ -45,10 +45,9 @@ from steer.judge.evaluate import (
     judge_rows,
     metrics,
     scored_generations,
-    split_records,
     tracked,
 )
-from steer.judge.select import Choice, by_fit, by_validation, fixed
+from steer.judge.select import Choice, by_fit, by_validation, fixed, split_records
 from steer.judge.settings import Settings, make_client, parse_settings
 from steer.resumable import finish
 from steer.stages.base import Stage
