@@ -31,7 +31,6 @@ PACKAGES = (
     "transformers",
     "accelerate",
     "safetensors",
-    "datasets",
     "huggingface-hub",
     "tokenizers",
     "numpy",

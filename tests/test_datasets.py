@@ -339,12 +339,8 @@ def test_axbench_run_generates_and_caches_negatives(smol, tmp_path, monkeypatch)
     )
 
 
-def test_hub_loading_through_datasets_gives_the_same_pairs(shared_data, tmp_path, monkeypatch):
-    """``dataset.hub`` goes through ``datasets.load_dataset(repo, data_files=file)``; a local folder
-    in the hub layout stands in for the hub repo here (no network), the code path is the same."""
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path))
+def test_hub_folder_gives_the_same_pairs(shared_data):
+    """A local folder in the hub layout stands in for a hub repo (``dataset.hub=FOLDER``)."""
     local = data.load_dataset(cfg_for("dataset=psychopathy", f"dataset.path={shared_data / PSYCHOPATHY}"))
     hub = data.load_dataset(cfg_for("dataset=psychopathy", f"dataset.hub={shared_data / 'anthropic-evals'}"))
     assert (hub.train, hub.test) == (local.train, local.test)
@@ -354,6 +350,60 @@ def test_hub_loading_through_datasets_gives_the_same_pairs(shared_data, tmp_path
         cfg_for(*ax, f"dataset.hub={shared_data / AXBENCH}", "dataset.file=generate/train_data.parquet")
     )
     assert (hub.train, hub.test) == (local.train, local.test)  # the concept text from output_concept
+
+
+def persona_lines(n: int, flip: int | None = None) -> str:
+    rows = [
+        {"question": f"Statement {i}?", "answer_matching_behavior": " Yes", "answer_not_matching_behavior": " No"}
+        for i in range(n)
+    ]
+    if flip is not None:
+        rows[flip]["question"] = "An edited statement?"
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def test_hub_data_is_fetched_by_huggingface_hub_and_addressed_by_commit_and_bytes(tmp_path, monkeypatch):
+    """The real hub client (``hf_hub_download``) reads a Hugging Face cache laid out as the hub
+    leaves it (offline: no network here). The data stage's input identity names the commit the
+    revision resolves to and the file's sha256: a new commit on main is a new identity, a pinned
+    ``dataset.revision`` keeps the old one, and a revision that cannot be fetched is named."""
+    from huggingface_hub import constants
+
+    from steer.stages.runner import data_identity
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    repo = cache / "datasets--Anthropic--model-written-evals"
+
+    def push(commit: str, text: str) -> None:
+        file = repo / "snapshots" / commit / "persona" / "psychopathy.jsonl"
+        file.parent.mkdir(parents=True)
+        file.write_text(text)
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+
+    old, new = "a" * 40, "b" * 40
+    push(old, persona_lines(6))
+    sizes = ["dataset.n_train=4", "dataset.n_test=2"]
+    cfg = cfg_for("dataset=psychopathy", *sizes)
+    first = data_identity(cfg)
+    digest = hashlib.sha256(persona_lines(6).encode()).hexdigest()
+    assert first == f"hub:Anthropic/model-written-evals@{old}/persona/psychopathy.jsonl sha256:{digest}"
+    splits = data.load_dataset(cfg)
+    assert len(splits.train) == 4 and len(splits.test) == 2
+    assert {p.prompt for p in splits.train + splits.test} == {f"Statement {i}?" for i in range(6)}
+
+    push(new, persona_lines(6, flip=3))  # someone pushes an edit to main
+    assert data_identity(cfg) != first
+    edited = data.load_dataset(cfg)
+    assert "An edited statement?" in {p.prompt for p in edited.train + edited.test}
+    pinned = cfg_for("dataset=psychopathy", *sizes, f"dataset.revision={old}")
+    assert data_identity(pinned) == first
+    missing = cfg_for("dataset=psychopathy", *sizes, "dataset.revision=v9")
+    assert data_identity(missing) == "unreachable hub:Anthropic/model-written-evals/persona/psychopathy.jsonl@v9"
+    with pytest.raises(ValueError, match=r"at revision v9 .*dataset\.path="):
+        data.load_dataset(missing)
 
 
 @pytest.mark.slow

@@ -50,7 +50,9 @@ def name(concept_id: int = 0, path: str | None = None, hub: str | None = DEFAULT
     return f"axbench-c{concept_id}" if release in PAPER_RELEASES else f"axbench-{release}-c{concept_id}"
 
 
-def read_source(path: str | None, hub: str | None, file: str) -> tuple[Table, Table | None]:
+def read_source(
+    path: str | None, hub: str | None, file: str, revision: str | None = None
+) -> tuple[Table, Table | None]:
     """The training table and, for a local release, its ``metadata.jsonl`` (None when absent)."""
     if path:
         parquet = find_file(path, (*RELEASE_FILES, file, Path(file).name))
@@ -58,7 +60,7 @@ def read_source(path: str | None, hub: str | None, file: str) -> tuple[Table, Ta
         return read_table(parquet, COLUMNS), read_table(metadata) if metadata.is_file() else None
     if not hub:
         raise ValueError("set dataset.path (an AxBench release folder or parquet) or dataset.hub")
-    return hub_table(hub, file, COLUMNS), None
+    return hub_table(hub, file, COLUMNS, revision), None
 
 
 def concept_text(concept_id: int, positives: list[Row], metadata: Table | None) -> str:
@@ -85,10 +87,11 @@ def load(
     n_train: int = 64,
     n_test: int = 8,
     seed: int = 0,
+    revision: str | None = None,
 ) -> Splits:
     if not isinstance(concept_id, int) or isinstance(concept_id, bool) or concept_id < 0:
         raise ValueError(f"dataset.concept_id must be a non-negative integer, got {concept_id!r}")
-    table, metadata = read_source(path, hub, file)
+    table, metadata = read_source(path, hub, file, revision)
     positives = [
         row for row in table.rows if row.text("category") == "positive" and row.integer("concept_id") == concept_id
     ]

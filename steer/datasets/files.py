@@ -1,18 +1,17 @@
 """Rows of a data set file, read from a local path or the Hugging Face hub, each knowing where it is.
 
-Loaders read JSONL, CSV and parquet through ``read_table`` (local) or ``hub_table`` (the
-``datasets`` library), then pull typed fields with ``Row.text``/``Row.integer``/``Row.answer``.
-Every row carries its location — ``file:line N`` for JSONL and CSV (the physical line where the
-row starts), ``file: row N`` for parquet and hub files (1-based data row) — so a missing column,
-an empty file or a value of the wrong type fails with the file and row named, before any model
-work. ``Table.digest`` (sha256 of the file bytes, or of the rows of a hub download) keys caches
-derived from the data.
+Loaders read JSONL, CSV and parquet through ``read_table`` (local) or ``hub_table`` (a hub file
+downloaded by ``huggingface_hub``, then read as a local one), then pull typed fields with
+``Row.text``/``Row.integer``/``Row.answer``. Every row carries its location — ``file:line N`` for
+JSONL and CSV (the physical line where the row starts), ``file: row N`` for parquet (1-based data
+row) — so a missing column, an empty file or a value of the wrong type fails with the file and row
+named, before any model work. ``Table.digest`` (sha256 of the file bytes, a hub file's too) keys
+caches derived from the data.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -151,29 +150,37 @@ def read_table(path: str | Path, columns: Sequence[str] = ()) -> Table:
     return Table(rows, str(path), file_digest(path))
 
 
-def hub_table(repo: str, file: str, columns: Sequence[str] = ()) -> Table:
-    """The rows of ``file`` in the hub data set ``repo``, loaded with the ``datasets`` library.
-
-    Fails with a message naming ``dataset.path`` when the hub cannot be reached (offline, or
-    ``HF_HUB_OFFLINE=1``) so the fix — a local copy — is one override away.
+def hub_file(repo: str, file: str, revision: str | None = None) -> tuple[Path, str]:
+    """(local path, source) of ``file`` in the hub data set ``repo`` at ``revision`` (a branch, tag or
+    commit; None = the main branch), through ``huggingface_hub``: downloaded once into its cache,
+    read from there offline. The source names the commit the revision resolved to, so a change pushed
+    to the branch is another source (and another fingerprint). A local folder in the hub layout
+    stands in for a repo (a mirror). Fails naming ``dataset.path`` when the hub cannot be reached
+    (offline, or ``HF_HUB_OFFLINE=1`` with nothing cached), so the fix is one override away.
     """
-    import datasets
+    folder = Path(repo).expanduser()
+    if folder.is_dir():
+        return find_file(folder, [file]), f"{folder}/{file}"
+    from huggingface_hub import hf_hub_download
 
-    name = f"hub:{repo}/{file}"
     try:
-        data = datasets.load_dataset(repo, data_files=file, split="train")
+        path = Path(hf_hub_download(repo, file, repo_type="dataset", revision=revision))
     except Exception as err:  # the hub client raises many types (connection, offline, not found)
+        at = f" at revision {revision}" if revision else ""
         raise ValueError(
-            f"could not load {file} from the Hugging Face hub data set {repo} ({type(err).__name__}: {err}). "
+            f"could not load {file} from the Hugging Face hub data set {repo}{at} ({type(err).__name__}: {err}). "
             f"Offline or no access? Download the file and set dataset.path=/local/copy/of/{Path(file).name} "
             "(or a folder holding it)"
         ) from err
-    check_columns(name, "schema", list(data.column_names), columns)
-    values = list(data)
-    if not values:
-        raise ValueError(f"{name}: the file is empty (no data rows)")
-    digest = hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
-    return Table([Row(v, i, f"{name}: row {i + 1}") for i, v in enumerate(values)], name, digest)
+    commit = path.parents[len(Path(file).parts) - 1].name  # <cache>/snapshots/<commit>/<file>
+    return path, f"hub:{repo}@{commit}/{file}"
+
+
+def hub_table(repo: str, file: str, columns: Sequence[str] = (), revision: str | None = None) -> Table:
+    """The rows of ``file`` in the hub data set ``repo`` (``hub_file``), read as a local file."""
+    path, source = hub_file(repo, file, revision)
+    table = read_table(path, columns)
+    return Table(table.rows, source, table.digest)
 
 
 def find_file(path: str | Path, candidates: Sequence[str]) -> Path:
@@ -204,14 +211,16 @@ def drop_blank(rows: Sequence[Row], column: str) -> list[Row]:
     return kept
 
 
-def open_table(path: str | None, hub: str | None, file: str, columns: Sequence[str] = ()) -> Table:
+def open_table(
+    path: str | None, hub: str | None, file: str, columns: Sequence[str] = (), revision: str | None = None
+) -> Table:
     """A local copy when ``path`` is set (the file, or a folder holding ``file`` or its bare name),
-    else ``file`` of the hub data set ``hub``."""
+    else ``file`` of the hub data set ``hub`` at ``revision``."""
     if path:
         return read_table(find_file(path, (file, Path(file).name)), columns)
     if not hub:
         raise ValueError("set dataset.path (a local file or folder) or dataset.hub (a Hugging Face data set id)")
-    return hub_table(hub, file, columns)
+    return hub_table(hub, file, columns, revision)
 
 
 def split_table(table: Table, pairs: Sequence[PolarityPair], n_train: int, n_test: int, seed: int) -> Splits:

@@ -34,8 +34,9 @@ def load(
     n_train: int = 500,
     n_test: int = 100,
     seed: int = 0,
+    revision: str | None = None,
 ) -> Splits:
-    table = open_table(path, hub, file, COLUMNS)
+    table = open_table(path, hub, file, COLUMNS, revision)
     pairs = [
         PolarityPair(
             id=f"{row.index:04d}",

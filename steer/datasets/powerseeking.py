@@ -133,8 +133,9 @@ def load(
     n_train: int = 500,
     n_test: int = 200,
     seed: int = 0,
+    revision: str | None = None,
 ) -> Splits:
     if is_bipo_folder(path):
         return load_bipo(Path(path).expanduser(), n_train, n_test, seed)
-    table = open_table(path, hub, file, MC_COLUMNS)
+    table = open_table(path, hub, file, MC_COLUMNS, revision)
     return split_table(table, mc_pairs(table), n_train, n_test, seed)

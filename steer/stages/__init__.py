@@ -29,7 +29,7 @@ from steer.stages.context import RunContext
 from steer.stages.data import DataStage
 from steer.stages.fit import FitStage
 from steer.stages.judge import JudgeStage
-from steer.stages.runner import Fingerprints, kept, plan, run_stage_list
+from steer.stages.runner import Fingerprints, data_identity, kept, plan, run_stage_list
 from steer.stages.sweep import SweepStage
 from steer.stages.train import TrainStage
 from steer.tracking import Tracker
@@ -187,7 +187,8 @@ def run(cfg: DictConfig, run_dir: str | Path, stages: Sequence[Stage] = STAGES) 
 
 
 def provenance(cfg: DictConfig, device: str) -> dict:
-    """``run_info.json`` of a run of ``cfg``: model weights identity, data file hashes, seed, command."""
+    """``run_info.json`` of a run of ``cfg``: model weights identity, data file hashes (a hub data
+    set's commit and sha256), seed, command."""
     source = str(cfg.model.source)
     path = OmegaConf.select(cfg, "dataset.path", default=None)
     return run_info(
@@ -195,7 +196,12 @@ def provenance(cfg: DictConfig, device: str) -> dict:
         model=weights_identity(source, resolve_source(source)),
         data_files=[Path(str(path)).expanduser()] if path else [],
         device=device,
-        extra={"run_id": cfg.run_id, "stages": list(cfg.stages), "status": "running"},
+        extra={
+            "run_id": cfg.run_id,
+            "stages": list(cfg.stages),
+            "status": "running",
+            "data_hub": None if path else data_identity(cfg),
+        },
     )
 
 

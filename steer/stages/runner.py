@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from steer import rundir
 from steer.artifacts import CorruptArtifact, read_json
 from steer.atomic import atomic_write_text
+from steer.datasets.files import hub_file
 from steer.models import resolve_source
 from steer.provenance import file_digest, path_digest, weights_identity
 from steer.resumable import kept_parts
@@ -65,10 +66,20 @@ def model_identity(cfg: DictConfig) -> str | None:
 
 
 def data_identity(cfg: DictConfig) -> str | None:
-    """sha256 of the data file (or folder) ``dataset.path`` names, streamed; None without one
-    (the built-in and hub data sets are named by their config keys)."""
-    path = OmegaConf.select(cfg, "dataset.path", default=None)
-    return path_digest(Path(str(path)).expanduser()) if path else None
+    """sha256 of the data file (or folder) ``dataset.path`` names, streamed; for a hub data set
+    (``dataset.hub``, no path) the commit ``dataset.revision`` resolves to and the sha256 of the
+    file there; None for the built-in data sets (named by their config keys). A hub file that cannot
+    be fetched gets an identity of its keys: the data stage then fails with the message to fix it."""
+    dataset = cfg.get("dataset") or {}
+    if dataset.get("path"):
+        return path_digest(Path(str(dataset.path)).expanduser())
+    if not (dataset.get("hub") and dataset.get("file")):
+        return None
+    try:
+        local, source = hub_file(str(dataset.hub), str(dataset.file), dataset.get("revision"))
+    except ValueError:
+        return f"unreachable hub:{dataset.hub}/{dataset.file}@{dataset.get('revision')}"
+    return f"{source} sha256:{file_digest(local)}"
 
 
 # What a stage may read besides its config keys and upstream files (``Stage.reads``).
