@@ -48,27 +48,44 @@ def interruptible(
     was really kept (e.g. how many sweep batches are on disk). Outside the main thread the signal
     handlers cannot be installed, and the block runs unchanged.
     """
-    state = Interrupted()
+    state, installed = Interrupted(), ()
+    try:
+        with signals_interrupt(state) as installed:
+            yield state
+    except KeyboardInterrupt:
+        # a second signal now would interrupt the report itself
+        saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in installed}
+        try:
+            text = message() if callable(message) else message
+            line = f"interrupted ({state.name}): {text}".replace("\n", " ")
+            if logger is not None:
+                logger.error(line)
+            print(line, file=stream or sys.stderr, flush=True)
+        finally:
+            for sig, old in saved.items():
+                signal.signal(sig, old)
+        raise SystemExit(state.exit_code) from None
+
+
+@contextlib.contextmanager
+def signals_interrupt(state: Interrupted | None = None, signals: tuple = SIGNALS) -> Iterator[tuple]:
+    """While the block runs, each of ``signals`` raises ``KeyboardInterrupt`` in the main thread
+    (recorded in ``state``), so every ``finally`` on the way out runs: a child process a block
+    started (the local judge server) is stopped on a scheduler's SIGTERM as on Ctrl-C. The previous
+    handlers come back afterwards. Yields the signals handled (none outside the main thread, where
+    handlers cannot be installed)."""
+    state = state if state is not None else Interrupted()
     previous = {}
     if threading.current_thread() is threading.main_thread():
 
         def handler(signum, frame):
             state.signum = signum
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(signal.Signals(signum).name)
 
-        for sig in SIGNALS:
+        for sig in signals:
             previous[sig] = signal.signal(sig, handler)
     try:
-        yield state
-    except KeyboardInterrupt:
-        for sig in previous:  # a second signal now would interrupt the report itself
-            signal.signal(sig, signal.SIG_IGN)
-        text = message() if callable(message) else message
-        line = f"interrupted ({state.name}): {text}".replace("\n", " ")
-        if logger is not None:
-            logger.error(line)
-        print(line, file=stream or sys.stderr, flush=True)
-        raise SystemExit(state.exit_code) from None
+        yield tuple(previous)
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)

@@ -308,3 +308,38 @@ def test_local_server_that_cannot_start_fails_clearly_and_leaves_nothing(tmp_pat
     ):
         pass
     assert {p.pid for p in serve_processes()} <= before
+
+
+SERVE_UNTIL_KILLED = """
+import sys, time
+from steer.judge.server import local_server
+from steer.models import resolve_source
+with local_server(resolve_source("embedded:smollm2-135m"), sys.argv[1], "cpu", 300) as server:
+    print(server.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_judging_process_stops_the_local_server(tmp_path):
+    """A scheduler's SIGTERM unwinds the block holding the server (steer.interrupt), so the server's
+    whole process group is stopped, never orphaned."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", SERVE_UNTIL_KILLED, str(tmp_path / "server.log")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    server_pid = int(holder.stdout.readline())  # the server answered /health and /v1/models
+    assert psutil.pid_exists(server_pid)
+    holder.send_signal(signal.SIGTERM)
+    _, err = holder.communicate(timeout=120)
+    assert holder.returncode != 0 and "KeyboardInterrupt: SIGTERM" in err
+    assert not psutil.pid_exists(server_pid) or psutil.Process(server_pid).status() == psutil.STATUS_ZOMBIE

@@ -33,6 +33,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from steer.interrupt import signals_interrupt
+
 log = logging.getLogger("steer")
 
 HOST = "127.0.0.1"
@@ -143,29 +145,9 @@ def local_server(
         )
     log.info("judge: started transformers serve (pid %d) on %s for %s", process.pid, base, model_path)
     try:
-        with _sigterm_unwinds():
+        with signals_interrupt(signals=(signal.SIGTERM,)):  # a scheduler's kill stops the server too
             wait_ready(base, model_path, process, log_path, startup_timeout)
             yield LocalServer(f"{base}/v1", model_path, process.pid, log_path)
     finally:
         stop_group(process)
         log.info("judge: stopped transformers serve (pid %d)", process.pid)
-
-
-@contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    """While the server runs, SIGTERM (a scheduler's kill) unwinds like Ctrl-C, so the server is
-    stopped too; the previous handler comes back afterwards. Only the main thread can do this."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
