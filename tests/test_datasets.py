@@ -392,6 +392,7 @@ def test_hub_data_is_fetched_by_huggingface_hub_and_addressed_by_commit_and_byte
     assert first == f"hub:Anthropic/model-written-evals@{old}/persona/psychopathy.jsonl sha256:{digest}"
     splits = data.load_dataset(cfg)
     assert len(splits.train) == 4 and len(splits.test) == 2
+    assert first == f"{splits.source} sha256:{splits.digest}"  # what pairs.jsonl records as its source
     assert {p.prompt for p in splits.train + splits.test} == {f"Statement {i}?" for i in range(6)}
 
     push(new, persona_lines(6, flip=3))  # someone pushes an edit to main
