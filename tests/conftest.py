@@ -3,6 +3,11 @@ and the shared data folder (tests that need it skip with a reason when it is abs
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -64,3 +69,68 @@ def tiny_model(arch: str, seed: int = 0, vocab_size: int = 128):
 @pytest.fixture(params=["llama", "qwen2", "gemma2"])
 def tiny(request):
     return tiny_model(request.param)
+
+
+class FlakyJudge(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint: the first ``ok`` chat completions succeed, later ones get 500."""
+
+    ok = 0
+    seen: list[dict] = []
+    lock = threading.Lock()
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with self.lock:
+            FlakyJudge.seen.append({"auth": self.headers.get("Authorization"), "body": body})
+            serve = len(FlakyJudge.seen) <= FlakyJudge.ok
+        if not serve:
+            self.send_response(500)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"error": {"message": "judge down", "type": "server_error"}}')
+            return
+        reply = {
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "Reads well.\nRating: [[2]]"},
+                }
+            ],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
+        }
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@dataclass
+class Endpoint:
+    """A running ``FlakyJudge``: its base URL and the handler class whose ``ok``/``seen`` a test sets
+    and reads (through the fixture, so the class is the one the server uses)."""
+
+    url: str
+    judge: type[FlakyJudge]
+
+
+@pytest.fixture
+def flaky_endpoint() -> Iterator[Endpoint]:
+    from steer.judge.server import free_port
+
+    FlakyJudge.seen, FlakyJudge.ok = [], 0
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), FlakyJudge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield Endpoint(f"http://127.0.0.1:{server.server_address[1]}/v1", FlakyJudge)
+    server.shutdown()
+    server.server_close()

@@ -1,6 +1,7 @@
 """Data-parallel stages: the fixed assignment (item i on process i mod N), putting the shards back
 together, and real ``accelerate launch`` runs with two CPU processes that must write what one
-process writes (the sweep to 1e-5, the model's own answers to the letter)."""
+process writes (the sweep to 1e-5, the model's own answers and the judge stage's generations to
+the letter)."""
 
 from __future__ import annotations
 
@@ -166,3 +167,34 @@ def test_own_answers_under_two_processes_equal_one_process(tmp_path):
         assert len(list((tmp_path / f"cache{processes}" / "own_answers").iterdir())) == 1
     assert len(pairs[1]) == 7 and pairs[1]["negative"].str.len().min() > 0
     pd.testing.assert_frame_equal(pairs[2], pairs[1])
+
+
+@pytest.mark.slow
+def test_judge_stage_under_two_processes_generates_what_one_process_does(tmp_path, flaky_endpoint, monkeypatch):
+    """The judge stage's steered generation sharded over two processes (prompts r, r + 2, ...) and
+    gathered on the main process, which alone calls the judge (a real HTTP endpoint on 127.0.0.1)
+    and writes the files: the same answers, and each answer judged once."""
+    monkeypatch.setenv("STEER_TEST_JUDGE_KEY", "sk-test-not-written")
+    flaky_endpoint.judge.ok = 10**6
+    base = tmp_path / "base"
+    grid = "sweep.grid=[-4,-3,-2,-1,0,1,2,3,4]"
+    fitted = ["objective=diffmean", "intervention=vector", "dataset.limit=5", grid]
+    run_job([*fitted, "stages=[train,sweep,fit]", f"hydra.run.dir={base}"], 1)
+    judge = ["stages=[judge]", "judge=openai", f"judge.base_url={flaky_endpoint.url}"]
+    judge += ["judge.api_key_env=STEER_TEST_JUDGE_KEY", "judge.select=fixed", "judge.m=4", "judge.rubrics=[fluency]"]
+    judge += ["judge.generation.max_new_tokens=10", "judge.generation.batch_size=4"]
+    frames = {}
+    for processes in (1, 2):
+        run_dir = tmp_path / f"run{processes}"
+        shutil.copytree(base, run_dir)
+        flaky_endpoint.judge.seen = []
+        cache = f"judge.cache_dir={tmp_path / f'judge{processes}'}"
+        run_job([*fitted, *judge, cache, f"hydra.run.dir={run_dir}"], processes)
+        assert len(flaky_endpoint.judge.seen) == 5 * 2  # 5 test prompts x (m = 0, m = 4), judged once, by one process
+        frames[processes] = [pd.read_parquet(run_dir / name) for name in ("generations.parquet", "judgments.parquet")]
+        assert (run_dir / "run.log").read_text().count("stage judge: running") == 1
+        assert not (run_dir / "generations.parts").exists()
+    (gen1, judged1), (gen2, judged2) = frames[1], frames[2]
+    assert len(gen1) == 10 and sorted(gen1["m"].unique()) == [0.0, 4.0]
+    pd.testing.assert_frame_equal(gen2, gen1)
+    assert judged2[["example_id", "m", "score"]].equals(judged1[["example_id", "m", "score"]])

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,6 @@ import psutil
 import pytest
 
 from steer.judge.cache import CACHE_FILE, AnswerCache
-from steer.judge.server import free_port
 from steer.stages import compose_config, run
 from tests.conftest import assert_refused
 
@@ -185,60 +182,6 @@ def test_accuracy_with_m_chosen_on_validation_and_by_the_fit(trained, tmp_path):
     assert metrics["prompts"] == {"validation": 0, "report": 2}
 
 
-class FlakyJudge(BaseHTTPRequestHandler):
-    """An OpenAI-compatible endpoint: the first ``ok`` chat completions succeed, later ones get 500."""
-
-    ok = 0
-    seen: list[dict] = []
-    lock = threading.Lock()
-
-    def do_POST(self):  # noqa: N802 (http.server's name)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with self.lock:
-            FlakyJudge.seen.append({"auth": self.headers.get("Authorization"), "body": body})
-            serve = len(FlakyJudge.seen) <= FlakyJudge.ok
-        if not serve:
-            self.send_response(500)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(b'{"error": {"message": "judge down", "type": "server_error"}}')
-            return
-        reply = {
-            "id": "chatcmpl-test",
-            "object": "chat.completion",
-            "created": 0,
-            "model": body["model"],
-            "choices": [
-                {
-                    "index": 0,
-                    "finish_reason": "stop",
-                    "message": {"role": "assistant", "content": "Reads well.\nRating: [[2]]"},
-                }
-            ],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
-        }
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def flaky_endpoint():
-    FlakyJudge.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), FlakyJudge)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
-
-
 @pytest.mark.slow
 def test_endpoint_failing_mid_stage_keeps_judgments_and_rerun_completes(
     trained, tmp_path, flaky_endpoint, monkeypatch, caplog
@@ -250,7 +193,7 @@ def test_endpoint_failing_mid_stage_keeps_judgments_and_rerun_completes(
     cache_dir = tmp_path / "cache"
     judge = [
         "judge=openai",
-        f"judge.base_url={flaky_endpoint}",
+        f"judge.base_url={flaky_endpoint.url}",
         "judge.api_key_env=STEER_TEST_JUDGE_KEY",
         "judge.model=gpt-4.1-mini",
         "judge.max_retries=1",
@@ -259,12 +202,12 @@ def test_endpoint_failing_mid_stage_keeps_judgments_and_rerun_completes(
         f"judge.cache_dir={cache_dir}",
         "tracking.wandb=true",
     ]
-    FlakyJudge.ok = 2
+    flaky_endpoint.judge.ok = 2
     from steer.judge.client import JudgeError
 
     with pytest.raises(JudgeError, match=r"failed after 1 retries.*2 of 4 answers are in the cache"):
         run(config("stages=[judge]", *JUDGE, *judge), run_dir)
-    assert len(FlakyJudge.seen) == 2 + 2 * 2  # 2 answered; 2 more calls, each tried twice (1 retry)
+    assert len(flaky_endpoint.judge.seen) == 2 + 2 * 2  # 2 answered; 2 more calls, each tried twice (1 retry)
     kept = pd.read_parquet(run_dir / "judgments.parquet")
     assert len(kept) == 2 and (kept["score"] == 2.0).all() and kept["parsed"].all()
     cache = AnswerCache(cache_dir)
@@ -273,13 +216,13 @@ def test_endpoint_failing_mid_stage_keeps_judgments_and_rerun_completes(
     assert not (run_dir / "metrics.json").exists()
     assert list((run_dir / "generations.parts").rglob("*.parquet"))  # the finished generation is kept
 
-    FlakyJudge.ok = 10**6  # the endpoint is back: the re-run asks only for the 2 missing answers
-    FlakyJudge.seen = []
+    flaky_endpoint.judge.ok = 10**6  # the endpoint is back: the re-run asks only for the 2 missing answers
+    flaky_endpoint.judge.seen = []
     with caplog.at_level("INFO", logger="steer"):
         assert run(config("stages=[judge]", *JUDGE, *judge), run_dir).ran == ["judge"]
     assert "generate: computed 0 of 1 chunks, 1 resumed" in caplog.text  # nothing generated twice
     assert not (run_dir / "generations.parts").exists()
-    assert len(FlakyJudge.seen) == 2
+    assert len(flaky_endpoint.judge.seen) == 2
     done = pd.read_parquet(run_dir / "judgments.parquet")
     assert len(done) == 4 and done["cached"].sum() == 2
     metrics = json.loads((run_dir / "metrics.json").read_text())["judge"]
@@ -289,7 +232,7 @@ def test_endpoint_failing_mid_stage_keeps_judgments_and_rerun_completes(
     assert metrics["usage"]["cost_usd"] == pytest.approx(2 * (100 * 0.40 + 10 * 1.60) / 1e6)
 
     # The key went to the endpoint, and into no file of the run directory (W&B offline files included).
-    assert all(call["auth"] == f"Bearer {secret}" for call in FlakyJudge.seen)
+    assert all(call["auth"] == f"Bearer {secret}" for call in flaky_endpoint.judge.seen)
     written = [p for p in run_dir.rglob("*") if p.is_file()] + [cache_dir / CACHE_FILE]
     assert any("wandb" in str(p) for p in written)
     for path in written:
