@@ -14,7 +14,10 @@ DATA ?= ../shared/data
 # skipped), then the report under outputs/paper/reports/. Default: the embedded model on the built-in
 # data set with small limits. Paper scale, e.g.
 #   make table2 DATASETS=psychopathy,powerseeking ARGS="model=gemma-2-9b-it dataset.limit=null"
-# table3 also runs the judge stage (judge=local, small answers); the paper's judge:
+# table3 also runs the judge stage (judge=local, small answers), e.g. on the built-in set and local
+# copies of the paper's three data sets:
+#   make table3 DATASETS=sentiment,psychopathy,powerseeking,axbench ARGS="--data ../shared/data"
+# the paper's judge:
 #   make table3 DATASETS=psychopathy ARGS="judge=openai dataset.path=..."   (needs $OPENAI_API_KEY)
 DATASETS ?= sentiment
 PAPER := table2 table3 table5 table6 fig2 fig4 fig5
