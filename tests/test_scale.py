@@ -93,7 +93,7 @@ def test_presets_compose():
     assert dict(paper.hydra.sweeper.params) == {
         "model": "gemma-2-9b-it,qwen2.5-7b-instruct",
         "intervention": "vector,lora,local_weight",
-        "objective": "sft,split",
+        "objective": "sft,reps,split",
     }
     gemma = compose_config(["experiment=paper", "model=gemma-2-9b-it", "dataset=psychopathy"])
     qwen = compose_config(["experiment=paper", "model=qwen2.5-7b-instruct", "dataset=powerseeking"])
@@ -176,7 +176,7 @@ def test_plan_counts_the_real_data(shared_data, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "jobs: 14" in out and "0 calls" in out
+    assert "jobs: 20" in out and "0 calls" in out
 
 
 def test_paper_preset_commands(capsys):
@@ -196,7 +196,7 @@ def test_paper_preset_commands(capsys):
         ),
     ]
     jobs = paper.job_overrides("paper", ["dataset=axbench", "dataset.concept_id=range(10)"], [])
-    assert len(jobs) == 2 * 3 * 2 * 10
+    assert len(jobs) == 2 * 3 * 3 * 10
     assert paper.main(["all", "--preset", "paper", "--dry-run", "--datasets", "psychopathy"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("+ ")]
     assert len(lines) == 2 + len(paper.RECIPES)  # two multiruns, then every report
