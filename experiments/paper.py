@@ -150,6 +150,7 @@ def plan_text(runs: list[tuple[str, list[str]]], overrides: list[str], judge_mul
     from omegaconf import OmegaConf
 
     from steer.models import EMBEDDED_SOURCE, load_tokenizer
+    from steer.objectives import get_objective
     from steer.plan import Hardware, JobSpec, JudgePrice, estimate, format_plan
     from steer.stages import compose_config
     from steer.stages.data import load_dataset, needs_own_answers
@@ -185,7 +186,7 @@ def plan_text(runs: list[tuple[str, list[str]]], overrides: list[str], judge_mul
                     test=test,
                     grid=len(cfg.sweep.grid),
                     epochs=int(cfg.intervention.train.epochs),
-                    trained=cfg.objective.name != "diffmean",
+                    trained=get_objective(cfg.objective.name).trains,
                     generate_negatives=generate,
                     max_new_tokens=cap(dataset),
                     generation_batch=generation.get("batch_size", 16),
