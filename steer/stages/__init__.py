@@ -29,7 +29,7 @@ from steer.stages.context import RunContext
 from steer.stages.data import DataStage
 from steer.stages.fit import FitStage
 from steer.stages.judge import JudgeStage
-from steer.stages.runner import Fingerprints, data_identity, kept, plan, run_stage_list
+from steer.stages.runner import Fingerprints, kept, plan, run_stage_list
 from steer.stages.sweep import SweepStage
 from steer.stages.train import TrainStage
 from steer.tracking import Tracker
@@ -147,7 +147,7 @@ def run(cfg: DictConfig, run_dir: str | Path, stages: Sequence[Stage] = STAGES) 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     rundir.write_config(run_dir, redact_config(resolved))
     info_path = run_dir / rundir.RUN_INFO
-    write_run_info(info_path, provenance(cfg, ctx.device))
+    write_run_info(info_path, provenance(cfg, ctx.device, prints))
     handler = logging.FileHandler(run_dir / rundir.RUN_LOG)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
     handler.addFilter(RedactingFilter())
@@ -186,9 +186,9 @@ def run(cfg: DictConfig, run_dir: str | Path, stages: Sequence[Stage] = STAGES) 
     return RunResult(run_dir, ran)
 
 
-def provenance(cfg: DictConfig, device: str) -> dict:
+def provenance(cfg: DictConfig, device: str, prints: Fingerprints) -> dict:
     """``run_info.json`` of a run of ``cfg``: model weights identity, data file hashes (a hub data
-    set's commit and sha256), seed, command."""
+    set's commit and sha256, as the run's ``prints`` took it), seed, command."""
     source = str(cfg.model.source)
     path = OmegaConf.select(cfg, "dataset.path", default=None)
     return run_info(
@@ -200,7 +200,7 @@ def provenance(cfg: DictConfig, device: str) -> dict:
             "run_id": cfg.run_id,
             "stages": list(cfg.stages),
             "status": "running",
-            "data_hub": None if path else data_identity(cfg),
+            "data_hub": None if path else prints.input("data"),
         },
     )
 
