@@ -4,6 +4,7 @@ and the shared data folder (tests that need it skip with a reason when it is abs
 from __future__ import annotations
 
 import json
+import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -134,3 +135,32 @@ def flaky_endpoint() -> Iterator[Endpoint]:
     yield Endpoint(f"http://127.0.0.1:{server.server_address[1]}/v1", FlakyJudge)
     server.shutdown()
     server.server_close()
+
+
+def wandb_records(path: Path) -> list:
+    """Every record of an offline run's ``.wandb`` file ``path``, parsed with wandb's own protobuf schema.
+
+    The file is a LevelDB-style log: a 7-byte header (":W&B", magic, version), then 32 KiB blocks
+    of chunks (crc32c, length, type: 1 full, 2 first, 3 middle, 4 last).
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, block = path.read_bytes(), 32768
+    assert data[:4] == b":W&B"
+    pos, pending, records = 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0:
+            pos += left
+            continue
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records

@@ -19,12 +19,12 @@ import steer.own_answers as own
 from steer.data import render_prompt
 from steer.generate import by_prompt, from_prompts, generate
 from steer.interventions import new_intervention
+from steer.judge.server import free_port
 from steer.models import cache_root
 from steer.stages.context import interleave
 from steer.sweep import by_record, from_records, sweep
 from tests.conftest import REPO, tiny_model
 from tests.sweep_job import GRID, records
-from tests.test_accelerate_launch import free_port
 
 
 def shards(items: list, world: int) -> list[list]:

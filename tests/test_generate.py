@@ -12,8 +12,9 @@ import steer.own_answers as own
 from steer.data import render_prompt
 from steer.generate import generate, greedy_generate, sample_tokens, stop_ids, top_p_keep
 from steer.interventions import new_intervention
-from steer.models import decoder_layer, layer_linear, model_fingerprint
+from steer.models import model_fingerprint
 from tests.conftest import tiny_model
+from tests.test_interventions import hand_hook
 
 PROMPTS = ["Say hi.", "What is 2+2? Answer with a number only.", "Name a colour that is also a fruit, please."]
 
@@ -135,23 +136,6 @@ def test_unreadable_cache_is_an_error_naming_the_file(tok, prompts, tmp_path, mo
 # --- steered generation: generate() -------------------------------------------------------------
 
 MS = (-6.0, 0.0, 6.0)
-
-
-def hand_hook(model, form: str, layer: int, tensors: dict, m: float):
-    """A forward hook written from the paper's formula, not from DynamicAffine: Δh = m·Δb on the
-    residual after layer l (vector), or m·B·A·x on the down_proj output (lora)."""
-    if form == "vector":
-
-        def add(module, args, output):
-            hidden = output[0] if isinstance(output, tuple) else output
-            hidden = hidden + m * tensors["delta_b"]
-            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-        return decoder_layer(model, layer).register_forward_hook(add)
-    a, b = tensors["lora_A"], tensors["lora_B"]
-    return layer_linear(model, layer, "mlp.down_proj").register_forward_hook(
-        lambda mod, args, out: out + m * (args[0] @ a.T @ b.T)
-    )
 
 
 def hf_generate(model, tok, prompts, max_new_tokens: int) -> list[tuple[int, ...]]:

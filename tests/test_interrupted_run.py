@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, wandb_records
 
 # 16 pairs in batches of 2: 8 sweep batches of 5 multipliers each.
 ARGS = ["stages=[train,sweep]", "dataset.limit=8", "sweep.batch_size=2", "sweep.grid=[-8,-2,0,2,8]", "progress=false"]
@@ -94,27 +93,6 @@ def test_sigterm_ends_the_run_with_one_line_and_records_it(tmp_path, monkeypatch
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["status"] == "interrupted" and info["ended"]
     assert wandb_exit_code(run_dir) == 128 + signal.SIGTERM
-
-
-def wandb_records(path: Path):
-    """The protobuf records of a ``.wandb`` file: a 7-byte header, then LevelDB-log blocks of 32 KiB
-    whose records (7-byte header: crc, length, type full/first/middle/last) may span blocks."""
-    from wandb.proto import wandb_internal_pb2
-
-    data, pos, pending = path.read_bytes(), 7, b""
-    while pos + 7 <= len(data):
-        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
-            pos += 32768 - pos % 32768
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if kind == 0:
-            break
-        payload, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
-        pending = payload if kind in (1, 2) else pending + payload
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            yield record
 
 
 def wandb_exit_code(run_dir: Path) -> int | None:

@@ -47,7 +47,13 @@ def hand_hook(model, form: str, layer: int, tensors: dict[str, torch.Tensor], m:
             return output + m * delta_b
 
         return decoder_layer(model, layer).register_forward_hook(add_vector)
-    delta_w = tensors["delta_w"] if form == "local_weight" else tensors["lora_B"] @ tensors["lora_A"]
+    if form == "lora":  # B·(A·x), in the factored order, as a LoRA adapter computes it
+
+        def add_lora(module, args, output):
+            return output + m * (args[0] @ tensors["lora_A"].T @ tensors["lora_B"].T)
+
+        return layer_linear(model, layer, "mlp.down_proj").register_forward_hook(add_lora)
+    delta_w = tensors["delta_w"]
     delta_b = tensors.get("delta_b", torch.zeros(delta_w.shape[0]))
 
     def add_affine(module, args, output):

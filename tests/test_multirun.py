@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO
-from tests.test_accelerate_launch import free_port
+from steer.judge.server import free_port
+from tests.conftest import REPO, wandb_records
 
 SECRETS = {"WANDB_API_KEY": "wandb-key-7f3c9e1d55aa", "OPENAI_API_KEY": "sk-judge-key-0b8d2c4e9f"}
 TINY = [
@@ -34,36 +33,6 @@ def run_py(args: list[str], env: dict | None = None, launcher: list[str] | None 
 def jobs_csv(root: Path) -> pd.DataFrame:
     (csv,) = root.glob("multirun-*.csv")
     return pd.read_csv(csv)
-
-
-def wandb_records(run_folder: Path) -> list:
-    """Every record of an offline run's ``.wandb`` file, parsed with wandb's own protobuf schema.
-
-    The file is a LevelDB-style log: a 7-byte header (":W&B", magic, version), then 32 KiB blocks
-    of chunks (crc32c, length, type: 1 full, 2 first, 3 middle, 4 last).
-    """
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    (path,) = run_folder.glob("*.wandb")
-    data, block = path.read_bytes(), 32768
-    assert data[:4] == b":W&B"
-    pos, pending, records = 7, b"", []
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:
-            pos += left
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if kind == 0:
-            pos += left
-            continue
-        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
-        pending = chunk if kind in (1, 2) else pending + chunk
-        if kind in (1, 4):
-            record = pb.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-    return records
 
 
 def history(records: list) -> list[dict]:
@@ -106,7 +75,8 @@ def test_submitit_multirun_table_report_and_wandb(tmp_path):
     for run_dir in ok.run_dir:
         (folder,) = Path(run_dir).glob("wandb/offline-run-*")
         assert str(folder) in done.stdout  # the one sync line names every run
-        records = wandb_records(folder)
+        (path,) = folder.glob("*.wandb")
+        records = wandb_records(path)
         (run,) = [r.run for r in records if r.HasField("run")]
         runs[run.job_type] = (run, history(records), folder)
     assert set(runs) == {"vector-diffmean", "vector-sft"}
