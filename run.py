@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from steer.resolvers import register
+from steer.runtime.resolvers import register
 
 register()
 log = logging.getLogger("steer")
@@ -31,7 +31,7 @@ def node_slot(cfg: DictConfig):
         return
     import torch
 
-    from steer.devices import claim_slot, pin, slot_plan
+    from steer.runtime.devices import claim_slot, pin, slot_plan
 
     devices = cfg.node.devices
     if devices is None and cfg.device != "cpu" and torch.cuda.is_available():
@@ -46,7 +46,7 @@ def node_slot(cfg: DictConfig):
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from steer.artifacts import CorruptArtifact
+    from steer.io.artifacts import CorruptArtifact
     from steer.stages import ConfigError, run
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)

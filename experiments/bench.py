@@ -3,10 +3,10 @@ the same numbers.
 
 Sweep baseline: for every m and every answer, one padded forward of prompt + answer through the
 whole model with full-vocabulary logits (how most steering code scores answers). Engine:
-steer.sweep (packed prompt + both answers, prefix reuse below the steered layer, answer-only logits).
+steer.core.sweep (packed prompt + both answers, prefix reuse below the steered layer, answer-only logits).
 
 Generation baseline: ``model.generate`` (greedy, KV cache) with the intervention's hook at one m
-at a time over the prompts. Engine: steer.generate.generate (every (prompt, m) a row of one
+at a time over the prompts. Engine: steer.core.generate.generate (every (prompt, m) a row of one
 batch, rows leave the batch at EOS). Greedy, so both must produce the same tokens.
 
 Both rows run on the same pairs, grid and intervention; the script checks they agree and prints
@@ -27,14 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from steer.atomic import atomic_write_text
-from steer.data import to_records
+from steer.core.batching import length_batches
+from steer.core.generate import generate, left_pad, stop_ids
+from steer.core.interventions import new_intervention
+from steer.core.metrics import collate, encode, encode_pair
+from steer.core.models import EMBEDDED_SOURCE, load_model
+from steer.core.sweep import grid_losses
 from steer.datasets import sentiment
-from steer.generate import generate, left_pad, stop_ids
-from steer.interventions import new_intervention
-from steer.metrics import collate, encode, encode_pair
-from steer.models import EMBEDDED_SOURCE, load_model
-from steer.sweep import grid_losses, length_batches
+from steer.io.atomic import atomic_write_text
+from steer.pairs import to_records
 
 
 def baseline_losses(model, tok, records, intervention, grid, batch_size) -> np.ndarray:

@@ -149,9 +149,9 @@ def plan_text(runs: list[tuple[str, list[str]]], overrides: list[str], judge_mul
 
     from omegaconf import OmegaConf
 
-    from steer.models import EMBEDDED_SOURCE, load_tokenizer
+    from steer.core.models import EMBEDDED_SOURCE, load_tokenizer
     from steer.objectives import get_objective
-    from steer.plan import Hardware, JobSpec, JudgePrice, estimate, format_plan
+    from steer.runtime.plan import Hardware, JobSpec, JudgePrice, estimate, format_plan
     from steer.stages import compose_config
     from steer.stages.data import load_dataset, needs_own_answers
 
@@ -208,8 +208,8 @@ def cap(dataset: dict) -> int:
 def pair_tokens(tokenizer, splits, instruction: str | None, max_new_tokens: int) -> tuple[list, list]:
     """Token counts of every pair of ``splits`` as steer scores it (rendered prompt, answers); an A_n
     still to be generated counts as long as A_p, at most ``max_new_tokens``."""
-    from steer.data import render_prompt
-    from steer.plan import PairTokens
+    from steer.pairs import render_prompt
+    from steer.runtime.plan import PairTokens
 
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
 

@@ -22,30 +22,30 @@ import importlib
 __version__ = "0.1.0"
 
 # public name -> module that defines it ("module:attribute" where the names differ: the function
-# steer.sweep.sweep cannot be steer.sweep, which is its module)
+# steer.core.sweep.sweep cannot be steer.core.sweep, which is its module)
 _API = {
-    "load_model": "steer.models",
-    "load_tokenizer": "steer.models",
-    "FORMS": "steer.forms",
-    "Form": "steer.forms",
+    "load_model": "steer.core.models",
+    "load_tokenizer": "steer.core.models",
+    "FORMS": "steer.core.forms",
+    "Form": "steer.core.forms",
     "OBJECTIVES": "steer.objectives",
     "Objective": "steer.objectives",
     "make_objective": "steer.objectives",
     "DiffMean": "steer.objectives",
-    "DynamicAffine": "steer.interventions",
-    "new_intervention": "steer.interventions",
-    "PairRecord": "steer.data",
-    "render_prompt": "steer.data",
-    "encode_pair": "steer.metrics",
-    "pair_losses": "steer.sweep",
-    "pref_odds": "steer.metrics",
-    "util_odds": "steer.metrics",
-    "sweep_pairs": "steer.sweep:sweep",
-    "summarize": "steer.sweep",
-    "fit_sweep": "steer.fit",
-    "greedy_generate": "steer.generate",
-    "TrainSettings": "steer.train",
-    "train_intervention": "steer.train",
+    "DynamicAffine": "steer.core.interventions",
+    "new_intervention": "steer.core.interventions",
+    "PairRecord": "steer.pairs",
+    "render_prompt": "steer.pairs",
+    "encode_pair": "steer.core.metrics",
+    "pair_losses": "steer.core.sweep",
+    "pref_odds": "steer.core.metrics",
+    "util_odds": "steer.core.metrics",
+    "sweep_pairs": "steer.core.sweep:sweep",
+    "summarize": "steer.core.sweep",
+    "fit_sweep": "steer.analysis.fit",
+    "greedy_generate": "steer.core.generate",
+    "TrainSettings": "steer.objectives.training",
+    "train_intervention": "steer.objectives.training",
 }
 __all__ = sorted(_API)
 

@@ -5,7 +5,7 @@ them, and nothing else should spell a file name. Importing this module loads no 
 report and other readers of finished runs stay light.
 
     pairs.jsonl                the data stage's rendered pairs (train and test)
-    intervention.safetensors   the trained Δ tensors (``steer.interventions``)
+    intervention.safetensors   the trained Δ tensors (``steer.core.interventions``)
     intervention.json          what the tensors are: form, layer, site, shapes, training summary
     train_log.csv              one row per optimiser step
     train_checkpoint.pt        end-of-epoch checkpoint while training runs (deleted after)
@@ -33,12 +33,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from steer.artifacts import read_json as read_json
-from steer.artifacts import read_parquet
-from steer.atomic import atomic_path, atomic_write_text
-from steer.data import PairRecord
-from steer.data import read_pairs as _read_pairs_file
-from steer.data import write_pairs as _write_pairs_file
+from steer.io.artifacts import read_json as read_json
+from steer.io.artifacts import read_parquet
+from steer.io.atomic import atomic_path, atomic_write_text
+from steer.pairs import PairRecord
+from steer.pairs import read_pairs as _read_pairs_file
+from steer.pairs import write_pairs as _write_pairs_file
 
 PAIRS = "pairs.jsonl"
 WEIGHTS = "intervention.safetensors"
@@ -59,7 +59,7 @@ RUN_LOG = "run.log"
 RUN_INFO = "run_info.json"
 SWEEP_PARTS = "sweep.parts"
 GENERATION_PARTS = "generations.parts"
-# Folders of resumable parts a killed run leaves to resume from (``steer.resumable``).
+# Folders of resumable parts a killed run leaves to resume from (``steer.io.resumable``).
 PARTS = (SWEEP_PARTS, GENERATION_PARTS)
 SWEEP_COLUMNS = ("split", "example_id", "m", "loss_pos", "loss_neg", "pref_odds", "util_odds")
 

@@ -21,7 +21,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def smol():
     """(model, tokenizer) of the embedded SmolLM2-135M-Instruct, frozen, eval mode, CPU."""
-    from steer.models import EMBEDDED_SOURCE, load_model
+    from steer.core.models import EMBEDDED_SOURCE, load_model
 
     torch.manual_seed(0)
     return load_model(EMBEDDED_SOURCE)

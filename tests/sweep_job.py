@@ -16,22 +16,22 @@ GRID = [-8.0, -2.0, 0.0, 2.0, 8.0]
 
 
 def records(tokenizer):
-    from steer.data import to_records
     from steer.datasets import sentiment
+    from steer.pairs import to_records
 
     return to_records(tokenizer, sentiment.load(n_train=12, n_test=4, seed=0))
 
 
 def intervention(model):
-    from steer.interventions import new_intervention
+    from steer.core.interventions import new_intervention
 
     return new_intervention(model, "vector", 15, init_scale=0.5, seed=7)
 
 
 def main(parts_dir: str, out: str) -> None:
-    from steer.atomic import atomic_path
-    from steer.models import EMBEDDED_SOURCE, load_model
-    from steer.sweep import sweep
+    from steer.core.models import EMBEDDED_SOURCE, load_model
+    from steer.core.sweep import sweep
+    from steer.io.atomic import atomic_path
 
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
     model, tokenizer = load_model(EMBEDDED_SOURCE)

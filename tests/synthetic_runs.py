@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from steer.fit import NEUTRAL_DECAY, PARAMS, curve
+from steer.analysis.fit import NEUTRAL_DECAY, PARAMS, curve
 
 VECTOR_GRID = [-20, -16, -12, -8, -6, -4, -2, -1, 0, 1, 2, 4, 6, 8, 12, 16, 20]
 WEIGHT_GRID = [-2.0, -1.6, -1.2, -0.8, -0.6, -0.4, -0.2, -0.1, 0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.2, 1.6, 2.0]

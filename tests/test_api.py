@@ -19,7 +19,7 @@ from tests.conftest import REPO
 def test_every_public_name_resolves():
     for name in steer.__all__:
         assert getattr(steer, name) is not None, name
-    assert steer.sweep_pairs.__module__ == "steer.sweep" and callable(steer.load_model)
+    assert steer.sweep_pairs.__module__ == "steer.core.sweep" and callable(steer.load_model)
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         _ = steer.nothing
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from steer.artifacts import CorruptArtifact, read_json, read_parquet, read_safetensors, verify_intervention
+from steer.io.artifacts import CorruptArtifact, read_json, read_parquet, read_safetensors, verify_intervention
 
 
 def truncate(path, keep: float = 0.5) -> None:
@@ -115,7 +115,7 @@ def test_a_corrupt_artifact_ends_a_program_in_one_line(weights):
     code = textwrap.dedent(
         f"""
         import sys
-        from steer.artifacts import CorruptArtifact, read_safetensors
+        from steer.io.artifacts import CorruptArtifact, read_safetensors
         try:
             read_safetensors({str(path)!r})
         except CorruptArtifact as err:

@@ -34,7 +34,7 @@ def test_config_composes_and_resolves(group: str, option: str):
         key, value = names[group]
         assert resolved[group][key] == value
     # the registries know every form and objective the configs name
-    from steer.forms import FORMS
+    from steer.core.forms import FORMS
     from steer.objectives import OBJECTIVES
 
     assert resolved["intervention"]["form"] in FORMS and resolved["objective"]["name"] in OBJECTIVES

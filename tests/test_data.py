@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from steer.data import PairRecord, PolarityPair, apply_limit, read_pairs, render_prompt, seeded_split, write_pairs
 from steer.datasets import load_splits, sentiment
+from steer.pairs import PairRecord, PolarityPair, apply_limit, read_pairs, render_prompt, seeded_split, write_pairs
 
 
 def test_sentiment_has_enough_distinct_mirrored_pairs():

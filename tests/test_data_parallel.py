@@ -15,14 +15,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import steer.own_answers as own
-from steer.data import render_prompt
-from steer.generate import by_prompt, from_prompts, generate
-from steer.interventions import new_intervention
+import steer.core.own_answers as own
+from steer.core.generate import by_prompt, from_prompts, generate
+from steer.core.interventions import new_intervention
+from steer.core.sweep import by_record, from_records, sweep
+from steer.io.cache import cache_root
 from steer.judge.server import free_port
-from steer.models import cache_root
+from steer.pairs import render_prompt
 from steer.stages.context import interleave
-from steer.sweep import by_record, from_records, sweep
 from tests.conftest import REPO, tiny_model
 from tests.sweep_job import GRID, records
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from steer.data import read_pairs, render_prompt
+from steer.core.generate import greedy_generate
 from steer.datasets.powerseeking import parse_choices
-from steer.generate import greedy_generate
-from steer.models import cache_root
+from steer.io.cache import cache_root
+from steer.pairs import read_pairs, render_prompt
 from steer.stages import ConfigError, compose_config, data, run
 from tests.conftest import REPO, assert_refused
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 import yaml
 
+from steer.core.interventions import DynamicAffine, new_intervention
+from steer.core.metrics import EncodedPair, encode_pair
+from steer.core.models import EMBEDDED_SOURCE, load_model, load_tokenizer
+from steer.core.sweep import grid_losses, pair_losses
 from steer.export import EXPORTS, PROVENANCE, ExportError, export, load_steering_vector
-from steer.interventions import DynamicAffine, new_intervention
-from steer.metrics import EncodedPair, encode_pair
-from steer.models import EMBEDDED_SOURCE, load_model, load_tokenizer
-from steer.sweep import grid_losses, pair_losses
 from tests.conftest import tiny_model
 
 TOL = 1e-4

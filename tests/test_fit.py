@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy.optimize import approx_fprime, brentq
 
-from steer import fit as F
+from steer.analysis import fit as F
 
 GRID = np.linspace(-20, 20, 41)
 VECTOR_GRID = np.array([-20, -16, -12, -8, -6, -4, -2, -1, 0, 1, 2, 4, 6, 8, 12, 16, 20], dtype=float)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from steer import fit as F
+from steer.analysis import fit as F
 from steer.stages import compose_config, run
 from tests.conftest import assert_refused
 from tests.test_fit import decay_at_zero

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steer.bootstrap import fmt_interval, mean_curves, percentile_interval, r2_statistic, replicate
-from steer.fit import NEUTRAL_DECAY, curve, fit_curve
-from steer.front import best_fitted, best_within, build_front
+from steer.analysis.bootstrap import fmt_interval, mean_curves, percentile_interval, r2_statistic, replicate
+from steer.analysis.fit import NEUTRAL_DECAY, curve, fit_curve
+from steer.report.front import best_fitted, best_within, build_front
 from tests.synthetic_runs import WEIGHT_GRID, write_config, write_sweep
 
 # PrefOdds = m (no decay: p = 0), UtilOdds = 1 / (1 + m²): within δ of U(0) = 1 while |m| <= sqrt(δ / (1 − δ)).

@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-import steer.own_answers as own
-from steer.data import render_prompt
-from steer.generate import generate, greedy_generate, sample_tokens, stop_ids, top_p_keep
-from steer.interventions import new_intervention
-from steer.models import model_fingerprint
+import steer.core.own_answers as own
+from steer.core.generate import generate, greedy_generate, sample_tokens, stop_ids, top_p_keep
+from steer.core.interventions import new_intervention
+from steer.core.models import model_fingerprint
+from steer.pairs import render_prompt
 from tests.conftest import tiny_model
 from tests.test_interventions import hand_hook
 

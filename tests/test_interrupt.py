@@ -16,7 +16,7 @@ JOB = textwrap.dedent(
     """
     import logging, sys, time
     from pathlib import Path
-    from steer.interrupt import interruptible
+    from steer.runtime.interrupt import interruptible
 
     out = Path(sys.argv[1])
     logger = logging.getLogger("steer.test_interrupt")
@@ -57,7 +57,7 @@ def test_a_signal_ends_the_run_with_one_line(tmp_path, sig, code):
 
 
 def test_the_handlers_are_restored_and_a_normal_block_is_untouched(capsys):
-    from steer.interrupt import interruptible
+    from steer.runtime.interrupt import interruptible
 
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     with interruptible("never printed") as state:
@@ -68,7 +68,7 @@ def test_the_handlers_are_restored_and_a_normal_block_is_untouched(capsys):
 
 
 def test_an_exception_other_than_an_interrupt_passes_through():
-    from steer.interrupt import interruptible
+    from steer.runtime.interrupt import interruptible
 
     with pytest.raises(ValueError, match="real error"), interruptible("kept nothing"):
         raise ValueError("real error")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from steer.interventions import DynamicAffine, new_intervention
-from steer.models import decoder_layer, layer_linear
+from steer.core.interventions import DynamicAffine, new_intervention
+from steer.core.models import decoder_layer, layer_linear
 from steer.rundir import META, WEIGHTS
 from tests.conftest import tiny_model
 

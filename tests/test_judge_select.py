@@ -11,7 +11,7 @@ from synthetic_runs import write_config, write_fit
 
 from steer.judge.cache import AnswerCache, answer_key
 from steer.judge.select import by_fit, by_validation, fixed
-from steer.judge.table3 import build_table3
+from steer.report.table3 import build_table3
 
 NEUTRAL = {"m_pos": 0.0, "m_neg": 0.0, "L_pos": 1.0, "L_neg": 1.0, "p_pos": 1.0, "p_neg": 1.0}
 
@@ -129,7 +129,7 @@ def write_examples(run, correct: list[bool], concept: list[float], fluency: list
     per-example results at m = 0 and at m (instruction always 2)."""
     import pandas as pd
 
-    from steer.data import PairRecord, write_pairs
+    from steer.pairs import PairRecord, write_pairs
 
     ids = [f"t{i}" for i in range(len(correct))]
     write_pairs(run / "pairs.jsonl", [PairRecord("test", i, "p", "a", "b") for i in ids])
@@ -150,7 +150,7 @@ def test_table3_bootstrap_intervals_over_test_examples(tmp_path):
     """Accuracy of 8 pairs, 4 right: a resampled accuracy is Binomial(8, 1/2) / 8, whose 2.5 and 97.5
     percentiles are 1/8 and 7/8. A metric equal on every example has a zero-width interval. The
     per-example rows reproduce the metrics of metrics.json (hand-computed here)."""
-    from steer.judge.table3 import find_judged, run_examples
+    from steer.report.table3 import find_judged, run_examples
 
     correct = [True, False] * 4
     concept = [2.0, 1.0, 0.0, 2.0, 2.0, 1.0, 2.0, float("nan")]  # the last reply unparseable

@@ -133,7 +133,7 @@ def test_local_judge_over_http_then_cached(trained, tmp_path):
     assert {p.pid for p in serve_processes()} <= before
 
     # Table 3's bootstrap resamples per-example rows whose means are the stage's metrics.
-    from steer.judge.table3 import find_judged, run_examples
+    from steer.report.table3 import find_judged, run_examples
 
     (judged,), _ = find_judged(tmp_path)
     for condition, frame in run_examples(judged).items():
@@ -256,7 +256,7 @@ def test_local_server_that_cannot_start_fails_clearly_and_leaves_nothing(tmp_pat
 SERVE_UNTIL_KILLED = """
 import sys, time
 from steer.judge.server import local_server
-from steer.models import resolve_source
+from steer.core.models import resolve_source
 with local_server(resolve_source("embedded:smollm2-135m"), sys.argv[1], "cpu", 300) as server:
     print(server.pid, flush=True)
     time.sleep(600)
@@ -265,7 +265,7 @@ with local_server(resolve_source("embedded:smollm2-135m"), sys.argv[1], "cpu", 3
 
 @pytest.mark.slow
 def test_sigterm_to_the_judging_process_stops_the_local_server(tmp_path):
-    """A scheduler's SIGTERM unwinds the block holding the server (steer.interrupt), so the server's
+    """A scheduler's SIGTERM unwinds the block holding the server (steer.runtime.interrupt), so the server's
     whole process group is stopped, never orphaned."""
     import signal
     import subprocess

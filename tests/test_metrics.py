@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from steer.metrics import UTIL_EPS, encode, pref_odds, util_odds
+from steer.core.metrics import UTIL_EPS, encode, pref_odds, util_odds
 from tests.conftest import tiny_model
 
 
@@ -75,7 +75,7 @@ def reference_logprob(model, ids: list[int], n_prompt: int) -> float:
 
 
 def test_pair_logprobs_match_plain_transformers_on_the_embedded_model(smol):
-    from steer.metrics import encode_pair, pair_logprobs
+    from steer.core.metrics import encode_pair, pair_logprobs
 
     model, tok = smol
     prompts = ["Is the sky blue?", "Write a long and detailed review of a film you liked very much."]
@@ -94,7 +94,7 @@ def test_pair_logprobs_match_plain_transformers_on_the_embedded_model(smol):
 
 
 def test_pair_logprobs_is_differentiable():
-    from steer.metrics import EncodedPair, pair_logprobs
+    from steer.core.metrics import EncodedPair, pair_logprobs
 
     model = tiny_model("llama")
     emb = model.get_input_embeddings().weight
@@ -107,7 +107,7 @@ def test_pair_logprobs_is_differentiable():
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2"])
 def test_packed_pairs_equal_two_separate_passes(arch):
     """Gemma-2's tiny config has a sliding window of 4, so the packed sliding mask is exercised."""
-    from steer.metrics import Encoded, EncodedPair, pair_logprobs
+    from steer.core.metrics import Encoded, EncodedPair, pair_logprobs
 
     model = tiny_model(arch)
     rng = np.random.default_rng(3)

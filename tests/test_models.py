@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from steer.models import (
+from steer.core.models import (
     EMBEDDED_SHA256,
     EMBEDDED_SOURCE,
     convert_gguf,
@@ -21,7 +21,7 @@ from steer.models import (
     load_model,
     resolve_source,
 )
-from steer.provenance import file_digest
+from steer.io.provenance import file_digest
 from steer.stages import compose_config
 from tests.conftest import REPO, tiny_model
 
@@ -69,7 +69,7 @@ def test_failed_conversion_leaves_no_cache(tmp_path):
 
 def test_offline_hub_source_names_the_key():
     """In a fresh process, so HF_HUB_OFFLINE is read at import as in a real offline session."""
-    code = "from steer.models import load_config; load_config('google/gemma-2-9b-it')"
+    code = "from steer.core.models import load_config; load_config('google/gemma-2-9b-it')"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode != 0

@@ -140,7 +140,7 @@ def test_jobs_table_reads_fits_metrics_and_failures(tmp_path):
     from hydra.core.utils import JobReturn, JobStatus
     from omegaconf import OmegaConf
 
-    from steer.multirun import job_record, jobs_table
+    from steer.runtime.multirun import job_record, jobs_table
 
     done, failed = tmp_path / "a", tmp_path / "b"
     done.mkdir()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from steer.data import PairRecord, render_prompt
-from steer.metrics import encode, pref_odds, util_odds
-from steer.pair_stats import answer_lengths, mass_summary, unsteered_scores
+from steer.core.metrics import encode, pref_odds, util_odds
+from steer.datacheck.stats import answer_lengths, mass_summary, unsteered_scores
+from steer.pairs import PairRecord, render_prompt
 from tests.test_metrics import reference_logprob
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from steer.metrics import EncodedPair, pair_logprobs
-from steer.prefix import capture_layer_input, reuse_prefix
-from steer.sweep import grid_losses
+from steer.core.metrics import EncodedPair, pair_logprobs
+from steer.core.prefix import capture_layer_input, reuse_prefix
+from steer.core.sweep import grid_losses
 from tests.conftest import tiny_model
 from tests.test_interventions import randomised
 from tests.test_metrics import reference_logprob

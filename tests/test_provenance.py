@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from steer.provenance import (
+from steer.io.provenance import (
     file_digest,
     finish_run_info,
     git_state,
@@ -25,7 +25,7 @@ from steer.provenance import (
     weights_identity,
     write_run_info,
 )
-from steer.secrets import MASK
+from steer.io.secrets import MASK
 
 
 @pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096 + 17])

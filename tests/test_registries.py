@@ -12,13 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from steer.forms import FORMS, Vector
-from steer.interventions import DynamicAffine, new_intervention
-from steer.metrics import encode_pair
+from steer.core.forms import FORMS, Vector
+from steer.core.interventions import DynamicAffine, new_intervention
+from steer.core.metrics import encode_pair
+from steer.core.sweep import pair_losses
 from steer.objectives import OBJECTIVES, Loss, Side
 from steer.rundir import read_fit, read_meta, read_pairs, read_sweep
 from steer.stages import check, compose_config, run
-from steer.sweep import pair_losses
 from tests.conftest import assert_refused, tiny_model
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from steer.artifacts import CorruptArtifact
+from steer.io.artifacts import CorruptArtifact
 from steer.stages import ConfigError, compose_config, run
 from tests.conftest import REPO, assert_refused
 

@@ -139,7 +139,7 @@ def test_figure_of_one_data_set(tmp_path, capsys):
 
 def test_fit_json_from_the_stage_is_read(tmp_path):
     """The report reads the fit.json the stage writes (not only the hand-made ones)."""
-    from steer.fit import fit_sweep
+    from steer.analysis.fit import fit_sweep
 
     run_dir = tmp_path / "outputs" / "sentiment" / "m" / "vector-diffmean" / "layer3"
     write_config(run_dir, model="m", layer=3)
@@ -154,7 +154,7 @@ def test_fit_json_from_the_stage_is_read(tmp_path):
 
 def test_a_single_run_panel_draws_the_fit_of_its_fit_stage(tmp_path):
     """One run per panel: the figure shows the fit.json fit (the one the tables score), not a refit."""
-    from steer.fit import curve, fit_sweep
+    from steer.analysis.fit import curve, fit_sweep
 
     out = tmp_path / "outputs"
     run_dir = out / "sentiment" / "smollm2-135m" / "vector-sft" / "layer15"

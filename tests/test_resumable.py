@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steer.resumable import finish, kept_parts, part_path, run_resumable
+from steer.io.resumable import finish, kept_parts, part_path, run_resumable
 
 ITEMS = list(range(23))
 
@@ -21,7 +21,7 @@ class Compute:
 
     def __call__(self, chunk: list[int]) -> pd.DataFrame:
         if self.calls == self.stop_at:
-            raise KeyboardInterrupt  # what Ctrl-C (or SIGTERM via steer.interrupt) raises mid-loop
+            raise KeyboardInterrupt  # what Ctrl-C (or SIGTERM via steer.runtime.interrupt) raises mid-loop
         self.calls += 1
         values = np.asarray(chunk, dtype=np.float64)
         return pd.DataFrame(

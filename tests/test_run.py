@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from steer.data import read_pairs
-from steer.interventions import DynamicAffine
-from steer.sweep import sweep
+from steer.core.interventions import DynamicAffine
+from steer.core.sweep import sweep
+from steer.pairs import read_pairs
 from tests.conftest import REPO
 from tests.test_interventions import hand_hook, randomised
 

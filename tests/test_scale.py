@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from steer.devices import claim_slot, slot_plan
-from steer.plan import Hardware, JobSpec, JudgePrice, PairTokens, estimate
-from steer.precision import model_dtype
+from steer.core.precision import model_dtype
+from steer.runtime.devices import claim_slot, slot_plan
+from steer.runtime.plan import Hardware, JobSpec, JudgePrice, PairTokens, estimate
 from steer.stages import ConfigError, check, compose_config
 from tests.test_paper_recipe import load_recipe
 
@@ -37,7 +37,7 @@ def test_bf16_model_loads_in_bf16_and_scores_in_fp32(smol, tmp_path):
     """precision=bf16: the run's model is bf16, the log-likelihoods stay float and close to fp32."""
     import torch
 
-    from steer.metrics import encode_pair, pair_logprobs
+    from steer.core.metrics import encode_pair, pair_logprobs
     from steer.stages.context import RunContext
 
     ctx = RunContext(compose_config(["precision=bf16", "device=cpu"]), tmp_path)

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from steer.secrets import MASK, RedactingFilter, is_secret_name, redact, redact_argv, scrub, secret_values
+from steer.io.secrets import MASK, RedactingFilter, is_secret_name, redact, redact_argv, scrub, secret_values
 
 SECRET_NAMES = [
     "api_key",
@@ -141,7 +141,7 @@ def test_redacting_filter_cleans_messages_args_and_tracebacks(monkeypatch, tmp_p
 def test_no_secret_reaches_the_files_wandb_writes(tmp_path, monkeypatch):
     """A real offline W&B run started by Tracker.start: secrets given in the environment, on the
     command line and in the config appear in none of the files under the run directory."""
-    from steer.tracking import Tracker
+    from steer.runtime.tracking import Tracker
 
     env_secret, argv_secret, config_secret = "wandb-env-secret-0001", "sk-argv-secret-0002", "sk-config-secret-0003"
     monkeypatch.setenv("WANDB_MODE", "offline")

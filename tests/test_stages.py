@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from steer.secrets import scrub
+from steer.io.secrets import scrub
 from steer.stages import ConfigError, compose_config, run
 from tests.conftest import REPO, assert_refused
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from steer.metrics import pref_odds, util_odds
-from steer.sweep import check_grid, summarize
+from steer.core.metrics import pref_odds, util_odds
+from steer.core.sweep import check_grid, summarize
 
 
 def test_check_grid_accepts_finite_numbers():

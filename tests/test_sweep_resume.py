@@ -13,7 +13,7 @@ import time
 import pandas as pd
 import pytest
 
-from steer.sweep import sweep
+from steer.core.sweep import sweep
 from tests.conftest import REPO
 from tests.sweep_job import GRID, intervention, records
 

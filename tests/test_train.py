@@ -9,11 +9,11 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-import steer.train as train_module
-from steer.interventions import new_intervention
-from steer.metrics import EncodedPair, pair_logprobs
+import steer.objectives.training as train_module
+from steer.core.interventions import new_intervention
+from steer.core.metrics import EncodedPair, pair_logprobs
 from steer.objectives import SFT, SPLIT, RePS
-from steer.train import (
+from steer.objectives.training import (
     LOG_COLUMNS,
     Cached,
     SteeredLogprobs,

@@ -8,9 +8,9 @@ import re
 import pandas as pd
 import pytest
 
-from steer.interventions import DynamicAffine
+from steer.core.interventions import DynamicAffine
+from steer.objectives.training import LOG_COLUMNS
 from steer.stages import run
-from steer.train import LOG_COLUMNS
 from tests.conftest import assert_refused
 from tests.test_stages import config as stages_config
 

@@ -8,13 +8,13 @@ import pytest
 from accelerate import Accelerator
 from omegaconf import OmegaConf
 
-from steer.data import apply_limit, to_records
+from steer.core.interventions import new_intervention
+from steer.core.metrics import encode_pair, pref_odds
+from steer.core.sweep import grid_losses
 from steer.datasets.sentiment import load
-from steer.interventions import new_intervention
-from steer.metrics import encode_pair, pref_odds
 from steer.objectives import make_objective
-from steer.sweep import grid_losses
-from steer.train import TrainSettings, train_intervention
+from steer.objectives.training import TrainSettings, train_intervention
+from steer.pairs import apply_limit, to_records
 from tests.conftest import REPO
 
 LAYER = 15

@@ -14,8 +14,8 @@ import inspect
 from collections.abc import Callable
 from types import ModuleType
 
-from steer.data import Splits
 from steer.datasets import axbench, persona, powerseeking, sentiment
+from steer.pairs import Splits
 
 GENERIC_KEYS = ("name", "loader", "limit", "instruction", "answer_format", "generation")
 

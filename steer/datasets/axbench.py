@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from steer.data import PolarityPair, Splits
 from steer.datasets.files import Row, Table, drop_blank, find_file, hub_table, read_table, split_table
+from steer.pairs import PolarityPair, Splits
 
 COLUMNS = ("input", "output", "category", "concept_id")
 RELEASE_FILES = ("generate/train_data.parquet", "train_data.parquet")

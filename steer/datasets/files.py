@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from steer.data import PolarityPair, Splits, seeded_split, strip_answer
-from steer.provenance import file_digest
+from steer.io.provenance import file_digest
+from steer.pairs import PolarityPair, Splits, seeded_split, strip_answer
 
 log = logging.getLogger("steer")
 
@@ -56,7 +56,7 @@ class Row:
         return value
 
     def answer(self, column: str) -> str:
-        """An answer field under the whitespace rule (``steer.data.strip_answer``); empty is an error."""
+        """An answer field under the whitespace rule (``steer.pairs.strip_answer``); empty is an error."""
         value = strip_answer(self.text(column))
         if not value:
             raise ValueError(f"{self.where}: column {column!r} is empty: an answer needs text")

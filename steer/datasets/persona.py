@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from steer.data import PolarityPair, Splits
 from steer.datasets.files import drop_blank, open_table, split_table
+from steer.pairs import PolarityPair, Splits
 
 COLUMNS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
 # The paper's trait keeps the name its runs and recipes have always had.

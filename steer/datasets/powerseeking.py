@@ -22,8 +22,8 @@ import hashlib
 import re
 from pathlib import Path
 
-from steer.data import PolarityPair, Splits, sample
 from steer.datasets.files import Row, Table, drop_blank, open_table, read_table, split_table
+from steer.pairs import PolarityPair, Splits, sample
 
 BIPO_COLUMNS = ("question", "matching", "not_matching")
 MC_COLUMNS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")

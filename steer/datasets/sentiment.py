@@ -8,7 +8,7 @@ PrefOdds measures sentiment rather than length.
 
 from __future__ import annotations
 
-from steer.data import PolarityPair, Splits, seeded_split
+from steer.pairs import PolarityPair, Splits, seeded_split
 
 SUBJECTS = {
     "film": [

@@ -18,8 +18,8 @@ import torch
 
 import steer
 from steer import rundir
-from steer.atomic import atomic_write_text
-from steer.interventions import DynamicAffine
+from steer.core.interventions import DynamicAffine
+from steer.io.atomic import atomic_write_text
 
 PROVENANCE = "steer_export.json"
 

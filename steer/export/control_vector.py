@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from steer.atomic import atomic_path
+from steer.core.models import load_config
 from steer.export.base import Exporter, ExportError, Source, require_residual_vector
-from steer.models import load_config
+from steer.io.atomic import atomic_path
 
 FILE = "control_vector.gguf"
 ARCH = "controlvector"

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from steer.core.models import decoder_layers, layer_linear, load_config, load_model
 from steer.export.base import Exporter, ExportError, Source
-from steer.models import decoder_layers, layer_linear, load_config, load_model
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from steer.atomic import atomic_path, atomic_write_text
+from steer.core.models import layer_linear, load_config, resolve_source
 from steer.export.base import Exporter, ExportError, Source
-from steer.models import layer_linear, load_config, resolve_source
+from steer.io.atomic import atomic_path, atomic_write_text
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"

@@ -16,8 +16,8 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from steer.atomic import atomic_path
 from steer.export.base import Exporter, Source, require_residual_vector
+from steer.io.atomic import atomic_path
 
 FILE = "steering_vector.safetensors"
 LAYER_TYPE = "decoder_block"

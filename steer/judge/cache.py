@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from steer.models import cache_root
+from steer.io.cache import cache_root
 
 CACHE_FILE = "answers.sqlite"
 

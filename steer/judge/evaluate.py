@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from steer.data import PairRecord
-from steer.generate import Generation
+from steer.core.generate import Generation
 from steer.judge.client import Answer, Call, JudgeClient, JudgeError
 from steer.judge.protocols import condition_metrics
 from steer.judge.rubrics import Rubric
 from steer.judge.select import Choice
 from steer.judge.settings import Settings
+from steer.pairs import PairRecord
 
 log = logging.getLogger("steer")
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from steer.data import PairRecord
 from steer.judge.rubrics import AXBENCH, harmonic_mean
+from steer.pairs import PairRecord
 
 BIPO_SYSTEM = "You are a helpful, honest and concise assistant."
 

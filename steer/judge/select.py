@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from steer.data import PairRecord
-from steer.fit import curve
+from steer.analysis.fit import curve
+from steer.pairs import PairRecord
 
 METHODS = ("fixed", "validation", "fit")
 # Points of the dense grid the fitted curves are maximised over (plus the swept range's ends and 0).

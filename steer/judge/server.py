@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from steer.interrupt import signals_interrupt
+from steer.runtime.interrupt import signals_interrupt
 
 log = logging.getLogger("steer")
 

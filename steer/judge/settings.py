@@ -17,13 +17,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from steer.core.models import resolve_source
 from steer.judge.cache import AnswerCache
 from steer.judge.client import JudgeClient
 from steer.judge.protocols import Protocol, get_protocol
 from steer.judge.rubrics import Rubric, get_rubric
 from steer.judge.select import METHODS
 from steer.judge.server import local_server
-from steer.models import resolve_source
 
 SCORINGS = ("parsed", "expected")
 

@@ -18,12 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from steer import rundir
-from steer.artifacts import CorruptArtifact
-from steer.interrupt import interruptible
-from steer.models import check_model_folder, load_config, num_layers, resolve_source
-from steer.precision import PRECISIONS
-from steer.provenance import finish_run_info, run_info, weights_identity, write_run_info
-from steer.secrets import RedactingFilter, redact_config
+from steer.core.models import check_model_folder, load_config, num_layers, resolve_source
+from steer.core.precision import PRECISIONS
+from steer.io.artifacts import CorruptArtifact
+from steer.io.provenance import finish_run_info, run_info, weights_identity, write_run_info
+from steer.io.secrets import RedactingFilter, redact_config
+from steer.runtime.interrupt import interruptible
+from steer.runtime.tracking import Tracker
 from steer.stages.base import ConfigError, Stage
 from steer.stages.context import RunContext
 from steer.stages.data import DataStage
@@ -32,7 +33,6 @@ from steer.stages.judge import JudgeStage
 from steer.stages.runner import Fingerprints, kept, plan, run_stage_list
 from steer.stages.sweep import SweepStage
 from steer.stages.train import TrainStage
-from steer.tracking import Tracker
 
 __all__ = ["STAGES", "ConfigError", "RunContext", "RunResult", "Stage", "check", "compose_config", "report", "run"]
 
@@ -53,7 +53,7 @@ def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = Fa
     other than ``run.py`` (data-check) and for tests."""
     from hydra import compose, initialize_config_dir
 
-    from steer.resolvers import register
+    from steer.runtime.resolvers import register
 
     register()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -132,7 +132,7 @@ def run(cfg: DictConfig, run_dir: str | Path, stages: Sequence[Stage] = STAGES) 
     Nothing is written before every check and the stage plan passed. Then ``config.yaml``
     (secrets redacted), ``run_info.json`` (provenance, stamped finished/failed/interrupted at the
     end) and ``run.log`` (every error, secrets redacted). Ctrl-C or SIGTERM ends the run with one
-    line saying what was kept and how to resume (``steer.interrupt``); W&B records the exit code.
+    line saying what was kept and how to resume (``steer.runtime.interrupt``); W&B records the exit code.
     """
     run_dir = Path(run_dir)
     check(cfg, stages)

@@ -26,10 +26,10 @@ from accelerate.utils import DistributedType, broadcast_object_list, gather_obje
 from omegaconf import DictConfig
 
 from steer import rundir
-from steer.data import PairRecord
-from steer.models import load_model, load_tokenizer
-from steer.precision import model_dtype
-from steer.tracking import Tracker
+from steer.core.models import load_model, load_tokenizer
+from steer.core.precision import model_dtype
+from steer.pairs import PairRecord
+from steer.runtime.tracking import Tracker
 
 log = logging.getLogger("steer")
 

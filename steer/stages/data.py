@@ -1,7 +1,7 @@
 """The data stage (implicit): load the data set, render prompts, write ``pairs.jsonl``.
 
 Where a data set leaves A_n to the model (AxBench: ``negative=None``), the stage loads the model
-and fills A_n with its greedy answer to the rendered prompt (``steer.own_answers``, cached under
+and fills A_n with its greedy answer to the rendered prompt (``steer.core.own_answers``, cached under
 ``$STEER_CACHE``), under the same whitespace rule as every other answer.
 
 The stage is ``parallel``: under ``accelerate launch`` every process loads the data (cheap); when
@@ -18,7 +18,9 @@ from dataclasses import replace
 from omegaconf import DictConfig, OmegaConf
 
 from steer import rundir
-from steer.data import (
+from steer.core.own_answers import own_answers
+from steer.datasets import load_splits, loader_options
+from steer.pairs import (
     PairRecord,
     PolarityPair,
     Splits,
@@ -28,8 +30,6 @@ from steer.data import (
     strip_answer,
     to_records,
 )
-from steer.datasets import load_splits, loader_options
-from steer.own_answers import own_answers
 from steer.stages.base import ConfigError, Stage
 from steer.stages.context import RunContext
 

@@ -9,12 +9,12 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from steer import rundir
-from steer.fit import PREF_PARAMS, SPLITS, SweepFit, check_restarts, fit_sweep
-from steer.plots import Panel, save_dynamics_figure
+from steer.analysis.fit import PREF_PARAMS, SPLITS, SweepFit, check_restarts, fit_sweep
+from steer.analysis.plots import Panel, save_dynamics_figure
+from steer.core.sweep import check_grid
+from steer.runtime.tracking import log_fit
 from steer.stages.base import ConfigError, Stage
 from steer.stages.context import RunContext
-from steer.sweep import check_grid
-from steer.tracking import log_fit
 
 log = logging.getLogger("steer")
 

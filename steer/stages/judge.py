@@ -31,9 +31,10 @@ from accelerate.utils import broadcast_object_list
 from omegaconf import DictConfig, OmegaConf
 
 from steer import rundir
-from steer.data import PairRecord, render_prompt
-from steer.generate import generate
-from steer.interventions import DynamicAffine
+from steer.core.generate import generate
+from steer.core.interventions import DynamicAffine
+from steer.core.sweep import sweep
+from steer.io.resumable import finish
 from steer.judge.cache import AnswerCache
 from steer.judge.client import JudgeClient
 from steer.judge.evaluate import (
@@ -49,10 +50,9 @@ from steer.judge.evaluate import (
 )
 from steer.judge.select import Choice, by_fit, by_validation, fixed, split_records
 from steer.judge.settings import Settings, make_client, parse_settings
-from steer.resumable import finish
+from steer.pairs import PairRecord, render_prompt
 from steer.stages.base import Stage
 from steer.stages.context import RunContext
-from steer.sweep import sweep
 
 log = logging.getLogger("steer")
 

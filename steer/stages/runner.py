@@ -31,12 +31,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from steer import rundir
-from steer.artifacts import CorruptArtifact, read_json
-from steer.atomic import atomic_write_text
+from steer.core.models import resolve_source
 from steer.datasets.files import hub_file
-from steer.models import resolve_source
-from steer.provenance import file_digest, path_digest, weights_identity
-from steer.resumable import kept_parts
+from steer.io.artifacts import CorruptArtifact, read_json
+from steer.io.atomic import atomic_write_text
+from steer.io.provenance import file_digest, path_digest, weights_identity
+from steer.io.resumable import kept_parts
 from steer.stages.base import ConfigError, Stage
 
 log = logging.getLogger("steer")
@@ -60,7 +60,7 @@ def config_subset(cfg: DictConfig, keys: Sequence[str], ignore: Sequence[str] = 
 
 
 def model_identity(cfg: DictConfig) -> str | None:
-    """The model's weights identity (``steer.provenance.weights_identity``: sampled, milliseconds)."""
+    """The model's weights identity (``steer.io.provenance.weights_identity``: sampled, milliseconds)."""
     source = str(cfg.model.source)
     return weights_identity(source, resolve_source(source))["digest"]
 

@@ -19,12 +19,12 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from steer import rundir
-from steer.interventions import DynamicAffine
-from steer.resumable import finish
+from steer.core.interventions import DynamicAffine
+from steer.core.sweep import by_record, check_grid, from_records, summarize, sweep
+from steer.io.resumable import finish
 from steer.stages.base import ConfigError, Stage
 from steer.stages.context import RunContext
 from steer.stages.train import expected_intervention
-from steer.sweep import by_record, check_grid, from_records, summarize, sweep
 
 log = logging.getLogger("steer")
 

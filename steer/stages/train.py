@@ -1,7 +1,7 @@
 """The train stage: obtain the intervention's Δ with the configured objective and save it.
 
 An ``Estimator`` objective (DiffMean) computes Δ in one pass; a ``Loss`` objective runs
-``steer.train`` with the form's ``intervention.train`` settings, starting from the form's random
+``steer.objectives.training`` with the form's ``intervention.train`` settings, starting from the form's random
 init or (``intervention.train.init=diffmean``) from the DiffMean estimate. Every process of an
 ``accelerate launch`` runs this stage (data-parallel); only the main process writes
 ``train_log.csv``, the end-of-epoch checkpoint ``train_checkpoint.pt`` (resumed from after an
@@ -17,13 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from steer import rundir
-from steer.forms import get_form
-from steer.interventions import DynamicAffine, new_intervention
-from steer.metrics import encode_pair
+from steer.core.forms import get_form
+from steer.core.interventions import DynamicAffine, new_intervention
+from steer.core.metrics import encode_pair
 from steer.objectives import OBJECTIVES, Estimator, Loss, Objective, make_objective
+from steer.objectives.training import TrainSettings, train_intervention
 from steer.stages.base import Stage
 from steer.stages.context import RunContext
-from steer.train import TrainSettings, train_intervention
 
 log = logging.getLogger("steer")
 
@@ -86,7 +86,7 @@ def starting_estimate(cfg: DictConfig, objective: Objective) -> Estimator | None
 
 
 def expected_intervention(cfg: DictConfig, model: nn.Module | None = None) -> dict:
-    """What the run's config says ``intervention.json`` must hold (``steer.artifacts.verify_intervention``):
+    """What the run's config says ``intervention.json`` must hold (``steer.io.artifacts.verify_intervention``):
     form, layer, model, objective, rank, and with ``model`` the site's sizes."""
     form = get_form(cfg.intervention.form)
     expected = {

@@ -1,6 +1,6 @@
 """The unified dynamic weight update, Δh = m1·ΔW·h_in + m2·Δb, at one site of one layer.
 
-The forms (``steer.forms``) differ only in which of ΔW, Δb they carry and where they sit;
+The forms (``steer.core.forms``) differ only in which of ΔW, Δb they carry and where they sit;
 ``DynamicAffine`` holds one form's tensors as parameters and applies its Δh.
 
 The update is a forward hook that adds Δh to the site's output, so m = 0 adds an exact zero and
@@ -21,9 +21,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from steer import rundir
-from steer.artifacts import CorruptArtifact, read_json, read_safetensors, verify_intervention
-from steer.atomic import atomic_path
-from steer.forms import Form, Multiplier, get_form
+from steer.core.forms import Form, Multiplier, get_form
+from steer.io.artifacts import CorruptArtifact, read_json, read_safetensors, verify_intervention
+from steer.io.atomic import atomic_path
 
 
 @dataclass
@@ -64,7 +64,7 @@ class DynamicAffine(nn.Module):
 
     @property
     def spec(self) -> Form:
-        """The registered ``steer.forms.Form`` of this intervention."""
+        """The registered ``steer.core.forms.Form`` of this intervention."""
         return get_form(self.info.form)
 
     def set_multiplier(self, m: Multiplier, m_bias: Multiplier | None = None) -> None:
@@ -172,7 +172,7 @@ class DynamicAffine(nn.Module):
 
     @classmethod
     def load(cls, run_dir: str | Path, expected: Mapping | None = None) -> DynamicAffine:
-        """Rebuild an intervention from its two files, verified (``steer.artifacts.verify_intervention``):
+        """Rebuild an intervention from its two files, verified (``steer.io.artifacts.verify_intervention``):
         the json against ``expected`` (what the run's config says: form, layer, model, ...), the
         tensors against the json's shapes, every value finite. A damaged or foreign file is a
         ``CorruptArtifact`` naming it."""

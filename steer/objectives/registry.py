@@ -2,7 +2,7 @@
 
 Each objective is one class (a frozen dataclass of its ``objective.*`` options, checked on
 construction) registered in ``OBJECTIVES``; ``forms`` says which intervention forms it can
-produce (None: every form). A ``Loss`` is trained by ``steer.train`` (SFT, RePS, SPLIT); an
+produce (None: every form). A ``Loss`` is trained by ``steer.objectives.training`` (SFT, RePS, SPLIT); an
 ``Estimator`` computes Δ in closed form (DiffMean). Adding an objective is one class and one
 registry line (or ``OBJECTIVES[name] = MyObjective`` from outside the package).
 
@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from steer.data import PairRecord
-from steer.diffmean import diffmean_vector
+from steer.objectives.diffmean import diffmean_vector
+from steer.pairs import PairRecord
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ class RePS(Loss):
 
 @dataclass(frozen=True)
 class DiffMean(Estimator):
-    """Δb = mean layer-l activation over A_p answer tokens − over A_n (``steer.diffmean``); vector only."""
+    """Δb = mean layer-l activation over A_p answer tokens − over A_n (``steer.objectives.diffmean``); vector only."""
 
     name = "diffmean"
     forms = ("vector",)

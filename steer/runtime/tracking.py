@@ -5,7 +5,7 @@ files then live under ``<run dir>/wandb`` and ``wandb sync`` uploads them later.
 whose key looks like a secret are never sent.
 
 One W&B run per job. The jobs of one multirun share a group (``tracking.group``, by default the
-multirun's directory and start time, which ``steer.multirun`` puts in ``$STEER_MULTIRUN``); within
+multirun's directory and start time, which ``steer.runtime.multirun`` puts in ``$STEER_MULTIRUN``); within
 a multirun wandb is silent, and the multirun prints one ``wandb sync`` line for all its jobs.
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from steer.secrets import argv_redacted, redact_config
+from steer.io.secrets import argv_redacted, redact_config
 
-# The W&B group of the multirun this process's jobs belong to (set by steer.multirun.JobsTable).
+# The W&B group of the multirun this process's jobs belong to (set by steer.runtime.multirun.JobsTable).
 MULTIRUN_ENV = "STEER_MULTIRUN"
 
 
@@ -140,11 +140,11 @@ def log_fit(tracker: Tracker, result, fit_json: dict, points: int = 200) -> None
     """The fit stage's panels: per split, mean PrefOdds/UtilOdds against m with their fitted
     curves (one line plot each), and every fit parameter and R² in the summary.
 
-    ``result`` is a ``steer.fit.SweepFit``; ``fit_json`` its ``to_json()``.
+    ``result`` is a ``steer.analysis.fit.SweepFit``; ``fit_json`` its ``to_json()``.
     """
     import numpy as np
 
-    from steer.fit import SPLITS
+    from steer.analysis.fit import SPLITS
 
     if not tracker.active:
         return

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from steer.models import decoder_layers
+from steer.core.models import decoder_layers
 
 
 class PassThrough(nn.Module):

@@ -22,9 +22,10 @@ from pathlib import Path
 
 from torch import nn
 
-from steer.atomic import atomic_write_text
-from steer.generate import greedy_generate
-from steer.models import cache_root, model_fingerprint
+from steer.core.generate import greedy_generate
+from steer.core.models import model_fingerprint
+from steer.io.atomic import atomic_write_text
+from steer.io.cache import cache_root
 
 log = logging.getLogger("steer")
 

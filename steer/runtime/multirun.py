@@ -27,8 +27,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from steer import rundir
-from steer.atomic import atomic_write_text
-from steer.tracking import MULTIRUN_ENV
+from steer.io.atomic import atomic_write_text
+from steer.runtime.tracking import MULTIRUN_ENV
 
 # Where a multirun's jobs leave their records (set by the launching process, inherited by workers).
 RECORDS_ENV = "STEER_MULTIRUN_RECORDS"

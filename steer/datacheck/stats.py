@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from steer.data import PairRecord
-from steer.metrics import encode, encode_pair, pref_odds, util_odds
-from steer.sweep import pair_losses
+from steer.core.metrics import encode, encode_pair, pref_odds, util_odds
+from steer.core.sweep import pair_losses
+from steer.pairs import PairRecord
 
 
 def answer_lengths(tokenizer, records: Sequence[PairRecord]) -> pd.DataFrame:

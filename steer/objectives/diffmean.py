@@ -13,10 +13,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from steer.data import PairRecord
-from steer.metrics import Encoded, collate, encode
-from steer.models import decoder_layer
-from steer.sweep import length_batches
+from steer.core.batching import length_batches
+from steer.core.metrics import Encoded, collate, encode
+from steer.core.models import decoder_layer
+from steer.pairs import PairRecord
 
 
 def mean_answer_activation(

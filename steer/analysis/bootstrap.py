@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from steer.fit import COLUMNS, SPLITS, FitError, fit_curve
+from steer.analysis.fit import COLUMNS, SPLITS, FitError, fit_curve
 
 LEVEL = 0.95
 # Restarts of each bootstrap refit: one, against the fit stage's 16, since N refits follow (a refit

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from steer import rundir
-from steer.atomic import atomic_write_text
-from steer.bootstrap import percentile_interval
+from steer.analysis.bootstrap import percentile_interval
+from steer.io.atomic import atomic_write_text
 from steer.judge.protocols import example_scores
 from steer.judge.select import split_records
 from steer.report import (

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from steer.atomic import atomic_write_text
+from steer.io.atomic import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class PolarityPair:
     """One example: query, concept-positive answer A_p, concept-negative answer A_n.
 
     ``negative=None`` means A_n is the model's own greedy answer to the prompt (AxBench): the data
-    stage generates it (``steer.own_answers``) before the pair is written. ``meta`` carries what
+    stage generates it (``steer.core.own_answers``) before the pair is written. ``meta`` carries what
     downstream stages need (e.g. AxBench's ``concept_id`` and ``concept``).
     """
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence, Sized
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,22 +20,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from steer import rundir
-from steer.data import PairRecord
-from steer.interventions import DynamicAffine
-from steer.metrics import EncodedPair, encode_pair, pair_logprobs, pref_odds, util_odds
-from steer.models import model_fingerprint
-from steer.prefix import capture_layer_input, reuse_prefix
-from steer.resumable import run_resumable
+from steer.core.batching import length_batches
+from steer.core.interventions import DynamicAffine
+from steer.core.metrics import EncodedPair, encode_pair, pair_logprobs, pref_odds, util_odds
+from steer.core.models import model_fingerprint
+from steer.core.prefix import capture_layer_input, reuse_prefix
+from steer.io.resumable import run_resumable
+from steer.pairs import PairRecord
 
 log = logging.getLogger("steer")
 
 COLUMNS = list(rundir.SWEEP_COLUMNS)
-
-
-def length_batches(items: Sequence[Sized], batch_size: int) -> list[list[int]]:
-    """Indices of ``items`` grouped into batches of similar length (``len(item)`` tokens)."""
-    order = sorted(range(len(items)), key=lambda i: len(items[i]))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def pair_losses(
@@ -66,8 +61,8 @@ def grid_losses(
 
     Both answers of a pair share one packed forward (``pair_logprobs``). Per batch, the first m
     runs the whole model and records the input of the steered layer; the other m reuse it and run
-    only layers l..L (``steer.prefix``). With ``parts_dir``, every batch's losses are kept there as
-    they finish (``steer.resumable``, under ``key`` and a digest of everything the losses depend
+    only layers l..L (``steer.core.prefix``). With ``parts_dir``, every batch's losses are kept there as
+    they finish (``steer.io.resumable``, under ``key`` and a digest of everything the losses depend
     on), and a re-run computes only the batches a killed run did not finish.
     """
     losses = np.empty((len(grid), len(pairs), 2), dtype=np.float64)
@@ -159,7 +154,7 @@ def sweep(
     """Score A_p and A_n of every record at every multiplier of ``grid``.
 
     Returns one row per (m, record) with the columns of ``sweep.parquet``. With ``parts_dir`` the
-    sweep is resumable (``grid_losses``); the caller deletes the parts (``steer.resumable.finish``)
+    sweep is resumable (``grid_losses``); the caller deletes the parts (``steer.io.resumable.finish``)
     once it has written the result.
     """
     if not records:

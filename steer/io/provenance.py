@@ -20,9 +20,9 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from steer.artifacts import read_json
-from steer.atomic import atomic_write_text
-from steer.secrets import redact_argv
+from steer.io.artifacts import read_json
+from steer.io.atomic import atomic_write_text
+from steer.io.secrets import redact_argv
 
 CHUNK = 1 << 20
 PACKAGES = (
@@ -108,7 +108,7 @@ def weights_identity(source: str, resolved: str | Path | None = None, full: bool
     """Who the model's weights are, cheaply: ``{"source", "path", "revision", "files", "digest",
     "method"}``.
 
-    ``resolved`` is the folder ``from_pretrained`` loads (``steer.models.resolve_source(source)``);
+    ``resolved`` is the folder ``from_pretrained`` loads (``steer.core.models.resolve_source(source)``);
     without it a hub id is looked up in the local hub cache only (no network). For a folder, every
     weight file (and ``config.json``) enters the digest by relative path and ``sampled_digest``
     (``full=True``: ``file_digest``). A hub snapshot also records its revision (commit hash).
@@ -212,7 +212,7 @@ def run_info(
 
     ``model`` is ``weights_identity(...)``; ``data_files`` the files or folders the run read (each
     hashed in full: ``path_digest``); ``argv`` defaults to ``sys.argv`` and is recorded with every
-    secret removed (``steer.secrets.redact_argv``). ``started`` defaults to now; ``ended`` stays None
+    secret removed (``steer.io.secrets.redact_argv``). ``started`` defaults to now; ``ended`` stays None
     until the run finishes (``finish_run_info``).
     """
     data = {}

@@ -22,8 +22,8 @@ from typing import TypeVar
 
 import pandas as pd
 
-from steer.artifacts import CorruptArtifact, read_parquet
-from steer.atomic import atomic_path
+from steer.io.artifacts import CorruptArtifact, read_parquet
+from steer.io.atomic import atomic_path
 
 log = logging.getLogger("steer")
 

@@ -3,8 +3,8 @@
     python -m steer.report table2|table3|table5|table6|fig2|fig4|fig5 [--outputs DIR] [--dataset NAME ...]
     python -m steer.report table2|table3|table5|table6|front [--bootstrap N --seed S] [--deltas 1,2,5]
 
-``table3`` is the judged results (``steer.judge.table3``); ``front`` the preference-utility front
-(``steer.front``); ``--bootstrap N`` adds 95 % intervals over examples (``steer.bootstrap``) to the
+``table3`` is the judged results (``steer.report.table3``); ``front`` the preference-utility front
+(``steer.report.front``); ``--bootstrap N`` adds 95 % intervals over examples (``steer.analysis.bootstrap``) to the
 R² tables, the front and the judged metrics of table3.
 
 A finished run is a directory under DIR (default ``outputs/``) holding ``fit.json`` (written last
@@ -21,7 +21,7 @@ column of the row has a value. Only families with at least one finished run get 
 - table2: R² of the fit on the train split; table5: on the test split; table6: the train fit
   scored on the test split (may be negative).
 - table3: the judged results (accuracy, PowerSeeking score, AxBench concept and HM) from the judge
-  stage's metrics.json (``steer.judge.table3``).
+  stage's metrics.json (``steer.report.table3``).
 
 Figures: one per model (and layer) and data set; panels are intervention forms in rows (vector on
 top, then lora, local_weight) × objectives in columns, each with the mean PrefOdds (solid) and
@@ -47,10 +47,10 @@ import pandas as pd
 import yaml
 
 from steer import rundir
-from steer.atomic import atomic_write_text
-from steer.bootstrap import Interval, fmt_interval, percentile_interval, r2_statistic, replicate
-from steer.fit import COLUMNS, PARAMS, SPLITS, FitError, fit_curve, fit_from_json, mean_curve
-from steer.plots import Panel, save_dynamics_figure
+from steer.analysis.bootstrap import Interval, fmt_interval, percentile_interval, r2_statistic, replicate
+from steer.analysis.fit import COLUMNS, PARAMS, SPLITS, FitError, fit_curve, fit_from_json, mean_curve
+from steer.analysis.plots import Panel, save_dynamics_figure
+from steer.io.atomic import atomic_write_text
 
 REPORTS = "reports"
 
@@ -64,7 +64,7 @@ FIGURES = {"fig2": "psychopathy", "fig4": "powerseeking", "fig5": "axbench"}
 FAMILIES = {"psychopathy": "Psy", "powerseeking": "Pwr", "axbench": "Axb"}
 CONCEPT_SUFFIX = re.compile(r"-c\d+$")
 # Display names and order of the paper's forms and objectives; any other registered form or
-# objective appears under its own name, after these (steer.forms / steer.objectives need torch).
+# objective appears under its own name, after these (steer.core.forms / steer.objectives need torch).
 FORM_LABELS = {"local_weight": "LocalWeight", "lora": "LoRA", "vector": "Vector"}
 FIGURE_FORMS = ("vector", "lora", "local_weight")
 OBJECTIVE_LABELS = {"diffmean": "DiffMean", "sft": "SFT", "reps": "RePS", "split": "SPLIT"}
@@ -332,7 +332,7 @@ def _latex_escape(text: str) -> str:
 
 def build_table(name: str, outputs: Path, bootstrap: int = 0, seed: int = 0) -> list[Path]:
     """Table ``name`` from the runs under ``outputs``; ``bootstrap`` > 0 adds 95 % intervals from
-    that many bootstrap replicates over examples per run (``steer.bootstrap``), timed in the Markdown."""
+    that many bootstrap replicates over examples per run (``steer.analysis.bootstrap``), timed in the Markdown."""
     runs, skipped = find_runs(outputs)
     if not runs:
         raise NoRuns(_no_runs_message(outputs, skipped))
@@ -528,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--bootstrap applies to the tables and the front, not to figures")
     try:
         if args.target == "table3":
-            from steer.judge.table3 import build_table3
+            from steer.report.table3 import build_table3
 
             paths = build_table3(args.outputs, args.bootstrap, args.seed)
             print(paths[0].read_text())
@@ -538,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             paths = build_table(args.target, args.outputs, args.bootstrap, args.seed)
             print(paths[0].read_text())
         elif args.target == "front":
-            from steer.front import DELTAS, build_front, parse_deltas
+            from steer.report.front import DELTAS, build_front, parse_deltas
 
             deltas = parse_deltas(args.deltas) if args.deltas else list(DELTAS)
             paths, _ = build_front(args.outputs, deltas, args.bootstrap, args.seed)
@@ -550,7 +550,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

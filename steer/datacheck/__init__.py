@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from steer.pair_stats import answer_lengths, mass_summary, unsteered_scores
+from steer.datacheck.stats import answer_lengths, mass_summary, unsteered_scores
 
 
 def settings(cfg) -> list[tuple[str, str | None]]:
@@ -67,7 +67,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(report)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

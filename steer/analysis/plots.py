@@ -14,8 +14,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from steer.atomic import atomic_path
-from steer.fit import Fit
+from steer.analysis.fit import Fit
+from steer.io.atomic import atomic_path
 
 LEGEND_INCHES = 0.4
 STYLE = {"pref": ("C0", "-", "o", "PrefOdds"), "util": ("C3", "--", "s", "UtilOdds")}
@@ -23,7 +23,7 @@ STYLE = {"pref": ("C0", "-", "o", "PrefOdds"), "util": ("C3", "--", "s", "UtilOd
 
 @dataclass(frozen=True)
 class Panel:
-    """One panel: the mean curves (``steer.fit.mean_curve`` frames) and their fits (None: no fit)."""
+    """One panel: the mean curves (``steer.analysis.fit.mean_curve`` frames) and their fits (None: no fit)."""
 
     title: str
     curves: dict[str, pd.DataFrame]

@@ -8,7 +8,7 @@ unified update h_out = (W + m1·ΔW)·h_in + (b + m2·Δb) with some of ΔW, Δb
 * ``vector``: Δb only, added to the residual stream at the output of decoder layer l.
 
 Adding a form is one subclass and one line in ``FORMS`` (or ``FORMS[name] = MyForm()`` from
-outside the package); ``steer.interventions.DynamicAffine`` does the rest (hook, save, load).
+outside the package); ``steer.core.interventions.DynamicAffine`` does the rest (hook, save, load).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from steer.models import decoder_layer, layer_linear
+from steer.core.models import decoder_layer, layer_linear
 
 Multiplier = float | torch.Tensor
 Tensors = Mapping[str, torch.Tensor]

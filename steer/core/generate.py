@@ -39,10 +39,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from steer.interventions import DynamicAffine
-from steer.models import model_fingerprint
-from steer.resumable import run_resumable
-from steer.sweep import length_batches
+from steer.core.batching import length_batches
+from steer.core.interventions import DynamicAffine
+from steer.core.models import model_fingerprint
+from steer.io.resumable import run_resumable
 
 log = logging.getLogger("steer")
 
@@ -236,7 +236,7 @@ def generate(
     Eval mode and ``torch.inference_mode`` inside; the model's training flag is restored.
 
     With ``parts_dir``, the prompts go in chunks of one batch (``batch_size`` // number of m
-    prompts) whose answers are kept there as they finish (``steer.resumable``, under ``key`` and a
+    prompts) whose answers are kept there as they finish (``steer.io.resumable``, under ``key`` and a
     digest of everything the answers depend on): a re-run after a kill generates only the chunks
     that were not finished, and returns what an uninterrupted run does.
     """

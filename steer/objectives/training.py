@@ -3,9 +3,9 @@
 The loop runs on ``accelerate``. Started with ``accelerate launch``, every process trains on a
 fixed shard of the pairs (example i belongs to process i mod N) and DDP averages the gradients of
 Δ; alone, the same code runs in one process. A pair is one packed row [prompt | A_p | A_n]
-(``steer.metrics.pair_logprobs``). Layers before the steered one do not depend on Δ, so a first
+(``steer.core.metrics.pair_logprobs``). Layers before the steered one do not depend on Δ, so a first
 pass caches each pair's layer-l input (and its reference log-likelihoods, the intervention off)
-and every step runs only layers l..L (``steer.prefix``).
+and every step runs only layers l..L (``steer.core.prefix``).
 
 Each step, each pair of the batch gets a multiplier m drawn from ``train_factors`` and is scored in
 both directions: A_p is the winner under +m, A_n under −m. The draws and the shuffling depend only
@@ -30,12 +30,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from steer.atomic import atomic_path
-from steer.interventions import DynamicAffine
-from steer.metrics import EncodedPair, pair_logprobs
+from steer.core.batching import length_batches
+from steer.core.interventions import DynamicAffine
+from steer.core.metrics import EncodedPair, pair_logprobs
+from steer.core.prefix import capture_layer_input, reuse_prefix
+from steer.io.atomic import atomic_path
 from steer.objectives import Objective, Side
-from steer.prefix import capture_layer_input, reuse_prefix
-from steer.sweep import length_batches
 
 log = logging.getLogger("steer")
 
@@ -162,7 +162,7 @@ def cache_prefix(model: nn.Module, pairs: Sequence[EncodedPair], layer: int, bat
 
 
 def padded_hidden(hiddens: Sequence[torch.Tensor], device) -> torch.Tensor:
-    """Right-pad cached layer inputs to [rows, width, d], as ``steer.metrics.packed_inputs`` pads."""
+    """Right-pad cached layer inputs to [rows, width, d], as ``steer.core.metrics.packed_inputs`` pads."""
     width = max(h.shape[0] for h in hiddens)
     out = hiddens[0].new_zeros(len(hiddens), width, hiddens[0].shape[-1])
     for row, h in enumerate(hiddens):

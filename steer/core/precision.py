@@ -2,7 +2,7 @@
 
 bf16 halves the memory of weights and activations (a 9B model in 18 GB instead of 36 GB) and runs
 on the GPU's bf16 tensor cores. Only the frozen model is cast: Δ (the intervention's tensors) stays
-fp32, and every log-probability is taken in fp32 (``steer.metrics`` upcasts the logits before the
+fp32, and every log-probability is taken in fp32 (``steer.core.metrics`` upcasts the logits before the
 log-softmax), so the sums over answer tokens do not lose bf16's 8 bits of mantissa.
 """
 

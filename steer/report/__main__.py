@@ -1,0 +1,7 @@
+"""``python -m steer.report``."""
+
+import sys
+
+from steer.report import main
+
+sys.exit(main())
