@@ -112,7 +112,7 @@ def test_bootstrap_of_r2_refits_reproducibly(tmp_path):
 
 @pytest.mark.slow
 def test_table_bootstrap_shows_intervals_in_md_and_csv_columns(tmp_path):
-    from steer.report import build_table
+    from steer.report.r2 import build_table
     from tests.synthetic_runs import write_fit
 
     run_dir = tmp_path / "sentiment" / "run"

@@ -29,19 +29,18 @@ from steer import rundir
 from steer.analysis.bootstrap import RESTARTS, Curves, Interval, fmt_interval, percentile_interval, replicate
 from steer.analysis.fit import COLUMNS, curve, fit_curve, fit_from_json, mean_curve
 from steer.io.atomic import atomic_path, atomic_write_text
-from steer.report import (
+from steer.report.runs import (
     FORM_LABELS,
     OBJECTIVE_LABELS,
     REPORTS,
     NoRuns,
     Run,
-    _latex_escape,
-    _no_runs_message,
-    _rank,
-    _slug,
     find_runs,
-    markdown_head,
+    no_runs_message,
+    rank,
+    slug,
 )
+from steer.report.tables import latex_escape, markdown_head
 
 # Utility budgets in nats of UtilOdds (log-odds of P(A_p) + P(A_n)); summed-over-tokens losses of
 # whole sentences put UtilOdds far below 0, where a budget of a few nats is a factor of e^δ in P_u.
@@ -218,7 +217,7 @@ def front_latex(rows: Sequence[FrontRow], deltas: Sequence[float]) -> str:
         labels = [run.model, str(run.layer), run.dataset, FORM_LABELS.get(run.form, run.form)]
         labels.append(OBJECTIVE_LABELS.get(run.objective, run.objective))
         cells = [fmt_interval(row.fitted[d].pref, row.intervals[d], 2) for d in deltas]
-        lines.append(" & ".join(_latex_escape(x) for x in labels) + " & " + " & ".join(cells) + " \\\\")
+        lines.append(" & ".join(latex_escape(x) for x in labels) + " & " + " & ".join(cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
 
@@ -233,14 +232,14 @@ def build_front(
     found, skipped = find_runs(outputs)
     runs = [r for r in found if (r.path / rundir.SWEEP).is_file()]
     if not runs:
-        raise NoRuns(_no_runs_message(outputs, skipped))
+        raise NoRuns(no_runs_message(outputs, skipped))
     runs.sort(
         key=lambda r: (
             r.model,
             r.layer,
             r.dataset,
-            _rank(list(FORM_LABELS), r.form),
-            _rank(list(OBJECTIVE_LABELS), r.objective),
+            rank(list(FORM_LABELS), r.form),
+            rank(list(OBJECTIVE_LABELS), r.objective),
         )
     )
     start = time.perf_counter()
@@ -250,7 +249,7 @@ def build_front(
     figures = []
     for model, layer, dataset in dict.fromkeys((r.model, r.layer, r.dataset) for r in runs):
         group = [row for row in rows if (row.run.model, row.run.layer, row.run.dataset) == (model, layer, dataset)]
-        path = out / f"front-{_slug(model)}-L{layer}-{_slug(dataset)}.png"
+        path = out / f"front-{slug(model)}-L{layer}-{slug(dataset)}.png"
         figures.append(front_figure(path, group, f"{model} (layer {layer}) · {dataset}"))
     note = (
         f"[lo, hi] = 95 % bootstrap interval over test examples ({bootstrap} replicates, seed {seed}, {seconds:.0f} s)."

@@ -31,23 +31,19 @@ from steer.analysis.bootstrap import percentile_interval
 from steer.io.atomic import atomic_write_text
 from steer.judge.protocols import example_scores
 from steer.judge.select import split_records
-from steer.report import (
+from steer.report.runs import (
     FORM_LABELS,
-    MISSING,
     OBJECTIVE_LABELS,
     REPORTS,
-    Cell,
     NoRuns,
     Run,
-    _fmt,
-    _latex_escape,
-    _rank,
-    _rel,
-    _skipped_lines,
     family_label,
     find_runs,
-    markdown_head,
+    rank,
+    relative,
+    skipped_lines,
 )
+from steer.report.tables import MISSING, Cell, fmt_cell, latex_escape, markdown_head
 
 # (metric key in metrics.json, column label) per data set loader; other loaders show accuracy and HM.
 METRIC_COLUMNS = {
@@ -150,7 +146,7 @@ class Table3:
 
 
 def build(runs: Sequence[JudgedRun]) -> Table3:
-    loaders = sorted({r.run.loader for r in runs}, key=lambda x: _rank(list(METRIC_COLUMNS), x))
+    loaders = sorted({r.run.loader for r in runs}, key=lambda x: rank(list(METRIC_COLUMNS), x))
     columns = [
         (loader, metric, f"{family_label(loader)} {label}")
         for loader in loaders
@@ -174,7 +170,7 @@ def build(runs: Sequence[JudgedRun]) -> Table3:
         rows.append(([model, str(layer), VANILLA, "—"], cells(of_model, "vanilla")))
         keys = sorted(
             {(r.run.form, r.run.objective) for r in of_model},
-            key=lambda k: (_rank(list(FORM_LABELS), k[0]), _rank(list(OBJECTIVE_LABELS), k[1])),
+            key=lambda k: (rank(list(FORM_LABELS), k[0]), rank(list(OBJECTIVE_LABELS), k[1])),
         )
         for form, objective in keys:
             mine = [r for r in of_model if (r.run.form, r.run.objective) == (form, objective)]
@@ -197,7 +193,7 @@ def markdown(table: Table3, outputs: Path, skipped) -> str:
         *markdown_head(head, 4),
     ]
     for labels, cells in table.rows:
-        lines.append("| " + " | ".join(labels + [_fmt(cells[c[:2]], count=True) for c in table.columns]) + " |")
+        lines.append("| " + " | ".join(labels + [fmt_cell(cells[c[:2]], count=True) for c in table.columns]) + " |")
     lines += [
         "",
         f"## Runs used ({len(table.runs)})",
@@ -210,12 +206,12 @@ def markdown(table: Table3, outputs: Path, skipped) -> str:
         cost = usage.get("cost_usd")
         cost = MISSING if cost is None else f"{cost:.4f}"
         lines.append(
-            f"| {_rel(run.run.path, outputs)} | {run.run.dataset} | {run.judge.get('m', 0):g} | "
+            f"| {relative(run.run.path, outputs)} | {run.run.dataset} | {run.judge.get('m', 0):g} | "
             f"{run.judge.get('select')} | "
             f"{judge.get('backend')}: {judge.get('model')} | "
             f"{usage.get('calls', 0)} (+{usage.get('cached', 0)} cached) | {cost} |"
         )
-    lines += _skipped_lines(skipped, outputs)
+    lines += skipped_lines(skipped, outputs)
     return "\n".join(lines) + "\n"
 
 
@@ -239,7 +235,7 @@ def latex(table: Table3) -> str:
         "% Table 3: judged steering results. -- = no run; superscript = number of runs averaged.",
         f"\\begin{{tabular}}{{llll{'c' * len(table.columns)}}}",
         "\\toprule",
-        "Model & Layer & Form & Objective & " + " & ".join(_latex_escape(c[2]) for c in table.columns) + " \\\\",
+        "Model & Layer & Form & Objective & " + " & ".join(latex_escape(c[2]) for c in table.columns) + " \\\\",
         "\\midrule",
     ]
     for labels, cells in table.rows:
@@ -248,7 +244,7 @@ def latex(table: Table3) -> str:
             cell = cells[column[:2]]
             text = "--" if cell.value is None else f"{cell.value:.3f}"
             values.append(f"{text}$^{{{cell.n}}}$" if cell.value is not None and cell.n > 1 else text)
-        lines.append(" & ".join(_latex_escape(x) for x in labels) + " & " + " & ".join(values) + " \\\\")
+        lines.append(" & ".join(latex_escape(x) for x in labels) + " & " + " & ".join(values) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
 
