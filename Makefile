@@ -56,9 +56,11 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -m slow $(ARGS)
 
+# ruff, then the import contracts of pyproject.toml [tool.importlinter] (layers, torch-free readers).
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 format: setup
 	$(PY) -m ruff format .

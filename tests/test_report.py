@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.image import imread
-from synthetic_runs import VECTOR_GRID, WEIGHT_GRID, write_config, write_fit, write_sweep
+from synthetic_runs import VECTOR_GRID, WEIGHT_GRID, markdown_rows, write_config, write_fit, write_sweep
 
 from steer.report.__main__ import main
 from steer.report.figures import build_figure
@@ -61,13 +61,27 @@ def test_table2_averages_families_and_shows_missing_cells(outputs):
     assert list(csv.columns[4:9]) == ["pref_Psy", "pref_Psy_n", "pref_Pwr", "pref_Pwr_n", "pref_Axb"]
 
     md = (outputs / "reports" / "table2.md").read_text()
-    assert "| Pref Psy | Pref Pwr | Pref Axb | Pref sentiment | Pref Avg | Util Psy |" in md
-    assert "| smollm2-135m | 15 | Vector | DiffMean | 0.900 | 0.700 | 0.850 (n=3) | 0.990 | 0.860 |" in md
-    assert "| smollm2-135m | 15 | LoRA | SFT | 0.500 | — | 0.300 | 0.100 | — |" in md
+    rows = markdown_rows(md)
+    assert rows[0][4:10] == ["Pref Psy", "Pref Pwr", "Pref Axb", "Pref sentiment", "Pref Avg", "Util Psy"]
+    assert rows[1][:9] == ["smollm2-135m", "15", "LoRA", "SFT", "0.500", "—", "0.300", "0.100", "—"]
+    assert rows[2][:9] == [
+        "smollm2-135m",
+        "15",
+        "Vector",
+        "DiffMean",
+        "0.900",
+        "0.700",
+        "0.850 (n=3)",
+        "0.990",
+        "0.860",
+    ]
     assert "## Runs used (9)" in md and "axbench-c2/smollm2-135m/vector-diffmean/layer15" in md
     tex = (outputs / "reports" / "table2.tex").read_text()
-    assert "0.850$^{3}$" in tex and "LoRA & SFT & 0.500 & -- &" in tex
-    assert "\\multicolumn{5}{c}{Preference}" in tex
+    # the same cells as the Markdown, under spanning Pref/Util headers with booktabs rules
+    assert "smollm2-135m & 15 & Vector & DiffMean & 0.900 & 0.700 & 0.850 (n=3) & 0.990 & 0.860 &" in tex
+    assert "LoRA & SFT & 0.500 & --- & 0.300 &" in tex
+    assert "\\multicolumn{4}{c}{} & \\multicolumn{5}{c}{Pref} & \\multicolumn{5}{c}{Util} \\\\" in tex
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "\\label{tab:table2}" in tex
 
 
 def test_table5_and_table6_read_their_own_r2(outputs):
@@ -121,6 +135,7 @@ def test_figure_of_one_data_set(tmp_path, capsys):
 
     assert main(["fig5", "--outputs", str(out)]) == 0
     png = out / "reports" / "fig5-smollm2-135m-L15-axbench.png"
+    assert png.with_suffix(".pdf").read_bytes().startswith(b"%PDF")  # the vector twin, for papers
     image = imread(png)
     assert image.shape[0] > 600 and image.shape[1] > 600  # 3 rows (vector, lora, local_weight) × 2 columns
     data = pd.read_csv(out / "reports" / "fig5.csv")

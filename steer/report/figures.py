@@ -108,7 +108,7 @@ def build_figure(name: str, outputs: Path, datasets: Sequence[str] | None = None
             written.append(save_dynamics_figure(path, grid, title))
     atomic_write_text(out / f"{name}.csv", pd.DataFrame.from_records(records).to_csv(index=False))
     atomic_write_text(out / f"{name}.md", _figure_markdown(name, written, used, outputs, skipped, split))
-    return [*written, out / f"{name}.md", out / f"{name}.csv"]
+    return [*written, *(p.with_suffix(".pdf") for p in written), out / f"{name}.md", out / f"{name}.csv"]
 
 
 def _panel_records(panel: Panel, model, layer, dataset, form, objective, split, n_runs) -> list[dict]:
@@ -134,7 +134,8 @@ def _figure_markdown(name, figures, runs, outputs, skipped, split) -> str:
         f"Mean PrefOdds (solid) and UtilOdds (dashed) over the {split} examples against the multiplier m, "
         "a band of ± 1 s.d. over examples, and the validity-decay fits (black) with their R². Panels: "
         "intervention forms in rows (vector on top, then lora, local_weight), objectives in columns; runs of "
-        f"one data set family are pooled. The plotted numbers are in `{name}.csv`.",
+        f"one data set family are pooled. Each figure is also a PDF (vector) of the same name; the plotted numbers "
+        f"are in `{name}.csv`.",
         "",
     ]
     lines += [f"![{p.stem}]({p.name})" for p in figures]

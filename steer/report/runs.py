@@ -27,6 +27,16 @@ CONCEPT_SUFFIX = re.compile(r"-c\d+$")
 # objective appears under its own name, after these (steer.core.forms / steer.objectives need torch).
 FORM_LABELS = {"local_weight": "LocalWeight", "lora": "LoRA", "vector": "Vector"}
 OBJECTIVE_LABELS = {"diffmean": "DiffMean", "sft": "SFT", "reps": "RePS", "split": "SPLIT"}
+# What the tables show for a run's fields and for the paper's forms and objectives (``steer.report.tables``).
+NAMES = {
+    "model": "Model",
+    "layer": "Layer",
+    "form": "Form",
+    "objective": "Objective",
+    "dataset": "Data set",
+    **FORM_LABELS,
+    **OBJECTIVE_LABELS,
+}
 
 
 class NoRuns(Exception):
