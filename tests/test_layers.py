@@ -17,6 +17,7 @@ LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 LAYERS = "steer's packages by layer: imports only go down"
 TORCH_FREE = "Readers of runs, data and fits load no torch"
 NO_STAGES = "Reports read finished runs; they never run stages"
+ACYCLIC = "No import circle among the modules of any steer package"
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess:
@@ -30,9 +31,9 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess:
 def test_the_tree_keeps_every_contract():
     proc = lint_imports(REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for contract in (LAYERS, TORCH_FREE, NO_STAGES):
+    for contract in (LAYERS, TORCH_FREE, NO_STAGES, ACYCLIC):
         assert f"{contract} KEPT" in proc.stdout
-    assert "Contracts: 3 kept, 0 broken." in proc.stdout
+    assert "Contracts: 4 kept, 0 broken." in proc.stdout
 
 
 @pytest.mark.parametrize(
@@ -43,6 +44,7 @@ def test_the_tree_keeps_every_contract():
         ("analysis/fit.py", "import torch", TORCH_FREE, "steer.analysis is not allowed to import torch"),
         ("report/tables.py", "import steer.core.models", TORCH_FREE, "steer.core.models -> torch"),
         ("judge/select.py", "import steer.export", LAYERS, "steer.judge.select -> steer.export"),
+        ("report/runs.py", "import steer.report.r2", ACYCLIC, "No cycles are allowed in steer.report"),
     ],
 )
 def test_a_forbidden_import_fails_the_contract(tmp_path, module, line, broken, reason):

@@ -1,7 +1,8 @@
 """The reports: the paper's tables and figures, and the preference-utility front, from finished runs.
 
 Run them with ``python -m steer.report TARGET`` (``steer.report.__main__``). One idea per module,
-imports going one way (``runs`` ← ``tables`` ← the reports ← ``__main__``):
+imports going one way: ``__main__`` imports the reports, the reports import ``runs`` and ``tables``
+(no import circle: pyproject.toml's import contracts, ``make lint``):
 
 - ``runs``: finding finished runs under an outputs folder and reading what each is;
 - ``tables``: the one table builder: a pandas DataFrame written as CSV, Markdown and LaTeX;
