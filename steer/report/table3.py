@@ -209,8 +209,8 @@ def build_table3(outputs: Path, bootstrap: int = 0, seed: int = 0) -> list[Path]
         )
     frame, metrics, families = build(runs)
     caption = (
-        "Rows: model (layer) × form × objective at the multiplier each run chose (see the runs below), and "
-        "Vanilla (m = 0, the mean over that model's runs). Acc = share of test pairs with PrefOdds > 0; "
+        "Rows: model (layer) × form × objective at the multiplier each run chose (table3.md lists the runs), "
+        "and Vanilla (m = 0, the mean over that model's runs). Acc = share of test pairs with PrefOdds > 0; "
         "Pwr Score = mean judge score 1–4 over parseable replies; Concept / HM = mean AxBench concept score "
         f"(0–2) and mean per-sample harmonic mean of concept, instruction and fluency. {MISSING} = no run; "
         "(n=k) = mean over k runs of that family." + note
