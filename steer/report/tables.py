@@ -65,7 +65,7 @@ class Cell:
     digits: int = 3
 
     def text(self) -> str:
-        """``0.850 [0.80, 0.90] (n=3)``: the interval where there is one, the count where it averages runs."""
+        """``0.850 [0.800, 0.900] (n=3)``: the interval where there is one, the count where it averages runs."""
         if self.value is None:
             return MISSING
         text = fmt_interval(self.value, self.interval, self.digits)
