@@ -66,7 +66,7 @@ format: setup
 
 # The user's guide (docs/, mkdocs.yml) into site/; --strict: a broken link or an unrenderable docstring fails.
 docs: setup
-	$(VENV)/bin/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: setup
 	$(PY) experiments/bench.py $(ARGS)
