@@ -4,7 +4,8 @@ The site is built by ``mkdocs build --strict`` exactly as ``make docs`` does: a 
 missing anchor, a page outside the nav or a docstring mkdocstrings cannot render fails it. The
 command check is cheap honesty, not a run: every ``make X`` in a bash block names a Makefile
 target, every ``.venv/bin/python FILE`` an existing file and every ``.venv/bin/python -m MODULE``
-an importable module (running them is the lead's full check).
+an importable module (running them is the lead's full check); every repository path the prose
+cites exists.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ README = REPO / "README.md"
 README_LIMIT = 12 * 1024  # bytes: a README read in two minutes
 PAGES = sorted((REPO / "docs").glob("*.md"))
 BASH_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.MULTILINE | re.DOTALL)
+FENCED = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+# A repository path inside an inline code span: steer/..., conf/..., experiments/..., tests/..., docs/...
+CITED = re.compile(r"(?:^|[\s(])((?:steer|conf|experiments|tests|docs)/[\w./-]*)")
 
 
 def makefile_targets() -> set[str]:
@@ -60,6 +64,18 @@ def command_problem(command: str, targets: set[str]) -> str | None:
     return None
 
 
+def cited_paths(path: Path) -> list[str]:
+    """Repository paths named in the prose of a Markdown file (code blocks are examples of new files;
+    spans with NAME or <...> are patterns)."""
+    prose = FENCED.sub("", path.read_text())
+    found = []
+    for span in re.findall(r"`([^`\n]+)`", prose):
+        if "NAME" in span or "<" in span or "*" in span:
+            continue
+        found += [p.rstrip(".,") for p in CITED.findall(" " + span)]
+    return found
+
+
 def test_readme_is_short():
     size = len(README.read_bytes())
     assert size < README_LIMIT, f"README.md is {size} bytes; move detail into docs/ (limit {README_LIMIT})"
@@ -74,12 +90,27 @@ def test_commands_name_real_targets_and_files(path):
     assert not problems, f"{path.name}: " + "; ".join(problems)
 
 
+@pytest.mark.parametrize("path", [README, *PAGES], ids=lambda p: p.name)
+def test_cited_files_exist(path):
+    cited = cited_paths(path)
+    missing = [p for p in cited if not (REPO / p).exists()]
+    assert not missing, f"{path.name} cites files that do not exist: {missing}"
+
+
 def test_readme_shows_the_two_commands_and_links_every_page():
     text = README.read_text()
     commands = bash_commands(README)
     assert "make run" in commands and "make test" in commands
     for page in PAGES:
         assert f"docs/{page.name}" in text, f"README.md does not link docs/{page.name}"
+
+
+def test_path_check_reads_spans_not_examples(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "See `steer/nope.py` and (`conf/config.yaml`).\n\n```python\n# steer/example.py\n```\n`steer/NAME.py`\n"
+    )
+    assert cited_paths(page) == ["steer/nope.py", "conf/config.yaml"]
 
 
 def test_command_check_catches_a_wrong_target_file_and_module():
