@@ -38,8 +38,9 @@ class Command:
     def load(self) -> Callable[[list[str]], int]:
         location, _, name = self.target.partition(":")
         if location.endswith(".py"):
-            spec = importlib.util.spec_from_file_location(Path(location).stem, REPO / location)
+            spec = importlib.util.spec_from_file_location(f"steer_script_{Path(location).stem}", REPO / location)
             module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module  # dataclasses look their module up there
             spec.loader.exec_module(module)
         else:
             module = importlib.import_module(location)

@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in args):
+        print("usage: python -m steer.datacheck [HYDRA OVERRIDES...]   (or: steer datacheck ...)\n")
         print(__doc__)
         return 0
     try:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from steer.core.models import resolve_source
+from steer.core.models import EMBEDDED_SOURCE, check_model_folder, resolve_source
 from steer.judge.cache import AnswerCache
 from steer.judge.client import JudgeClient
 from steer.judge.protocols import Protocol, get_protocol
@@ -193,6 +193,12 @@ class LocalBackend:
     def check(s: Settings) -> None:
         if s.base_url:
             raise ValueError("judge=local starts its own server: leave judge.base_url null (or use judge=openai)")
+        if not s.model.startswith("embedded:") and not Path(s.model).expanduser().is_dir():
+            raise ValueError(
+                f"judge.model={s.model!r}: judge=local serves a local model folder or {EMBEDDED_SOURCE}, "
+                "and there is no such folder"
+            )
+        check_model_folder(s.model, "judge.model")
 
     @staticmethod
     def model_name(s: Settings) -> str:

@@ -208,9 +208,12 @@ def run(
 
 
 def remove_empty_run_dir(run_dir: Path, root: Path) -> None:
-    """After a refused config: remove ``run_dir`` and its parents up to (not including) ``root``
-    while they are empty, the folders Hydra made for the run, so nothing is left behind."""
+    """After a refused config: remove ``run_dir`` when empty, and its empty parents up to (not
+    including) ``root``: the folders Hydra made for the run, so nothing is left behind."""
     run_dir, root = Path(run_dir).resolve(), Path(root).resolve()
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+    run_dir = run_dir.parent
     while run_dir != root and root in run_dir.parents and run_dir.is_dir() and not any(run_dir.iterdir()):
         run_dir.rmdir()
         run_dir = run_dir.parent
