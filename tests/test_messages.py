@@ -87,3 +87,16 @@ def test_damaged_config_yaml_names_the_file(tmp_path):
     (tmp_path / rundir.CONFIG).write_text("model: {name: [unclosed\n")
     with pytest.raises(ValueError, match=rf"{tmp_path / rundir.CONFIG}: not valid YAML"):
         rundir.read_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"n_train": -1}, r"dataset\.n_train must be a non-negative integer, got -1"),
+        ({"seed": "a"}, r"dataset\.seed must be a non-negative integer, got 'a'"),
+        ({"n_train": 1000}, r"dataset=sentiment \(built in\): asked for 1000 train .* \(set dataset\.n_train"),
+    ],
+)
+def test_split_sizes_are_named(options, message):
+    with pytest.raises(ValueError, match=message):
+        load_splits("sentiment", options)
