@@ -48,7 +48,9 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "report": Command("paper tables, figures and the preference-utility front of finished runs", "steer.report:main"),
+    "report": Command(
+        "paper tables, figures and the preference-utility front of finished runs", "steer.report.__main__:main"
+    ),
     "export": Command(
         "a trained run as a PEFT adapter, merged model, steering vector or GGUF", "steer.export.__main__:main"
     ),
