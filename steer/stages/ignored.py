@@ -36,11 +36,10 @@ log = logging.getLogger("steer")
 
 @dataclass(frozen=True)
 class Setting:
-    """One explicit override: the dotted key (or group), its text as given, and its parsed value."""
+    """One explicit override: the dotted key (or group) and its value as given."""
 
     key: str
     text: str
-    value: object
 
 
 def explicit_settings(overrides: Sequence[str]) -> list[Setting]:
@@ -56,7 +55,7 @@ def explicit_settings(overrides: Sequence[str]) -> list[Setting]:
         value = override.value()
         if value is None:
             continue
-        out.append(Setting(key, override.input_line.split("=", 1)[1] if override.input_line else str(value), value))
+        out.append(Setting(key, override.input_line.split("=", 1)[1] if override.input_line else str(value)))
     return out
 
 
@@ -82,9 +81,6 @@ class View:
         parent, _, leaf = key.rpartition(".")
         node = self.cfg if not parent else OmegaConf.select(self.cfg, parent)
         return OmegaConf.to_container(node, resolve=False).get(leaf) if node is not None else None
-
-    def is_set(self, key: str) -> bool:
-        return any(covers(s.key, key) for s in self.settings)
 
     @cached_property
     def rubrics(self) -> tuple[str, ...] | None:
@@ -162,7 +158,9 @@ def not_random_init(v: View) -> str | None:
 
 def no_rank(v: View) -> str | None:
     form = FORMS.get(v.get("intervention.form"))
-    return None if form is None or form.uses_rank else f"intervention={form.name} has no rank (only a LoRA has one)"
+    if form is None or form.uses_rank:
+        return None
+    return f"intervention={form.name} has no rank (only intervention={RANKED} has one)"
 
 
 def select_is_not(method: str, does: str) -> Reason:
