@@ -2,15 +2,16 @@
 
 Each command is one line of ``COMMANDS``: its one-line summary and where its ``main(argv) -> int``
 lives, a module of the package (``steer.report:main``) or a script of the checkout
-(``experiments/paper.py:main``), imported only when the command runs. A command whose module is
-not there (``serve`` and ``generate`` before their packages land) is left out of the listing and
-refused with one line. Runs themselves stay ``python run.py [overrides]`` (Hydra's entry point).
+(``experiments/paper.py:main``, ``run.py:main``), imported only when the command runs. A command
+whose module is not there (``serve`` and ``generate`` before their packages land) is left out of the
+listing and refused with one line. ``steer run [overrides]`` is ``python run.py [overrides]``.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import runpy
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 @dataclass(frozen=True)
 class Command:
     summary: str
-    target: str  # "package.module:function" or "path/of/script.py:function" (relative to the checkout)
+    # "package.module:function" or "path/of/script.py:function" (relative to the checkout): its
+    # main(argv) -> int; or "path/of/script.py" alone: the script run as __main__ with the arguments
+    # in sys.argv (a Hydra entry point, which finds its conf/ beside it).
+    target: str
 
     @property
     def location(self) -> str:
@@ -48,6 +52,7 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
+    "run": Command("a run: train -> sweep -> fit -> judge, from Hydra overrides (python run.py)", "run.py"),
     "report": Command(
         "paper tables, figures and the preference-utility front of finished runs", "steer.report.__main__:main"
     ),
@@ -73,7 +78,7 @@ def usage() -> str:
     lines = [
         "usage: steer COMMAND [ARGS...]   (steer COMMAND --help for its options)",
         "",
-        "A run: python run.py [hydra overrides]. Commands:",
+        "Commands:",
     ]
     lines += [f"  {name:<{width}}  {c.summary}" for name, c in COMMANDS.items() if c.available()]
     return "\n".join(lines)
@@ -90,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         known = ", ".join(n for n, c in COMMANDS.items() if c.available())
         print(f"steer: unknown command {name!r} (commands: {known}; steer --help)", file=sys.stderr)
         return 2
+    if ":" not in command.target:
+        sys.argv = [str(REPO / command.target), *rest]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+        return 0
     sys.argv[0] = f"steer {name}"  # argparse names the command in its usage lines
     return command.load()(rest) or 0
 
