@@ -31,7 +31,7 @@ from steer.core.batching import length_batches
 from steer.core.generate import generate, left_pad, stop_ids
 from steer.core.interventions import new_intervention
 from steer.core.metrics import collate, encode, encode_pair
-from steer.core.models import EMBEDDED_SOURCE, load_model
+from steer.core.models import EMBEDDED_SOURCE, load_model, num_layers
 from steer.core.sweep import grid_losses
 from steer.datasets import sentiment
 from steer.io.atomic import atomic_write_text
@@ -150,7 +150,7 @@ def bench_sweep(model, tok, records, args) -> dict:
 ROWS = {"sweep": bench_sweep, "generate": bench_generation}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=32)
     parser.add_argument("--grid", type=int, default=13, help="number of multipliers, evenly spaced in [-4, 4]")
@@ -161,13 +161,23 @@ def main() -> None:
     parser.add_argument("--gen-tokens", type=int, default=32, help="max new tokens of the generation row")
     parser.add_argument("--rows", default="sweep,generate", help=f"comma-separated, of {', '.join(ROWS)}")
     parser.add_argument("--out-dir", default="outputs/bench", help="<row>.json is written here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows = args.rows.split(",")
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         parser.error(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")
+    for name in ("pairs", "grid", "batch_size", "gen_prompts", "gen_tokens"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    try:
+        [float(m) for m in args.gen_multipliers.split(",")]
+    except ValueError:
+        parser.error(f"--gen-multipliers: not a comma-separated list of numbers: {args.gen_multipliers!r}")
 
     model, tok = load_model(EMBEDDED_SOURCE)
+    layers = num_layers(model.config)
+    if not 0 <= args.layer < layers:
+        parser.error(f"--layer {args.layer} is out of range: the embedded model has layers 0..{layers - 1}")
     records = to_records(tok, sentiment.load())[: args.pairs]
     machine = {"torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
     for row in rows:

@@ -221,27 +221,74 @@ def pair_tokens(tokenizer, splits, instruction: str | None, max_new_tokens: int)
     return [one(p) for p in splits.train], [one(p) for p in splits.test]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("target", choices=list(TARGETS), help="; ".join(f"{k}: {v}" for k, v in TARGETS.items()))
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that say which runs: preset, data sets, local data."""
     parser.add_argument("--preset", choices=list(PRESETS), default="dynamics", help="the runs (default dynamics)")
     parser.add_argument("--datasets", help="comma-separated dataset= choices (default: the preset's)")
     parser.add_argument("--data", type=Path, help="a local copy of the data sets laid out as ../shared/data")
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """The options and the Hydra overrides (key=value) after them; anything else is a usage error."""
+    args, overrides = parser.parse_known_args(argv)
+    bad = [o for o in overrides if o.startswith("-") or "=" not in o]
+    if bad:
+        parser.error(f"not a Hydra override (key=value): {bad[0]}")
+    if args.data is not None and not args.data.is_dir():
+        parser.error(f"--data {args.data}: no such folder (a local copy of the data sets laid out as ../shared/data)")
+    known = set(compose_choices("dataset"))
+    unknown = [d for d in (args.datasets or "").split(",") if d and d not in known]
+    if unknown:
+        parser.error(f"--datasets: unknown data set {unknown[0]!r} (choose from {', '.join(sorted(known))})")
+    return args, overrides
+
+
+def compose_choices(group: str) -> list[str]:
+    """The options of a config group: the file names under conf/<group>/."""
+    return [p.stem for p in (REPO / "conf" / group).glob("*.yaml")]
+
+
+def run_plan(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Print what the preset's runs cost; a config that does not compose is one line and exit 2."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    preset = PRESETS[args.preset]
+    try:
+        print(
+            plan_text(multiruns(preset, args.datasets or preset.datasets, args.data), overrides, args.judge_multipliers)
+        )
+    except (HydraException, OmegaConfBaseException, ValueError, OSError) as err:
+        print(f"plan: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def plan_main(argv: list[str] | None = None) -> int:
+    """``steer plan``: what the runs of every table and figure cost, nothing run."""
+    parser = argparse.ArgumentParser(prog="steer plan", description=plan_main.__doc__.split(":", 1)[1].strip())
+    add_run_arguments(parser)
+    parser.add_argument("--judge-multipliers", type=int, default=1, help="steered generations per judged test prompt")
+    args, overrides = parse(parser, argv)
+    print(f"# {TARGETS['all']} (preset {args.preset})")
+    return run_plan(args, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("target", choices=list(TARGETS), help="; ".join(f"{k}: {v}" for k, v in TARGETS.items()))
+    add_run_arguments(parser)
     parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     parser.add_argument("--plan", action="store_true", help="print what the runs cost (tokens, GPU-hours, judge)")
     parser.add_argument(
         "--judge-multipliers", type=int, default=1, help="steered generations per judged test prompt (plan only)"
     )
-    args, overrides = parser.parse_known_args(argv)
-    bad = [o for o in overrides if o.startswith("-") or "=" not in o]
-    if bad:
-        parser.error(f"not a Hydra override (key=value): {bad[0]}")
+    args, overrides = parse(parser, argv)
     preset = PRESETS[args.preset]
     datasets = args.datasets or preset.datasets
     print(f"# {TARGETS[args.target]} (preset {args.preset})")
     if args.plan:
-        print(plan_text(multiruns(preset, datasets, args.data), overrides, args.judge_multipliers))
-        return 0
+        return run_plan(args, overrides)
     for command in commands(args.target, datasets, overrides, args.preset, args.data):
         print("+ " + shlex.join(command), flush=True)
         if not args.dry_run:

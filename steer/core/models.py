@@ -102,14 +102,14 @@ def naming_source(source: str) -> Iterator[None]:
         ) from err
 
 
-def check_model_folder(source: str) -> None:
-    """A ``model.source`` naming a local folder must hold a model: config.json, weights and a
-    tokenizer. Checked before any work, so an empty or wrong folder fails naming the key."""
+def check_model_folder(source: str, key: str = "model.source") -> None:
+    """A model source (the config ``key``) naming a local folder must hold a model: config.json,
+    weights and a tokenizer. Checked before any work, so an empty or wrong folder fails naming the key."""
     path = Path(source).expanduser()
     if source.startswith("embedded:") or not path.exists():
         return  # an embedded model or a hub id
     if not path.is_dir():
-        raise ValueError(f"model.source={source!r} is a file; point it at a model folder or a hub id")
+        raise ValueError(f"{key}={source!r} is a file; point it at a model folder or a hub id")
     names = {p.name for p in path.iterdir()}
     missing = []
     if "config.json" not in names:
@@ -120,7 +120,7 @@ def check_model_folder(source: str) -> None:
         missing.append("a tokenizer (tokenizer.json or tokenizer.model)")
     if missing:
         raise ValueError(
-            f"model.source={source!r} is a folder without {', '.join(missing)}: point it at a model folder "
+            f"{key}={source!r} is a folder without {', '.join(missing)}: point it at a model folder "
             "(config.json, weights, tokenizer, as save_pretrained writes it) or a hub id"
         )
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from steer.core.models import resolve_source
+from steer.core.models import EMBEDDED_SOURCE, check_model_folder, resolve_source
 from steer.judge.cache import AnswerCache
 from steer.judge.client import JudgeClient
 from steer.judge.protocols import Protocol, get_protocol
@@ -193,16 +193,24 @@ class LocalBackend:
     def check(s: Settings) -> None:
         if s.base_url:
             raise ValueError("judge=local starts its own server: leave judge.base_url null (or use judge=openai)")
+        if not s.model.startswith("embedded:") and not Path(s.model).expanduser().is_dir():
+            raise ValueError(
+                f"judge.model={s.model!r}: judge=local serves a local model folder or {EMBEDDED_SOURCE}, "
+                "and there is no such folder"
+            )
+        check_model_folder(s.model, "judge.model")
 
     @staticmethod
     def model_name(s: Settings) -> str:
         return resolve_source(s.model)  # transformers serve names a model by its folder path
 
     @staticmethod
-    def connect(s: Settings, stack: contextlib.ExitStack, server_log: Path) -> Callable[[], tuple[str, str]]:
+    def connect(
+        s: Settings, stack: contextlib.ExitStack, server_log: Path, progress: bool = False
+    ) -> Callable[[], tuple[str, str]]:
         def start() -> tuple[str, str]:
             server = stack.enter_context(
-                local_server(LocalBackend.model_name(s), server_log, s.device, s.startup_timeout)
+                local_server(LocalBackend.model_name(s), server_log, s.device, s.startup_timeout, progress)
             )
             return server.base_url, "unused-by-transformers-serve"
 
@@ -229,20 +237,24 @@ class OpenAIBackend:
         return s.model
 
     @staticmethod
-    def connect(s: Settings, stack: contextlib.ExitStack, server_log: Path) -> Callable[[], tuple[str, str]]:
+    def connect(
+        s: Settings, stack: contextlib.ExitStack, server_log: Path, progress: bool = False
+    ) -> Callable[[], tuple[str, str]]:
         return lambda: (s.base_url, os.environ[s.api_key_env])
 
 
 BACKENDS = {"local": LocalBackend, "openai": OpenAIBackend}
 
 
-def make_client(s: Settings, stack: contextlib.ExitStack, server_log: Path, cache: AnswerCache) -> JudgeClient:
+def make_client(
+    s: Settings, stack: contextlib.ExitStack, server_log: Path, cache: AnswerCache, progress: bool = False
+) -> JudgeClient:
     """The judge client of ``s``; a local server (if any) starts on its first cache miss and stops
-    when ``stack`` closes."""
+    when ``stack`` closes. ``progress``: bars over the server's start-up and the judge calls."""
     backend = BACKENDS[s.backend]
     return JudgeClient(
         model=backend.model_name(s) if s.rubrics else s.model,
-        connect=backend.connect(s, stack, server_log),
+        connect=backend.connect(s, stack, server_log, progress),
         cache=cache,
         temperature=s.temperature,
         top_logprobs=s.top_logprobs,
@@ -250,4 +262,5 @@ def make_client(s: Settings, stack: contextlib.ExitStack, server_log: Path, cach
         max_retries=s.max_retries,
         timeout=s.timeout,
         local=s.backend == "local",
+        progress=progress,
     )
