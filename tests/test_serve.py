@@ -253,6 +253,44 @@ def test_past_the_queue_requests_get_503_with_retry_after(server):
     assert httpx.post(f"{server}/completions", json=body, timeout=120).status_code == 200
 
 
+def test_a_judge_on_this_machine_needs_no_key(server, client, tmp_path, monkeypatch):
+    """judge=openai with base_url on 127.0.0.1 and its key variable unset: steer.serve is the judge."""
+    from steer.judge.cache import AnswerCache
+    from steer.judge.client import Call
+    from steer.judge.settings import LOCAL_KEY, make_client, parse_settings
+
+    monkeypatch.delenv("STEER_TEST_NO_SUCH_KEY", raising=False)
+    judge = {"backend": "openai", "model": "pos15@1", "api_key_env": "STEER_TEST_NO_SUCH_KEY", "select": "fit"}
+    judge |= {"max_util_drop": 1.0, "scoring": "parsed", "temperature": 0.0, "concurrency": 2, "max_retries": 0}
+    judge |= {"timeout": 60.0, "generation": {"batch_size": 4}}
+    with pytest.raises(ValueError, match="STEER_TEST_NO_SUCH_KEY is not set"):
+        parse_settings({**judge, "base_url": "https://judge.example.com/v1"}, "axbench", [2])
+    settings = parse_settings({**judge, "base_url": server.replace("127.0.0.1", "localhost")}, "axbench", [2])
+    cache = AnswerCache(tmp_path / "cache")
+    with contextlib.ExitStack() as stack:
+        judge_client = make_client(settings, stack, tmp_path / "server.log", cache)
+        call = Call("fluency", "1", ({"role": "user", "content": QUESTION},), TOKENS)
+        [answer] = judge_client.judge([call])
+    cache.close()
+    assert judge_client._endpoint[1] == LOCAL_KEY
+    assert answer.text == chat(client, "pos15", extra_body={"m": 1}) and answer.completion_tokens > 0
+    monkeypatch.setenv("STEER_TEST_NO_SUCH_KEY", "sk-local")  # a key that is set is sent
+    assert make_client(settings, contextlib.ExitStack(), tmp_path / "log", cache).connect()[1] == "sk-local"
+
+
+def test_local_judge_on_a_gpu_gets_transformers_serves_continuous_batching():
+    from steer.judge.server import serve_command
+    from steer.judge.settings import on_gpu
+
+    assert on_gpu("cuda:1") and not on_gpu("cpu") and on_gpu("auto") == torch.cuda.is_available()
+    command = serve_command("/models/judge", 8000, "cuda", continuous_batching=True)
+    assert command[-1] == "--continuous-batching"
+    assert "--continuous-batching" not in serve_command("/models/judge", 8000, "cpu")
+    # the flag is the one this venv's transformers serve takes
+    helped = subprocess.run([*command[:4], "--help"], capture_output=True, text=True, timeout=300)
+    assert helped.returncode == 0 and "--continuous-batching" in helped.stdout
+
+
 @pytest.mark.parametrize("arch", ["llama", "gemma2"])
 def test_engine_decodes_mixed_runs_and_m_as_generate_does(arch, smol):
     """In-process: a vector run and a LoRA run at other layers, greedy and sampled rows, requests

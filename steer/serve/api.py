@@ -9,6 +9,7 @@ the bare model silently); the base model's own name serves the bare model (m abs
 Every bad request is answered with OpenAI's error body ``{"error": {"message", "type", "param",
 "code"}}`` and its status: 400 for a malformed body or value (m, max_tokens, a prompt longer than
 the context, ...), 404 for an unknown model, 503 with ``Retry-After`` when the queue is full.
+``logprobs`` are not computed: replies carry ``logprobs: null`` (as ``transformers serve``'s).
 Sampling: ``temperature`` 0 is greedy, else seeded sampling (``seed`` defaults to 0, so a request
 is reproducible unless its seed changes); ``temperature`` defaults to 1 as in OpenAI's API.
 """
@@ -102,8 +103,8 @@ def sampling(body: dict, chat: bool) -> Sampling:
     """The decoding options of a request body, checked."""
     if body.get("n") not in (None, 1):
         raise ApiError(400, f"n={body['n']!r}: one choice per request is served (n=1)", "n")
-    if body.get("logprobs") not in (None, False, 0) or body.get("best_of") not in (None, 1):
-        raise ApiError(400, "logprobs and best_of are not served", "logprobs")
+    if body.get("best_of") not in (None, 1):
+        raise ApiError(400, f"best_of={body['best_of']!r}: one candidate per request is served", "best_of")
     max_tokens = _integer(body, "max_tokens", None, 1)
     if chat and max_tokens is None:
         max_tokens = _integer(body, "max_completion_tokens", None, 1)
