@@ -286,7 +286,13 @@ def test_local_judge_on_a_gpu_gets_transformers_serves_continuous_batching():
     command = serve_command("/models/judge", 8000, "cuda", continuous_batching=True)
     assert command[-1] == "--continuous-batching"
     assert "--continuous-batching" not in serve_command("/models/judge", 8000, "cpu")
-    # the flag is the one this venv's transformers serve takes
+
+
+@pytest.mark.slow
+def test_transformers_serve_takes_the_continuous_batching_flag():
+    from steer.judge.server import serve_command
+
+    command = serve_command("/models/judge", 8000, "cuda", continuous_batching=True)
     helped = subprocess.run([*command[:4], "--help"], capture_output=True, text=True, timeout=300)
     assert helped.returncode == 0 and "--continuous-batching" in helped.stdout
 
