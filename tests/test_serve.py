@@ -383,3 +383,31 @@ def test_runs_of_different_base_models_are_refused_before_loading(runs, tmp_path
     assert done.returncode == 2
     assert "different base models" in done.stderr and "Qwen/Qwen2.5-7B-Instruct" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_failed_round_fails_its_rows_and_the_engine_goes_on(smol):
+    _, tok = smol
+    model = tiny_model("llama", vocab_size=len(tok))
+    engine = Engine(model, tok, RowInterventions([]), max_batch=4, max_waiting=4).start()
+    events: list[tuple] = []
+    done = threading.Semaphore(0)
+
+    def emit(event):
+        events.append(event)
+        if event[0] != "delta":
+            done.release()
+
+    prompt = render_prompt(tok, PROMPTS[0])
+    ids = tuple(tok(prompt, add_special_tokens=False)["input_ids"])
+    try:
+        engine.submit(Job(prompt, (len(tok) + 5,), -1, 0.0, 4, emit=emit))  # a token the embedding lacks
+        assert done.acquire(timeout=60)
+        assert events[-1][0] == "error" and "IndexError" in events[-1][1]
+        engine.submit(Job(prompt, ids, -1, 0.0, 4, emit=emit))
+        assert done.acquire(timeout=60)
+    finally:
+        engine.stop()
+    assert events[-1] in (("done", "stop"), ("done", "length"))
+    assert (
+        "".join(e[1] for e in events if e[0] == "delta") == greedy_generate(model, tok, [prompt], 4, progress=False)[0]
+    )

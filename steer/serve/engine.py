@@ -154,6 +154,7 @@ class Engine:
         self._cache = None
         self._mask: torch.Tensor | None = None
         self._logits: torch.Tensor | None = None
+        self._admitting: list[Job] = []
         self.steps = 0
 
     # -- the request side ------------------------------------------------------------------------
@@ -196,17 +197,16 @@ class Engine:
 
     # -- the engine thread -----------------------------------------------------------------------
     def _loop(self) -> None:
-        try:
-            with torch.inference_mode():
-                while self._next():
-                    pass
-        except Exception as err:  # a bug or an out-of-memory: every open request hears of it
-            log.exception("serve: the decode loop failed")
-            for job in [*self._rows, *self._waiting]:
-                job.emit(("error", f"generation failed: {type(err).__name__}: {err}"))
-            self._rows, self._waiting = [], deque()
-            with self._cond:
-                self._accepting = False
+        with torch.inference_mode():
+            while True:
+                try:
+                    if not self._next():
+                        return
+                except Exception as err:  # a bug or out of memory: its requests hear of it, the rest go on
+                    log.exception("serve: a decode round failed")
+                    for job in [*self._rows, *self._admitting]:
+                        job.emit(("error", f"generation failed: {type(err).__name__}: {err}"))
+                    self._rows, self._admitting, self._cache, self._mask, self._logits = [], [], None, None, None
 
     def _next(self) -> bool:
         """One round: admit, pick, retire, decode. False when the loop should end."""
@@ -223,7 +223,9 @@ class Engine:
                 else:
                     admit.append(job)
         if admit:
+            self._admitting = admit
             self._admit(admit)
+            self._admitting = []
         if not self._rows:
             return True
         tokens = self._pick()
