@@ -64,15 +64,16 @@ def questions(n: int) -> list[str]:
     return [prompts[i % len(prompts)] for i in range(n)]
 
 
-def baseline(model, tok, iv, prompts: list[str], ms: list[float], tokens: int) -> tuple[list[str], float]:
-    """One request at a time: ``model.generate`` with the run's hook at the request's m."""
+def baseline(model, tok, iv, prompts: list[str], ms: list[float], tokens: int) -> tuple[list[str], int, float]:
+    """One request at a time: ``model.generate`` with the run's hook at the request's m.
+    (answers, new tokens in all, seconds)."""
     from transformers import GenerationConfig
 
     from steer.core.generate import stop_ids
 
     stops = stop_ids(model, tok)
     config = GenerationConfig(do_sample=False, max_new_tokens=tokens, eos_token_id=stops, pad_token_id=tok.pad_token_id)
-    texts = []
+    texts, count = [], 0
     start = time.perf_counter()
     with torch.inference_mode(), iv.attached(model):
         for prompt, m in zip(prompts, ms, strict=True):
@@ -82,7 +83,8 @@ def baseline(model, tok, iv, prompts: list[str], ms: list[float], tokens: int) -
             new = row[0, ids.shape[1] :].tolist()
             new = new[: next((k for k, t in enumerate(new) if t in stops), len(new))]
             texts.append(tok.decode(new, skip_special_tokens=True))
-    return texts, time.perf_counter() - start
+            count += len(new)
+    return texts, count, time.perf_counter() - start
 
 
 def ask(url: str, question: str, m: float, tokens: int) -> dict:
@@ -143,8 +145,7 @@ def main() -> None:
     prompts = [render_prompt(tok, q) for q in asked]
 
     baseline(model, tok, iv, prompts[:1], ms[:1], 2)  # warm-up
-    expected, base_s = baseline(model, tok, iv, prompts, ms, args.tokens)
-    base_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in expected)
+    expected, base_tokens, base_s = baseline(model, tok, iv, prompts, ms, args.tokens)
     base_peak = (
         torch.cuda.max_memory_allocated() / 2**20
         if device.startswith("cuda")
