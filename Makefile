@@ -8,7 +8,7 @@ ARGS ?=
 # Where data-check finds local copies of the paper's data sets (layout of ../shared/data).
 DATA ?= ../shared/data
 
-.PHONY: setup run test test-slow lint format bench data-check clean train-matrix plan docs
+.PHONY: setup run test test-slow lint format bench bench-serve data-check clean train-matrix plan docs
 
 # Paper tables and figures (experiments/paper.py): the multiruns they need (finished runs are
 # skipped), then the report under outputs/paper/reports/. Default: the embedded model on the built-in
@@ -72,6 +72,11 @@ docs: setup
 
 bench: setup
 	$(PY) experiments/bench.py $(ARGS)
+
+# steer.serve at 1, 8 and 32 concurrent clients of mixed m against model.generate one request at a
+# time (same answers asserted): tokens/s, time to first token, peak memory -> outputs/bench/serve.json
+bench-serve: setup
+	$(PY) experiments/bench_serve.py $(ARGS)
 
 # The nine trained combinations (3 forms x sft/reps/split) on the built-in set: steering table,
 # SPLIT vs SFT utility at equal preference, time per step and peak memory.

@@ -61,8 +61,11 @@ def free_port(host: str = HOST) -> int:
         return int(sock.getsockname()[1])
 
 
-def serve_command(model_path: str, port: int, device: str = "auto", host: str = HOST) -> list[str]:
-    """The ``transformers serve`` command line, run by this interpreter (so the venv's transformers)."""
+def serve_command(
+    model_path: str, port: int, device: str = "auto", host: str = HOST, continuous_batching: bool = False
+) -> list[str]:
+    """The ``transformers serve`` command line, run by this interpreter (so the venv's transformers);
+    ``continuous_batching`` (for a GPU) batches concurrent requests with paged attention."""
     return [
         sys.executable,
         "-m",
@@ -77,6 +80,7 @@ def serve_command(model_path: str, port: int, device: str = "auto", host: str = 
         device,
         "--log-level",
         "info",
+        *(["--continuous-batching"] if continuous_batching else []),
     ]
 
 
@@ -142,7 +146,12 @@ def stop_group(process: subprocess.Popen, grace: float = 10.0) -> None:
 
 @contextlib.contextmanager
 def local_server(
-    model_path: str, log_path: str | Path, device: str = "auto", startup_timeout: float = 300.0, progress: bool = False
+    model_path: str,
+    log_path: str | Path,
+    device: str = "auto",
+    startup_timeout: float = 300.0,
+    continuous_batching: bool = False,
+    progress: bool = False,
 ) -> Iterator[LocalServer]:
     """``transformers serve`` for ``model_path`` on 127.0.0.1, stopped (with its children) on exit;
     ``progress``: a bar while it starts."""
@@ -152,7 +161,7 @@ def local_server(
     base = f"http://{HOST}:{port}"
     with open(log_path, "ab") as sink:
         process = subprocess.Popen(
-            serve_command(model_path, port, device),
+            serve_command(model_path, port, device, continuous_batching=continuous_batching),
             stdout=sink,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
