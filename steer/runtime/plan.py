@@ -6,12 +6,20 @@ generation is bound by memory bandwidth instead (every decoding step reads all w
 batch), so its decode time is weight bytes / bandwidth per step. Judge cost is calls × tokens ×
 the judge's price. Every assumption is a field of ``Hardware`` or ``JudgePrice`` and is printed
 with the plan.
+
+Memory per model (``memory``) is the weights plus the largest transient of each stage, from the
+architecture's shapes (``steer.core.models.ModelSize``, counted from its config without a download):
+the sweep's logits of one batch, training's saved activations of layers l..L, generation's KV cache.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from steer.core.models import ModelSize
 
 STAGES = ("model load", "data (A_n generation)", "train", "sweep", "judge generation")
 
@@ -26,6 +34,7 @@ class Hardware:
     bandwidth: float = 3.35e12  # HBM3 bytes/s, bounds greedy decoding
     bytes_per_param: int = 2  # bf16 weights
     load_bandwidth: float = 2e9  # bytes/s reading a checkpoint from local NVMe into the GPU, once per job
+    memory: float = 80e9  # bytes of device memory
 
     def seconds_for_flops(self, flops: float) -> float:
         return flops / (self.peak_flops * self.mfu)
@@ -73,6 +82,47 @@ class JobSpec:
     generation_batch: int = 16
     judge_calls_per_answer: int = 0  # 0: no judge for this data set
     judge_multipliers: int = 1  # steered generations per test prompt that the judge scores
+    size: ModelSize | None = None  # the architecture's shapes: the plan then prints memory figures
+    layer: int = 0
+    sweep_batch: int = 16  # pairs per sweep forward
+    train_batch: int = 16  # pairs per training micro-step (each scored at +m and -m: two rows)
+
+
+# Bytes of saved activations per token per decoder layer for a backward pass, in units of the
+# model's bytes per value (Korthikanti et al. 2022, "Reducing Activation Recomputation": 34·s·b·h
+# bytes in 16-bit without recomputation; the 5·a·s²·b attention term is absent with fused attention).
+ACTIVATION_VALUES_PER_HIDDEN = 17
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Peak device bytes of one job's stages (weights included)."""
+
+    weights: float
+    sweep: float
+    train: float
+    generation: float
+
+
+def memory(job: JobSpec, hw: Hardware) -> Memory:
+    """The weights plus each stage's largest transient, for the longest packed row of the job's data:
+    sweep = a batch of logits (model dtype) and their fp32 log-softmax; train = the saved activations
+    of layers layer..L for 2·train_batch rows plus logits, fp32 log-softmax and its gradient;
+    generation = the KV cache of a batch of (longest prompt + max_new_tokens) plus one fp32 logits row each."""
+    size, b = job.size, hw.bytes_per_param
+    if size is None:
+        raise ValueError(f"memory: job {job.name} on {job.model} has no model size")
+    pairs = [*job.train, *job.test]
+    width = max((p.row for p in pairs), default=0)
+    prompt = max((p.prompt for p in pairs), default=0)
+    weights = size.params * b
+    sweep = weights + job.sweep_batch * width * size.vocab * (b + 4)
+    rows = 2 * job.train_batch * width
+    saved = rows * (size.layers - job.layer) * ACTIVATION_VALUES_PER_HIDDEN * size.hidden * b
+    train = weights + saved + rows * size.vocab * (b + 8)
+    kv = job.generation_batch * (prompt + job.max_new_tokens) * size.layers * 2 * size.kv_width * b
+    generation = weights + kv + job.generation_batch * size.vocab * 4
+    return Memory(weights, sweep, train, generation)
 
 
 @dataclass
@@ -168,4 +218,41 @@ def format_plan(plan: Plan, hw: Hardware, judge: JudgePrice, notes: Sequence[str
         f"{judge.template_tokens} rubric tokens + question + answer in, {judge.output_tokens} tokens out per call",
         *(f"- {note}" for note in notes),
     ]
+    return "\n".join(lines)
+
+
+def peak_of(mem: Memory) -> float:
+    return max(mem.sweep, mem.train, mem.generation)
+
+
+def format_memory(jobs: Sequence[JobSpec], hw: Hardware) -> str:
+    """Per model: parameters (active per token), and the peak memory of each stage over its jobs, in
+    GiB, with whether it fits the assumed device."""
+    gib = 2**30
+    peaks: dict[str, tuple[JobSpec, Memory]] = {}
+    for job in jobs:
+        if job.size is None:
+            continue
+        mem = memory(job, hw)
+        worst = peaks.get(job.model)
+        if worst is None or peak_of(mem) > peak_of(worst[1]):
+            peaks[job.model] = (job, mem)
+    head = f"{'model':<28}{'params (active)':>20}{'weights':>9}{'sweep':>8}{'train':>8}{'generate':>10}"
+    head += f"  fits {hw.memory / 1e9:.0f} GB"
+    lines = [f"memory (GiB, {hw.bytes_per_param} bytes per weight):", head]
+    for model, (job, mem) in peaks.items():
+        size = job.size
+        params = f"{size.params / 1e9:.2f}B ({size.active_params / 1e9:.2f}B)"
+        peak = peak_of(mem)
+        fits = "yes" if peak <= hw.memory else f"no ({peak / 1e9:.0f} GB)"
+        lines.append(
+            f"{model:<28}{params:>20}{mem.weights / gib:>9.1f}{mem.sweep / gib:>8.1f}{mem.train / gib:>8.1f}"
+            f"{mem.generation / gib:>10.1f}  {fits}"
+        )
+    lines.append(
+        "  sweep: + one batch of logits and fp32 log-softmax; train: + saved activations of layers l..L "
+        f"({ACTIVATION_VALUES_PER_HIDDEN}·hidden values per token and layer) and logits with gradient, "
+        "2 rows per pair; "
+        "generate: + KV cache of a batch at the longest prompt + max_new_tokens"
+    )
     return "\n".join(lines)
