@@ -8,7 +8,7 @@ ARGS ?=
 # Where data-check finds local copies of the paper's data sets (layout of ../shared/data).
 DATA ?= ../shared/data
 
-.PHONY: setup run test test-slow lint format bench data-check clean train-matrix plan
+.PHONY: setup run test test-slow lint format bench gpu-check data-check clean train-matrix plan
 
 # Paper tables and figures (experiments/paper.py): the multiruns they need (finished runs are
 # skipped), then the report under outputs/paper/reports/. Default: the embedded model on the built-in
@@ -66,6 +66,12 @@ format: setup
 
 bench: setup
 	$(PY) experiments/bench.py $(ARGS)
+
+# Every stage on one CUDA device in bf16 and fp32 (docs/gpu-check.md): train, sweep, fit, generate,
+# judge, bf16/fp32 agreement, throughput against the device's peak, a 2-job multirun; one JSON
+# (outputs/gpu_check/gpu_check.json) and one table. Without CUDA: the CPU path, reduced, exit 0.
+gpu-check: setup
+	$(PY) experiments/gpu_check.py $(ARGS)
 
 # The nine trained combinations (3 forms x sft/reps/split) on the built-in set: steering table,
 # SPLIT vs SFT utility at equal preference, time per step and peak memory.

@@ -256,3 +256,96 @@ def format_memory(jobs: Sequence[JobSpec], hw: Hardware) -> str:
         "generate: + KV cache of a batch at the longest prompt + max_new_tokens"
     )
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ForwardShape:
+    """What a forward pass of one token costs in a model, from its shapes (``forward_shape``)."""
+
+    layers: int
+    layer_weights: int  # weights of one decoder layer's Linears a token passes through (a MoE: its routed experts)
+    attention_width: int  # query heads × head dim: QKᵀ and attention·V cost 2·this FLOPs per context token each
+    hidden: int
+    vocab: int
+
+
+def context_sum(pair: PairTokens) -> int:
+    """Σ over the packed row's tokens of the positions each attends to: [prompt | A_p] causally, then
+    A_n after the prompt only (``steer.core.metrics.packed_inputs``)."""
+    first = pair.prompt + pair.positive
+    return first * (first + 1) // 2 + pair.negative * pair.prompt + pair.negative * (pair.negative + 1) // 2
+
+
+def forward_flops(shape: ForwardShape, pair: PairTokens, first_layer: int = 0) -> float:
+    """Matmul FLOPs of one packed row through layers first_layer..L plus the answer-only logits:
+    2·weights per token per layer, 4·attention_width per attended position per layer, and
+    2·hidden·vocab per answer token. Norms, activations and softmax (elementwise) are not counted."""
+    per_layer = 2 * shape.layer_weights * pair.row + 4 * shape.attention_width * context_sum(pair)
+    logits = 2 * shape.hidden * shape.vocab * (pair.positive + pair.negative)
+    return (shape.layers - first_layer) * per_layer + logits
+
+
+def sweep_flops(shape: ForwardShape, pairs: Sequence[PairTokens], grid: int, layer: int) -> float:
+    """The sweep engine's work: each pair once through the whole model, then grid - 1 more times
+    through layers layer..L (prefix reuse)."""
+    return sum(forward_flops(shape, p) + (grid - 1) * forward_flops(shape, p, layer) for p in pairs)
+
+
+def train_step_flops(shape: ForwardShape, pairs: Sequence[PairTokens], layer: int) -> float:
+    """One training step over ``pairs`` (two rows each, at +m and -m, from the cached layer input):
+    the forward through layers layer..L, and the backward of the activations only (the base is
+    frozen: no weight gradients) through the logits and layers layer+1..L: one matmul per forward
+    matmul (dX = dY·Wᵀ) and two per attention matmul (dQ, dK from dS; dP, dV from dO). Δ's own
+    gradient (a vector, or a rank-r or d×d update of one layer) is not counted."""
+    total = 0.0
+    for p in pairs:
+        forward = forward_flops(shape, p, layer)
+        backward = (shape.layers - layer - 1) * (
+            2 * shape.layer_weights * p.row + 8 * shape.attention_width * context_sum(p)
+        ) + 2 * shape.hidden * shape.vocab * (p.positive + p.negative)
+        total += 2 * (forward + backward)
+    return total
+
+
+def matmul_rate(
+    rows: int, inner: int, cols: int, dtype: str = "float32", device: str = "cpu", seconds: float = 1.0
+) -> float:
+    """This machine's measured FLOP/s of torch.matmul at [rows × inner] @ [inner × cols] (the model's
+    [tokens × hidden] × [hidden × intermediate]): the best of repeated timings over ~``seconds``."""
+    import time
+
+    import torch
+
+    a = torch.randn(rows, inner, dtype=getattr(torch, dtype), device=device)
+    b = torch.randn(inner, cols, dtype=getattr(torch, dtype), device=device)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    torch.matmul(a, b)
+    sync()
+    best, spent = float("inf"), 0.0
+    while spent < seconds or best == float("inf"):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        sync()
+        took = time.perf_counter() - start
+        best, spent = min(best, took), spent + took
+    return 2 * rows * inner * cols / best
+
+
+def forward_shape(model) -> ForwardShape:
+    """The ``ForwardShape`` of a loaded (or meta-device) causal LM, counted from its first decoder layer."""
+    from torch import nn
+
+    from steer.core.models import architecture, decoder_layers, text_config
+
+    layer = decoder_layers(model)[0]
+    weights = sum(m.weight.numel() for m in layer.modules() if isinstance(m, nn.Linear))
+    arch, config = architecture(model.config), text_config(model.config)
+    if arch.experts is not None:
+        count, per_token = (int(getattr(config, key)) for key in arch.experts)
+        experts = sum(p.numel() for p in layer.get_submodule(arch.experts_path).parameters())
+        weights += experts * per_token // count
+    heads = int(config.num_attention_heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    return ForwardShape(
+        len(decoder_layers(model)), weights, heads * head_dim, int(config.hidden_size), int(config.vocab_size)
+    )
