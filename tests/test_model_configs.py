@@ -90,3 +90,33 @@ def test_memory_counts_weights_and_each_stage(sizes):
     assert mem.generation - mem.weights == kv + 16 * size.vocab * 4
     deeper = memory(JobSpec(**{**job.__dict__, "layer": 0}), hw)
     assert deeper.train > mem.train > mem.weights  # backward through more layers saves more
+
+
+def test_flop_count_matches_the_packed_mask_and_torch_flop_counter():
+    """``context_sum`` is the number of (query, key) pairs the packed row's mask allows, and
+    ``forward_flops``' matmul part is what torch's FLOP counter counts for the Linears."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from steer.core.metrics import EncodedPair, packed_inputs
+    from steer.runtime.plan import context_sum, forward_flops, forward_shape
+    from tests.conftest import tiny_model
+
+    model = tiny_model("llama")
+    pair = EncodedPair((1, 5, 9, 2, 7), (7, 3, 4), (11, 4))
+    inputs = packed_inputs([pair], "cpu", torch.float32, model.config)
+    mask = inputs["attention_mask"]
+    mask = mask["full_attention"] if isinstance(mask, dict) else mask
+    assert int((mask[0, 0] == 0).sum()) == context_sum(PairTokens(5, 3, 2))
+    shape = forward_shape(model)
+    tokens = PairTokens(5, 3, 2)
+    layer = model.model.layers[0]
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            module = getattr(layer.self_attn, name)
+            module(torch.zeros(1, tokens.row, module.in_features))
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            module = getattr(layer.mlp, name)
+            module(torch.zeros(1, tokens.row, module.in_features))
+    per_layer = forward_flops(shape, tokens, shape.layers - 1) - 2 * shape.hidden * shape.vocab * 5
+    assert counter.get_total_flops() == per_layer - 4 * shape.attention_width * context_sum(tokens)
