@@ -294,7 +294,7 @@ def multirun(device: str, reduced: bool, work: Path) -> dict:
         "node.jobs=2",
         "experiment=smoke",
         "objective=diffmean",
-        "seed=0,1",
+        "layer=10,15",  # two run directories (the run id names the layer, not the seed)
         f"device={'cuda' if device.startswith('cuda') else 'cpu'}",
         f"output_root={work / 'multirun'}",
         "tracking.wandb=false",
@@ -319,7 +319,7 @@ def multirun(device: str, reduced: bool, work: Path) -> dict:
 def table(result: dict) -> str:
     """The one table: stage × precision, then agreement, judge and multirun lines."""
     lines = [
-        f"gpu-check on {result['device']} ({result['peak_source']}, peak {result['peak_tflops']:.1f} TFLOP/s bf16)",
+        f"gpu-check on {result['device']} ({result['peak_source']}, peak {result['peak_tflops']:.3g} TFLOP/s)",
         f"{'stage':<16}{'prec':<6}{'seconds':>9}{'tokens/s':>12}{'% peak':>9}{'peak MiB':>10}",
     ]
     for precision in ("fp32", "bf16"):
@@ -330,7 +330,7 @@ def table(result: dict) -> str:
             lines.append(f"{name:<16}{precision:<6}{row['seconds']:>9.2f}{tps:>12}{pct:>9}{row['peak_mib']:>10.0f}")
         j = result[precision]["judge"]
         lines.append(
-            f"{'judge (serve cb)':<16}{precision:<6}{j['seconds']:>9.2f}{j['tokens_per_second']:>12}{'-':>9}{'-':>10}"
+            f"{'judge (serve)':<16}{precision:<6}{j['seconds']:>9.2f}{j['tokens_per_second']:>12}{'-':>9}{'-':>10}"
         )
     ag = result["agreement"]
     lines += [
