@@ -89,7 +89,7 @@ class Size:
 
 
 FULL = Size(train_pairs=120, epochs=2, batch=16, grid=13, prompts=64, new_tokens=64, judge_answers=192, judge_tokens=48)
-REDUCED = Size(train_pairs=8, epochs=1, batch=4, grid=9, prompts=4, new_tokens=4, judge_answers=2, judge_tokens=4)
+REDUCED = Size(train_pairs=4, epochs=1, batch=4, grid=9, prompts=4, new_tokens=4, judge_answers=2, judge_tokens=4)
 
 
 def peak_flops(device: str) -> tuple[float, str]:
