@@ -117,8 +117,6 @@ def output_root(preset: Preset, overrides: list[str]) -> str:
     return str(compose_config([f"experiment={preset.experiments[0]}"]).output_root)
 
 
-# Parameter counts of the models (their model cards); the plan's FLOPs scale with them.
-PARAMS = {"gemma-2-9b-it": 9.24e9, "qwen2.5-7b-instruct": 7.62e9, "smollm2-135m": 1.35e8}
 # Judge calls per steered answer, by data set loader (Psychopathy is scored by PrefOdds, no judge):
 # PowerSeeking one 1-4 rating; AxBench concept, instruction relevance and fluency.
 JUDGE_CALLS = {"powerseeking": 1, "axbench": 3}
@@ -151,18 +149,18 @@ def plan_text(runs: list[tuple[str, list[str]]], overrides: list[str], judge_mul
 
     from steer.core.models import EMBEDDED_SOURCE, load_tokenizer
     from steer.objectives import get_objective
-    from steer.runtime.plan import Hardware, JobSpec, JudgePrice, estimate, format_plan
+    from steer.runtime.plan import Hardware, JobSpec, JudgePrice, estimate, format_memory, format_plan
     from steer.stages import compose_config
     from steer.stages.data import load_dataset, needs_own_answers
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a plan never waits on the hub
-    tokenizers, tokens, jobs, notes = {}, {}, [], set()
+    tokenizers, tokens, sizes, jobs, notes = {}, {}, {}, [], set()
     for experiment, extra in runs:
         for job in job_overrides(experiment, extra, overrides):
             cfg = compose_config(job)
             model = cfg.model.name
-            if model not in PARAMS:
-                raise SystemExit(f"plan: no parameter count for model={model} (add it to PARAMS)")
+            if model not in sizes:
+                sizes[model] = size_of(cfg.model)
             if model not in tokenizers:
                 try:
                     tokenizers[model] = load_tokenizer(cfg.model.source)
@@ -181,7 +179,7 @@ def plan_text(runs: list[tuple[str, list[str]]], overrides: list[str], judge_mul
                 JobSpec(
                     name=dataset["name"],
                     model=model,
-                    params=PARAMS[model],
+                    params=sizes[model].active_params,
                     train=train,
                     test=test,
                     grid=len(cfg.sweep.grid),
@@ -192,12 +190,33 @@ def plan_text(runs: list[tuple[str, list[str]]], overrides: list[str], judge_mul
                     generation_batch=generation.get("batch_size", 16),
                     judge_calls_per_answer=JUDGE_CALLS.get(dataset["loader"], 0),
                     judge_multipliers=judge_multipliers,
+                    size=sizes[model],
+                    layer=int(cfg.layer),
+                    sweep_batch=int(cfg.sweep.batch_size),
+                    train_batch=int(cfg.intervention.train.batch_size),
                 )
             )
     notes.add("AxBench A_n (the model's own answer, not generated yet) counted as long as A_p, at most max_new_tokens")
     notes.add(f"judge generation: {judge_multipliers} steered answer(s) of max_new_tokens per test prompt")
+    notes.add("FLOPs count the parameters a token passes through (a mixture of experts: its routed experts only)")
     hw, judge = Hardware(), JudgePrice()
-    return format_plan(estimate(jobs, hw, judge), hw, judge, sorted(notes))
+    return format_plan(estimate(jobs, hw, judge), hw, judge, sorted(notes)) + "\n\n" + format_memory(jobs, hw)
+
+
+def size_of(model_cfg):
+    """The model's ``ModelSize`` from ``model.shapes`` (conf/model/*.yaml) or, without them, its own
+    config (local or embedded): nothing is downloaded."""
+    from omegaconf import OmegaConf
+
+    from steer.core.models import config_from_shapes, load_config, model_size
+
+    shapes = model_cfg.get("shapes")
+    if shapes is not None:
+        return model_size(config_from_shapes(OmegaConf.to_container(shapes)))
+    try:
+        return model_size(load_config(model_cfg.source))
+    except OSError as err:
+        raise SystemExit(f"plan: model={model_cfg.name} has no local config and no model.shapes: {err}") from None
 
 
 def cap(dataset: dict) -> int:

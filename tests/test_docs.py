@@ -43,7 +43,7 @@ def bash_commands(path: Path) -> list[str]:
     """The command lines of a Markdown file's bash blocks, comments dropped."""
     lines = []
     for block in BASH_BLOCK.findall(path.read_text()):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # a trailing backslash continues the line
             command = line.split(" #", 1)[0].strip()
             if command and not command.startswith("#"):
                 lines.append(command)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from steer import rundir
+from steer.core.forms import get_form
 from steer.core.models import check_model_folder, load_config, num_layers, resolve_source
 from steer.core.precision import PRECISIONS
 from steer.io.artifacts import CorruptArtifact
@@ -83,15 +84,21 @@ def check_stage_list(cfg: DictConfig, stages: Sequence[Stage]) -> None:
 
 
 def check_layer(cfg: DictConfig) -> None:
-    """``layer`` is an index into the model's decoder layers (read from its config: no weights load)."""
+    """``layer`` is an index into the model's decoder layers, and the architecture has the form's
+    site (both read from its config: no weights load)."""
     if not isinstance(cfg.layer, int) or isinstance(cfg.layer, bool):
         raise ConfigError(f"layer must be an integer (a 0-based decoder layer index), got {cfg.layer!r}")
     try:
-        n = num_layers(load_config(cfg.model.source))
+        config = load_config(cfg.model.source)
     except OSError as err:
         raise ConfigError(str(err)) from err
+    n = num_layers(config)
     if not 0 <= cfg.layer < n:
         raise ConfigError(f"layer={cfg.layer} is out of range: model {cfg.model.name} has layers 0..{n - 1}")
+    try:
+        get_form(cfg.intervention.form).check_config(config)
+    except ValueError as err:
+        raise ConfigError(f"intervention={cfg.intervention.form} on model {cfg.model.name}: {err}") from None
 
 
 def check_seed(seed) -> None:
