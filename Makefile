@@ -8,7 +8,7 @@ ARGS ?=
 # Where data-check finds local copies of the paper's data sets (layout of ../shared/data).
 DATA ?= ../shared/data
 
-.PHONY: setup run test test-slow lint format bench data-check clean train-matrix plan
+.PHONY: setup run test test-slow lint format bench bench-serve gpu-check data-check clean train-matrix plan docs
 
 # Paper tables and figures (experiments/paper.py): the multiruns they need (finished runs are
 # skipped), then the report under outputs/paper/reports/. Default: the embedded model on the built-in
@@ -66,8 +66,23 @@ format: setup
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
+# The user's guide (docs/, mkdocs.yml) into site/; --strict: a broken link or an unrenderable docstring fails.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 bench: setup
 	$(PY) experiments/bench.py $(ARGS)
+
+# steer.serve at 1, 8 and 32 concurrent clients of mixed m against model.generate one request at a
+# time (same answers asserted): tokens/s, time to first token, peak memory -> outputs/bench/serve.json
+bench-serve: setup
+	$(PY) experiments/bench_serve.py $(ARGS)
+
+# Every stage on one CUDA device in bf16 and fp32 (docs/gpu-check.md): train, sweep, fit, generate,
+# judge, bf16/fp32 agreement, throughput against the device's peak, a 2-job multirun; one JSON
+# (outputs/gpu_check/gpu_check.json) and one table. Without CUDA: the CPU path, reduced, exit 0.
+gpu-check: setup
+	$(PY) experiments/gpu_check.py $(ARGS)
 
 # The nine trained combinations (3 forms x sft/reps/split) on the built-in set: steering table,
 # SPLIT vs SFT utility at equal preference, time per step and peak memory.
@@ -82,4 +97,4 @@ data-check: setup
 	$(PY) -m steer.datacheck dataset=axbench dataset.path=$(DATA)/axbench/concept10/prod_9b_l20_v1 $(ARGS)
 
 clean:
-	rm -rf outputs .pytest_cache
+	rm -rf outputs .pytest_cache site

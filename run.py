@@ -47,7 +47,7 @@ def node_slot(cfg: DictConfig):
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     from steer.io.artifacts import CorruptArtifact
-    from steer.stages import ConfigError, run
+    from steer.stages import ConfigError, remove_empty_run_dir, run
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
@@ -55,8 +55,7 @@ def main(cfg: DictConfig) -> None:
             run(cfg, run_dir)
     except (ConfigError, CorruptArtifact) as err:
         log.error("%s: %s", "config error" if isinstance(err, ConfigError) else "damaged file", err)
-        if run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # Hydra made it; nothing was written
+        remove_empty_run_dir(run_dir, Path(cfg.output_root))  # Hydra made them; nothing was written
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # Hydra records the job as failed and runs the others
         sys.exit(2)

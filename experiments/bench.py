@@ -10,7 +10,14 @@ at a time over the prompts. Engine: steer.core.generate.generate (every (prompt,
 batch, rows leave the batch at EOS). Greedy, so both must produce the same tokens.
 
 Both rows run on the same pairs, grid and intervention; the script checks they agree and prints
-the speed ratios. Results go to outputs/bench/sweep.json and outputs/bench/generate.json.
+the speed ratios. Results go to outputs/bench/sweep.json, train.json and generate.json.
+
+Distance to the floor (sweep and train rows): the matmul FLOPs the computation needs, counted from
+the model's shapes (``steer.runtime.plan``: ``sweep_flops``, ``train_step_flops``: 2·weights per
+token per layer, the attention matmuls per attended position, answer-only logits; a training step
+is the forward from the steered layer plus the backward of the activations, the base frozen),
+divided by this machine's torch.matmul rate measured in the same run at the model's
+[tokens × hidden] × [hidden × intermediate] shape. floor_ratio = measured seconds / that floor.
 
     make bench                       # defaults: 32 pairs x 13-point grid; 4 prompts x 3 m x 32 tokens
     python experiments/bench.py --pairs 64 --grid 21 --layer 10 --rows sweep
@@ -31,11 +38,14 @@ from steer.core.batching import length_batches
 from steer.core.generate import generate, left_pad, stop_ids
 from steer.core.interventions import new_intervention
 from steer.core.metrics import collate, encode, encode_pair
-from steer.core.models import EMBEDDED_SOURCE, load_model
+from steer.core.models import EMBEDDED_SOURCE, load_model, num_layers
 from steer.core.sweep import grid_losses
 from steer.datasets import sentiment
 from steer.io.atomic import atomic_write_text
+from steer.objectives import SPLIT
+from steer.objectives.training import TrainSettings, train_intervention
 from steer.pairs import to_records
+from steer.runtime.plan import PairTokens, forward_shape, matmul_rate, sweep_flops, train_step_flops
 
 
 def baseline_losses(model, tok, records, intervention, grid, batch_size) -> np.ndarray:
@@ -133,11 +143,13 @@ def bench_sweep(model, tok, records, args) -> dict:
     baseline = baseline_losses(model, tok, records, iv, grid, args.batch_size)
     baseline_s = time.perf_counter() - start
 
+    flops = sweep_flops(forward_shape(model), [tokens_of(p) for p in pairs], len(grid), args.layer)
     return {
         "pairs": len(records),
         "grid_points": len(grid),
         "layer": args.layer,
         "mean_tokens_per_pair": tokens / len(pairs),
+        **floor(flops, engine_s, args.matmul_flops),
         "engine_seconds": round(engine_s, 2),
         "baseline_seconds": round(baseline_s, 2),
         "speedup": round(baseline_s / engine_s, 2),
@@ -147,10 +159,47 @@ def bench_sweep(model, tok, records, args) -> dict:
     }
 
 
-ROWS = {"sweep": bench_sweep, "generate": bench_generation}
+def tokens_of(pair) -> PairTokens:
+    return PairTokens(len(pair.prompt), len(pair.positive), len(pair.negative))
 
 
-def main() -> None:
+def floor(flops: float, seconds: float, rate: float) -> dict:
+    """The FLOPs, the seconds they take at the measured matmul rate, and how far the run is from it."""
+    return {
+        "gflops": round(flops / 1e9, 2),
+        "floor_seconds": round(flops / rate, 3),
+        "floor_ratio": round(seconds / (flops / rate), 2),
+        "achieved_gflop_per_second": round(flops / seconds / 1e9, 1),
+    }
+
+
+def bench_train(model, tok, records, args) -> dict:
+    """One epoch of SPLIT training of a vector (the loop of steer.objectives.training): seconds per
+    step against the FLOPs of a step."""
+    from accelerate import Accelerator
+
+    pairs = [encode_pair(tok, r.prompt_text, r.positive, r.negative) for r in records]
+    iv = new_intervention(model, "vector", args.layer, init_scale=0.01, seed=0)
+    settings = TrainSettings(lr=0.05, epochs=1, batch_size=args.train_batch, train_factors=(2.0, 4.0), seed=0)
+    report = train_intervention(model, pairs, iv, SPLIT(), settings, Accelerator(cpu=True), progress=False)
+    per_step = train_step_flops(forward_shape(model), [tokens_of(p) for p in pairs], args.layer) / report.steps
+    rows = 2 * sum(len(p.prompt) + len(p.positive) + len(p.negative) for p in pairs) / report.steps
+    return {
+        "pairs": len(pairs),
+        "batch_pairs": args.train_batch,
+        "steps": report.steps,
+        "layer": args.layer,
+        **floor(per_step, report.seconds_per_step, args.matmul_flops),
+        "seconds_per_step": round(report.seconds_per_step, 3),
+        "prefix_cache_seconds": round(report.prefix_seconds, 2),
+        "tokens_per_second": round(rows / report.seconds_per_step, 1),
+    }
+
+
+ROWS = {"sweep": bench_sweep, "train": bench_train, "generate": bench_generation}
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=32)
     parser.add_argument("--grid", type=int, default=13, help="number of multipliers, evenly spaced in [-4, 4]")
@@ -159,17 +208,39 @@ def main() -> None:
     parser.add_argument("--gen-prompts", type=int, default=4, help="prompts of the generation row")
     parser.add_argument("--gen-multipliers", default="-4,0,4", help="comma-separated m of the generation row")
     parser.add_argument("--gen-tokens", type=int, default=32, help="max new tokens of the generation row")
-    parser.add_argument("--rows", default="sweep,generate", help=f"comma-separated, of {', '.join(ROWS)}")
+    parser.add_argument("--train-batch", type=int, default=8, help="pairs per training step of the train row")
+    parser.add_argument("--rows", default="sweep,train,generate", help=f"comma-separated, of {', '.join(ROWS)}")
     parser.add_argument("--out-dir", default="outputs/bench", help="<row>.json is written here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows = args.rows.split(",")
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         parser.error(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")
+    for name in ("pairs", "grid", "batch_size", "gen_prompts", "gen_tokens"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    try:
+        [float(m) for m in args.gen_multipliers.split(",")]
+    except ValueError:
+        parser.error(f"--gen-multipliers: not a comma-separated list of numbers: {args.gen_multipliers!r}")
 
     model, tok = load_model(EMBEDDED_SOURCE)
+    layers = num_layers(model.config)
+    if not 0 <= args.layer < layers:
+        parser.error(f"--layer {args.layer} is out of range: the embedded model has layers 0..{layers - 1}")
     records = to_records(tok, sentiment.load())[: args.pairs]
-    machine = {"torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
+    rows_tokens = args.batch_size * int(
+        np.mean([len(p) for p in (encode_pair(tok, r.prompt_text, r.positive, r.negative) for r in records)])
+    )
+    shape = (rows_tokens, model.config.hidden_size, model.config.intermediate_size)
+    args.matmul_flops = matmul_rate(*shape)
+    print(f"matmul rate at {shape[0]}x{shape[1]} @ {shape[1]}x{shape[2]} (fp32): {args.matmul_flops / 1e9:.1f} GFLOP/s")
+    machine = {
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "matmul_shape": list(shape),
+        "matmul_gflop_per_second": round(args.matmul_flops / 1e9, 1),
+    }
     for row in rows:
         result = {**ROWS[row](model, tok, records, args), **machine}
         path = Path(args.out_dir) / f"{row}.json"

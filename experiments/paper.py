@@ -117,8 +117,6 @@ def output_root(preset: Preset, overrides: list[str]) -> str:
     return str(compose_config([f"experiment={preset.experiments[0]}"]).output_root)
 
 
-# Parameter counts of the models (their model cards); the plan's FLOPs scale with them.
-PARAMS = {"gemma-2-9b-it": 9.24e9, "qwen2.5-7b-instruct": 7.62e9, "smollm2-135m": 1.35e8}
 # Judge calls per steered answer, by data set loader (Psychopathy is scored by PrefOdds, no judge):
 # PowerSeeking one 1-4 rating; AxBench concept, instruction relevance and fluency.
 JUDGE_CALLS = {"powerseeking": 1, "axbench": 3}
@@ -151,18 +149,18 @@ def plan_text(runs: list[tuple[str, list[str]]], overrides: list[str], judge_mul
 
     from steer.core.models import EMBEDDED_SOURCE, load_tokenizer
     from steer.objectives import get_objective
-    from steer.runtime.plan import Hardware, JobSpec, JudgePrice, estimate, format_plan
+    from steer.runtime.plan import Hardware, JobSpec, JudgePrice, estimate, format_memory, format_plan
     from steer.stages import compose_config
     from steer.stages.data import load_dataset, needs_own_answers
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a plan never waits on the hub
-    tokenizers, tokens, jobs, notes = {}, {}, [], set()
+    tokenizers, tokens, sizes, jobs, notes = {}, {}, {}, [], set()
     for experiment, extra in runs:
         for job in job_overrides(experiment, extra, overrides):
             cfg = compose_config(job)
             model = cfg.model.name
-            if model not in PARAMS:
-                raise SystemExit(f"plan: no parameter count for model={model} (add it to PARAMS)")
+            if model not in sizes:
+                sizes[model] = size_of(cfg.model)
             if model not in tokenizers:
                 try:
                     tokenizers[model] = load_tokenizer(cfg.model.source)
@@ -181,7 +179,7 @@ def plan_text(runs: list[tuple[str, list[str]]], overrides: list[str], judge_mul
                 JobSpec(
                     name=dataset["name"],
                     model=model,
-                    params=PARAMS[model],
+                    params=sizes[model].active_params,
                     train=train,
                     test=test,
                     grid=len(cfg.sweep.grid),
@@ -192,12 +190,33 @@ def plan_text(runs: list[tuple[str, list[str]]], overrides: list[str], judge_mul
                     generation_batch=generation.get("batch_size", 16),
                     judge_calls_per_answer=JUDGE_CALLS.get(dataset["loader"], 0),
                     judge_multipliers=judge_multipliers,
+                    size=sizes[model],
+                    layer=int(cfg.layer),
+                    sweep_batch=int(cfg.sweep.batch_size),
+                    train_batch=int(cfg.intervention.train.batch_size),
                 )
             )
     notes.add("AxBench A_n (the model's own answer, not generated yet) counted as long as A_p, at most max_new_tokens")
     notes.add(f"judge generation: {judge_multipliers} steered answer(s) of max_new_tokens per test prompt")
+    notes.add("FLOPs count the parameters a token passes through (a mixture of experts: its routed experts only)")
     hw, judge = Hardware(), JudgePrice()
-    return format_plan(estimate(jobs, hw, judge), hw, judge, sorted(notes))
+    return format_plan(estimate(jobs, hw, judge), hw, judge, sorted(notes)) + "\n\n" + format_memory(jobs, hw)
+
+
+def size_of(model_cfg):
+    """The model's ``ModelSize`` from ``model.shapes`` (conf/model/*.yaml) or, without them, its own
+    config (local or embedded): nothing is downloaded."""
+    from omegaconf import OmegaConf
+
+    from steer.core.models import config_from_shapes, load_config, model_size
+
+    shapes = model_cfg.get("shapes")
+    if shapes is not None:
+        return model_size(config_from_shapes(OmegaConf.to_container(shapes)))
+    try:
+        return model_size(load_config(model_cfg.source))
+    except OSError as err:
+        raise SystemExit(f"plan: model={model_cfg.name} has no local config and no model.shapes: {err}") from None
 
 
 def cap(dataset: dict) -> int:
@@ -221,27 +240,74 @@ def pair_tokens(tokenizer, splits, instruction: str | None, max_new_tokens: int)
     return [one(p) for p in splits.train], [one(p) for p in splits.test]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("target", choices=list(TARGETS), help="; ".join(f"{k}: {v}" for k, v in TARGETS.items()))
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that say which runs: preset, data sets, local data."""
     parser.add_argument("--preset", choices=list(PRESETS), default="dynamics", help="the runs (default dynamics)")
     parser.add_argument("--datasets", help="comma-separated dataset= choices (default: the preset's)")
     parser.add_argument("--data", type=Path, help="a local copy of the data sets laid out as ../shared/data")
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """The options and the Hydra overrides (key=value) after them; anything else is a usage error."""
+    args, overrides = parser.parse_known_args(argv)
+    bad = [o for o in overrides if o.startswith("-") or "=" not in o]
+    if bad:
+        parser.error(f"not a Hydra override (key=value): {bad[0]}")
+    if args.data is not None and not args.data.is_dir():
+        parser.error(f"--data {args.data}: no such folder (a local copy of the data sets laid out as ../shared/data)")
+    known = set(compose_choices("dataset"))
+    unknown = [d for d in (args.datasets or "").split(",") if d and d not in known]
+    if unknown:
+        parser.error(f"--datasets: unknown data set {unknown[0]!r} (choose from {', '.join(sorted(known))})")
+    return args, overrides
+
+
+def compose_choices(group: str) -> list[str]:
+    """The options of a config group: the file names under conf/<group>/."""
+    return [p.stem for p in (REPO / "conf" / group).glob("*.yaml")]
+
+
+def run_plan(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Print what the preset's runs cost; a config that does not compose is one line and exit 2."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    preset = PRESETS[args.preset]
+    try:
+        print(
+            plan_text(multiruns(preset, args.datasets or preset.datasets, args.data), overrides, args.judge_multipliers)
+        )
+    except (HydraException, OmegaConfBaseException, ValueError, OSError) as err:
+        print(f"plan: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def plan_main(argv: list[str] | None = None) -> int:
+    """``steer plan``: what the runs of every table and figure cost, nothing run."""
+    parser = argparse.ArgumentParser(prog="steer plan", description=plan_main.__doc__.split(":", 1)[1].strip())
+    add_run_arguments(parser)
+    parser.add_argument("--judge-multipliers", type=int, default=1, help="steered generations per judged test prompt")
+    args, overrides = parse(parser, argv)
+    print(f"# {TARGETS['all']} (preset {args.preset})")
+    return run_plan(args, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("target", choices=list(TARGETS), help="; ".join(f"{k}: {v}" for k, v in TARGETS.items()))
+    add_run_arguments(parser)
     parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     parser.add_argument("--plan", action="store_true", help="print what the runs cost (tokens, GPU-hours, judge)")
     parser.add_argument(
         "--judge-multipliers", type=int, default=1, help="steered generations per judged test prompt (plan only)"
     )
-    args, overrides = parser.parse_known_args(argv)
-    bad = [o for o in overrides if o.startswith("-") or "=" not in o]
-    if bad:
-        parser.error(f"not a Hydra override (key=value): {bad[0]}")
+    args, overrides = parse(parser, argv)
     preset = PRESETS[args.preset]
     datasets = args.datasets or preset.datasets
     print(f"# {TARGETS[args.target]} (preset {args.preset})")
     if args.plan:
-        print(plan_text(multiruns(preset, datasets, args.data), overrides, args.judge_multipliers))
-        return 0
+        return run_plan(args, overrides)
     for command in commands(args.target, datasets, overrides, args.preset, args.data):
         print("+ " + shlex.join(command), flush=True)
         if not args.dry_run:

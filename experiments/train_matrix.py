@@ -53,7 +53,9 @@ def train_and_sweep(root: Path, form: str, objective: str, limit: int, extra: li
         *extra,
     ]
     print("$", " ".join(cmd[1:]), flush=True)
-    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    done = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise SystemExit(f"train_matrix: the run failed (exit {done.returncode}): {' '.join(cmd[1:])}")
 
 
 def mean_test_curves(directory: Path) -> pd.DataFrame:
@@ -133,18 +135,33 @@ def utility_comparison(root: Path) -> pd.DataFrame:
     return table
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=16, help="dataset.limit: pairs per split")
     parser.add_argument("--output-root", type=Path, default=REPO / "outputs" / "train-matrix")
     parser.add_argument("--report-only", action="store_true", help="only print the report of finished runs")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.limit < 1:
+        parser.error(f"--limit must be a positive integer, got {args.limit}")
     root = args.output_root.resolve()
     if not args.report_only:
         for form in TABLE_M:
             for objective in OBJECTIVES:
                 train_and_sweep(root, form, objective, args.limit, args.overrides)
+    missing = [
+        str(run_dir(root, f, o))
+        for f in TABLE_M
+        for o in OBJECTIVES
+        if not (run_dir(root, f, o) / "sweep.parquet").is_file()
+    ]
+    if missing:
+        print(
+            f"train_matrix: no finished sweep in {missing[0]} ({len(missing)} of 9 runs missing); "
+            "run without --report-only first",
+            file=sys.stderr,
+        )
+        return 2
     fmt = lambda x: f"{x:8.2f}"  # noqa: E731
     table = matrix_table(root)
     print(f"\nTest split ({args.limit} pairs per split): mean PrefOdds / UtilOdds at -m, 0, +m")
@@ -152,7 +169,8 @@ def main() -> None:
     print(f"\nSteers (pref(-m) < pref(0) < pref(+m)): {int(table.steers.sum())} of {len(table)}")
     print("\nSPLIT vs SFT: test UtilOdds at equal test PrefOdds (interpolated along each sweep)")
     print(utility_comparison(root).to_string(index=False, float_format=fmt))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -111,7 +111,7 @@ def test_unfinished_and_broken_runs_are_listed_not_used(outputs):
 
 @pytest.mark.parametrize("target", ["table2", "fig2"])
 def test_no_runs_is_a_clear_message(tmp_path, capsys, target):
-    assert main([target, "--outputs", str(tmp_path / "nothing")]) == 1
+    assert main([target, "--outputs", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert "no finished runs under" in err and "fit.json" in err and "Traceback" not in err
     assert not (tmp_path / "nothing" / "reports").exists()
@@ -127,7 +127,7 @@ def test_figure_of_one_data_set(tmp_path, capsys):
             grid, scale = (VECTOR_GRID, 8.0) if form == "vector" else (WEIGHT_GRID, 0.8)
             write_sweep(run_dir, grid, scale, seed=10 * i + concept)
             write_fit(run_dir, r2s(0.9, 0.9))
-    assert main(["fig2", "--outputs", str(out)]) == 1  # fig2 defaults to psychopathy: absent
+    assert main(["fig2", "--outputs", str(out)]) == 2  # fig2 defaults to psychopathy: absent
     assert "--dataset" in capsys.readouterr().err
     no_sweep = out / "axbench-c2" / "smollm2-135m" / "vector-sft" / "layer15"
     write_config(no_sweep, form="vector", objective="sft", dataset="axbench-c2", loader="axbench")

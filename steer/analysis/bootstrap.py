@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from steer.analysis.fit import COLUMNS, SPLITS, FitError, fit_curve
 
@@ -74,12 +75,17 @@ def resampled_curves(frame: pd.DataFrame, n: int, seed: int) -> Iterator[Curves]
 
 
 def replicate(
-    frame: pd.DataFrame, statistic: Callable[[Curves], dict[str, float]], n: int, seed: int
+    frame: pd.DataFrame,
+    statistic: Callable[[Curves], dict[str, float]],
+    n: int,
+    seed: int,
+    progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """``statistic`` on ``n`` bootstrap replicates: one array of n values per key (NaN where the
-    statistic raised FitError on that replicate)."""
+    statistic raised FitError on that replicate). ``progress``: a bar over the replicates (each refits)."""
     results: list[dict[str, float] | None] = []
-    for curves in resampled_curves(frame, n, seed):
+    bar = tqdm(resampled_curves(frame, n, seed), total=n, desc="bootstrap", unit="replicate", disable=not progress)
+    for curves in bar:
         try:
             results.append(statistic(curves))
         except FitError:

@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
 
 DECAY_PARAMS = ("m_pos", "m_neg", "L_pos", "L_neg", "p_pos", "p_neg")
 PREF_PARAMS = ("alpha", "beta", "b", *DECAY_PARAMS)
@@ -145,14 +146,15 @@ def check_restarts(restarts: int) -> None:
         raise ValueError(f"fit.restarts must be a positive integer, got {restarts!r}")
 
 
-def fit_curve(kind: str, m, y, restarts: int = 16, seed: int = 0) -> Fit:
-    """Fit the ``kind`` model ("pref" or "util") to points (m, y), usually the mean curve over examples."""
+def fit_curve(kind: str, m, y, restarts: int = 16, seed: int = 0, progress: bool = False, label: str = "") -> Fit:
+    """Fit the ``kind`` model ("pref" or "util") to points (m, y), usually the mean curve over examples.
+    ``progress``: a bar over the SLSQP restarts (``label`` names the curve in it)."""
     # The linear algebra here is tiny: BLAS threads only add wake-up overhead (4x slower on a busy CPU).
     with threadpool_limits(limits=1):
-        return _fit_curve(kind, m, y, restarts, seed)
+        return _fit_curve(kind, m, y, restarts, seed, progress, label)
 
 
-def _fit_curve(kind: str, m, y, restarts: int, seed: int) -> Fit:
+def _fit_curve(kind: str, m, y, restarts: int, seed: int, progress: bool = False, label: str = "") -> Fit:
     if kind not in PARAMS:
         raise ValueError(f"kind must be 'pref' or 'util', got {kind!r}")
     check_restarts(restarts)
@@ -181,7 +183,9 @@ def _fit_curve(kind: str, m, y, restarts: int, seed: int) -> Fit:
     ]
     bounds = [(None, None)] * n_lin + _BOUNDS
     best: tuple[float, np.ndarray] | None = None
-    for decay0 in _starting_decays(kind, x, t, min_width, restarts, seed):
+    starts = _starting_decays(kind, x, t, min_width, restarts, seed)
+    desc = f"fit {label or kind}"
+    for decay0 in tqdm(starts, desc=desc, unit="restart", disable=not progress, leave=False):
         theta0 = np.concatenate([_linear_fit(kind, x, t, decay0), decay0])
         with np.errstate(all="ignore"):
             options = {"maxiter": 1000, "ftol": _FTOL}
@@ -469,10 +473,14 @@ class SweepFit:
         return out
 
 
-def fit_sweep(frame: pd.DataFrame, restarts: int = 16, seed: int = 0) -> SweepFit:
-    """Fit preference and utility on the train and on the test mean curves of a ``sweep.parquet`` frame."""
+def fit_sweep(frame: pd.DataFrame, restarts: int = 16, seed: int = 0, progress: bool = False) -> SweepFit:
+    """Fit preference and utility on the train and on the test mean curves of a ``sweep.parquet`` frame
+    (``progress``: a bar over each curve's restarts)."""
     curves = {(kind, split): mean_curve(frame, split, col) for kind, col in COLUMNS.items() for split in SPLITS}
-    fits = {key: fit_curve(key[0], c["m"], c["mean"], restarts=restarts, seed=seed) for key, c in curves.items()}
+    fits = {
+        key: fit_curve(key[0], c["m"], c["mean"], restarts, seed, progress, label=f"{key[0]} {key[1]}")
+        for key, c in curves.items()
+    }
     return SweepFit(curves, fits)
 
 

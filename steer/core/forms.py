@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from steer.core.models import decoder_layer, layer_linear
+from steer.core.models import MLP_DOWN, RESIDUAL, site_module, site_path, text_config
 
 Multiplier = float | torch.Tensor
 Tensors = Mapping[str, torch.Tensor]
@@ -29,7 +29,8 @@ class Form:
     """One intervention form. Subclasses set the class attributes and ``init``/``delta``/``dense_update``."""
 
     name: ClassVar[str]
-    # "residual" (the output of the decoder layer) or a Linear's path inside the decoder layer.
+    # A site name of ``steer.core.models`` (RESIDUAL: the decoder layer's output; MLP_DOWN: the MLP's
+    # down_proj Linear); ``models.ARCHITECTURES`` says where it is, or why it is absent, per architecture.
     site: ClassVar[str]
     tensor_names: ClassVar[tuple[str, ...]]
     # Whether Δh depends on the site's input (forms with a ΔW): the hook then passes it to ``delta``.
@@ -40,18 +41,21 @@ class Form:
     def check(self, rank: int | None) -> None:
         """Reject options the form cannot use (a bad rank); the message names the key."""
 
+    def check_config(self, config) -> None:
+        """Refuse, from the model's config alone (before any weights load), an architecture that has
+        no site for this form; the ValueError says why."""
+        site_path(config, self.site)
+
     def site_module(self, model: nn.Module, layer: int) -> nn.Module:
         """The module whose output the form's hook edits."""
-        if self.site == "residual":
-            return decoder_layer(model, layer)
-        return layer_linear(model, layer, self.site)
+        return site_module(model, layer, self.site)
 
     def dims(self, model: nn.Module, layer: int) -> tuple[int, int]:
         """(d_in, d_out) of the site: the Linear's shape, or (hidden, hidden) on the residual."""
         module = self.site_module(model, layer)
         if isinstance(module, nn.Linear):
             return module.in_features, module.out_features
-        hidden = int(model.config.hidden_size)
+        hidden = int(text_config(model.config).hidden_size)
         return hidden, hidden
 
     def init(
@@ -71,7 +75,7 @@ class Form:
 
 class LocalWeight(Form):
     name = "local_weight"
-    site = "mlp.down_proj"
+    site = MLP_DOWN
     tensor_names = ("delta_w", "delta_b")
     needs_input = True
 
@@ -88,7 +92,7 @@ class LocalWeight(Form):
 
 class LoRA(Form):
     name = "lora"
-    site = "mlp.down_proj"
+    site = MLP_DOWN
     tensor_names = ("lora_A", "lora_B")
     needs_input = True
     uses_rank = True
@@ -113,7 +117,7 @@ class LoRA(Form):
 
 class Vector(Form):
     name = "vector"
-    site = "residual"
+    site = RESIDUAL
     tensor_names = ("delta_b",)
 
     def init(self, d_in, d_out, *, rank, init_scale, generator):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,3 +227,46 @@ def new_intervention(
     info = InterventionInfo(form, layer, d_in, d_out, rank if spec.uses_rank else None, model_name, objective)
     generator = torch.Generator().manual_seed(seed)
     return DynamicAffine(info, init_scale=init_scale, generator=generator)
+
+
+class RowInterventions:
+    """Several interventions on one model, each batch row steered by at most one of them at its own m.
+
+    A batch that mixes runs (and the bare model) sets, for every row, which intervention steers it
+    (``-1``: none) and its multiplier. Each intervention gets the multiplier vector with its own rows'
+    m and 0 elsewhere, so a row of another run (or of the bare model) gets an exact zero from it: one
+    hook per intervention, per-row Δ of any forms and layers in one forward. An intervention none of
+    whose rows is in the batch is detached for that forward (it would add zeros), so a run costs
+    nothing while nobody asks for it; while it has rows, its Δ is computed over the whole batch.
+    """
+
+    def __init__(self, interventions: Sequence[DynamicAffine]) -> None:
+        self.interventions = list(interventions)
+        self._model: nn.Module | None = None
+
+    def attach(self, model: nn.Module) -> RowInterventions:
+        """Check every intervention fits ``model`` and move it to the model's device; hooks come with ``set_rows``."""
+        for iv in self.interventions:
+            iv.attach(model)
+            iv.detach()
+        self._model = model
+        return self
+
+    def detach(self) -> None:
+        for iv in self.interventions:
+            iv.detach()
+        self._model = None
+
+    def set_rows(self, which: torch.Tensor, m: torch.Tensor) -> None:
+        """Row b is steered by ``interventions[which[b]]`` at ``m[b]`` (``which[b] = -1``: by none)."""
+        if self._model is None:
+            raise RuntimeError("RowInterventions.set_rows before attach(model)")
+        which, m = which.to(m.device), m.float()
+        for k, iv in enumerate(self.interventions):
+            rows = which == k
+            if bool(rows.any()):
+                iv.set_multiplier(torch.where(rows, m, torch.zeros_like(m)))
+                if iv._handle is None:
+                    iv.attach(self._model)
+            else:
+                iv.detach()

@@ -14,7 +14,8 @@ import importlib.util
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -102,14 +103,14 @@ def naming_source(source: str) -> Iterator[None]:
         ) from err
 
 
-def check_model_folder(source: str) -> None:
-    """A ``model.source`` naming a local folder must hold a model: config.json, weights and a
-    tokenizer. Checked before any work, so an empty or wrong folder fails naming the key."""
+def check_model_folder(source: str, key: str = "model.source") -> None:
+    """A model source (the config ``key``) naming a local folder must hold a model: config.json,
+    weights and a tokenizer. Checked before any work, so an empty or wrong folder fails naming the key."""
     path = Path(source).expanduser()
     if source.startswith("embedded:") or not path.exists():
         return  # an embedded model or a hub id
     if not path.is_dir():
-        raise ValueError(f"model.source={source!r} is a file; point it at a model folder or a hub id")
+        raise ValueError(f"{key}={source!r} is a file; point it at a model folder or a hub id")
     names = {p.name for p in path.iterdir()}
     missing = []
     if "config.json" not in names:
@@ -120,7 +121,7 @@ def check_model_folder(source: str) -> None:
         missing.append("a tokenizer (tokenizer.json or tokenizer.model)")
     if missing:
         raise ValueError(
-            f"model.source={source!r} is a folder without {', '.join(missing)}: point it at a model folder "
+            f"{key}={source!r} is a folder without {', '.join(missing)}: point it at a model folder "
             "(config.json, weights, tokenizer, as save_pretrained writes it) or a hub id"
         )
 
@@ -156,8 +157,133 @@ def load_model(source: str, dtype: str = "float32", device: str = "cpu"):
     return model, tokenizer
 
 
+def text_config(config):
+    """The language model's part of ``config`` (a multimodal checkpoint such as Gemma 3 keeps it in
+    ``text_config``); the config itself for a plain causal LM."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 def num_layers(config) -> int:
-    return int(config.num_hidden_layers)
+    return int(text_config(config).num_hidden_layers)
+
+
+RESIDUAL = "residual"  # the site that is a decoder layer's output hidden state
+MLP_DOWN = "mlp.down_proj"  # the site that is the MLP's down-projection Linear (the paper's)
+DENSE_SITES = {RESIDUAL: "", MLP_DOWN: "mlp.down_proj"}
+MOE_WHY = (
+    "its MLP is a mixture of experts: each expert's down-projection is a slice of one fused 3-D "
+    "parameter (mlp.experts.down_proj [experts, hidden, expert_intermediate]) applied only to the tokens "
+    "routed to it, so there is no single down_proj Linear for ΔW (a ΔW shared by every expert would act "
+    "on the router-weighted sum of expert activations, which no module exposes). Steer the residual "
+    "stream instead: intervention=vector"
+)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Where steer's sites are in one ``config.model_type`` (kept as data, as pyvene keeps its
+    hook points): each site name of ``steer.core.forms`` → the module path inside a decoder layer
+    ("" is the layer itself), or the reason the architecture has no such site."""
+
+    sites: Mapping[str, str] = field(default_factory=lambda: dict(DENSE_SITES))
+    missing: Mapping[str, str] = field(default_factory=dict)
+    # A norm between down_proj's output and the residual add (Gemma 2/3, OLMo 2): a vector on the
+    # residual stream is then not a down_proj bias.
+    norm_after_mlp: str | None = None
+    # The config key that gives the MLP Linears a bias (Llama's mlp_bias); None: they never have one.
+    mlp_bias_switch: str | None = None
+    # A mixture of experts: the config keys of (experts, experts per token), and the module path of the
+    # experts inside a decoder layer (their parameters count once per routed expert in FLOPs).
+    experts: tuple[str, str] | None = None
+    experts_path: str = "mlp.experts"
+
+
+MOE_SITES = dict(sites={RESIDUAL: ""}, missing={MLP_DOWN: MOE_WHY})
+GEMMA = Architecture(norm_after_mlp="post_feedforward_layernorm")
+ARCHITECTURES: dict[str, Architecture] = {
+    "llama": Architecture(mlp_bias_switch="mlp_bias"),
+    "mistral": Architecture(),
+    "qwen2": Architecture(),
+    "qwen3": Architecture(),
+    "phi3": Architecture(),
+    "gemma2": GEMMA,
+    "gemma3_text": GEMMA,
+    "olmo2": Architecture(norm_after_mlp="post_feedforward_layernorm"),
+    "qwen3_moe": Architecture(**MOE_SITES, experts=("num_experts", "num_experts_per_tok")),
+    "mixtral": Architecture(**MOE_SITES, experts=("num_local_experts", "num_experts_per_tok")),
+}
+# An architecture not in the table is tried with the dense sites, checked when the model loads.
+UNLISTED = Architecture()
+
+
+def architecture(config) -> Architecture:
+    """The site data of ``config``'s model type (``UNLISTED``'s dense guess when it is not listed)."""
+    return ARCHITECTURES.get(config.model_type, ARCHITECTURES.get(text_config(config).model_type, UNLISTED))
+
+
+def site_path(config, site: str) -> str:
+    """The module path of ``site`` inside a decoder layer of ``config``'s architecture; a site the
+    architecture lacks is a ValueError saying why. Needs only the config: called before any weights load."""
+    arch = architecture(config)
+    if site in arch.sites:
+        return arch.sites[site]
+    why = arch.missing.get(site, f"steer knows no module for site {site!r} in it")
+    raise ValueError(f"model type {config.model_type!r} has no {site} site: {why}")
+
+
+def config_from_shapes(shapes: Mapping):
+    """A config built from an architecture's shapes (``model_type`` and config.json keys), as
+    ``conf/model/*.yaml`` records them: plans and checks without downloading the checkpoint."""
+    from transformers import AutoConfig
+
+    shapes = dict(shapes)
+    if "model_type" not in shapes:
+        raise ValueError(f"model.shapes needs a model_type key, got {sorted(shapes)}")
+    return AutoConfig.for_model(shapes.pop("model_type"), **shapes)
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """What plans need of an architecture: parameter counts (all of them, and those one token passes
+    through: a MoE routes each token through top-k of its experts) and the activation widths."""
+
+    params: int
+    active_params: int
+    layers: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    kv_width: int  # key/value heads × head dim: the KV cache per token and layer is 2 × this
+
+
+def model_size(config) -> ModelSize:
+    """Count the parameters of ``config``'s architecture on the meta device (no memory, no weights)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    text = text_config(config)
+    arch = architecture(config)
+    total = sum(p.numel() for p in model.parameters())
+    active = total
+    if arch.experts is not None:
+        count, per_token = (int(getattr(text, key)) for key in arch.experts)
+        routed = sum(
+            p.numel() for layer in decoder_layers(model) for p in layer.get_submodule(arch.experts_path).parameters()
+        )
+        active = total - routed + routed * per_token // count
+    heads = int(text.num_attention_heads)
+    head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
+    kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+    return ModelSize(
+        params=total,
+        active_params=active,
+        layers=num_layers(config),
+        hidden=int(text.hidden_size),
+        intermediate=int(getattr(text, "moe_intermediate_size", None) or text.intermediate_size),
+        vocab=int(text.vocab_size),
+        kv_width=kv_heads * head_dim,
+    )
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -174,6 +300,13 @@ def decoder_layer(model: nn.Module, layer: int) -> nn.Module:
     if not 0 <= layer < len(layers):
         raise IndexError(f"layer={layer} is out of range: the model has layers 0..{len(layers) - 1}")
     return layers[layer]
+
+
+def site_module(model: nn.Module, layer: int, site: str) -> nn.Module:
+    """The module of ``site`` (``RESIDUAL`` or a Linear site such as ``MLP_DOWN``) in decoder layer
+    ``layer``, found through the architecture table."""
+    path = site_path(model.config, site)
+    return decoder_layer(model, layer) if path == "" else layer_linear(model, layer, path)
 
 
 def layer_linear(model: nn.Module, layer: int, path: str) -> nn.Linear:

@@ -57,13 +57,22 @@ def check(cfg) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Compose the config from the Hydra overrides ``argv`` and print the report; a bad override,
+    data set or model is one line on stderr and exit 2."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     from steer.stages import compose_config
 
-    cfg = compose_config(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "--help") for a in args):
+        print("usage: python -m steer.datacheck [HYDRA OVERRIDES...]   (or: steer datacheck ...)\n")
+        print(__doc__)
+        return 0
     try:
-        report = check(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"data-check: {err}", file=sys.stderr)
+        report = check(compose_config(args))
+    except (HydraException, OmegaConfBaseException, ValueError, OSError) as err:
+        print(f"data-check: {str(err).strip()}", file=sys.stderr)
         return 2
     print(report)
     return 0

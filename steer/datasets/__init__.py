@@ -54,4 +54,13 @@ def load_splits(loader: str, options: dict) -> Splits:
         raise ValueError(
             f"dataset.{unknown[0]} is not an option of the {loader} loader (it takes: {', '.join(sorted(accepted))})"
         )
+    check_counts(options)
     return fn(**options)
+
+
+def check_counts(options: dict) -> None:
+    """The split sizes and the seed, named by key: a negative size would slice silently."""
+    for key in ("n_train", "n_test", "seed"):
+        value = options.get(key)
+        if key in options and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise ValueError(f"dataset.{key} must be a non-negative integer, got {value!r}")

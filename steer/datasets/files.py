@@ -12,6 +12,7 @@ caches derived from the data.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from collections.abc import Sequence
@@ -78,26 +79,38 @@ def check_columns(name: str, where: str, present: Sequence[str], required: Seque
         raise ValueError(f"{name}: {where}: missing column {missing[0]!r} (the file has: {', '.join(present)})")
 
 
+def read_text(path: Path) -> str:
+    """The file as UTF-8 text; a binary or otherwise undecodable file fails naming it and the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{path}:line {line}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+            f"expected one of {', '.join(FORMATS)} — is this the data file?"
+        ) from None
+
+
 def _jsonl_rows(path: Path) -> list[Row]:
     rows: list[Row] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:line {lineno}"
-            try:
-                values = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg})") from err
-            if not isinstance(values, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(values).__name__}")
-            rows.append(Row(values, len(rows), where))
+    for lineno, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:line {lineno}"
+        try:
+            values = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not valid JSON ({err.msg})") from err
+        if not isinstance(values, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(values).__name__}")
+        rows.append(Row(values, len(rows), where))
     return rows
 
 
 def _csv_rows(path: Path, columns: Sequence[str]) -> list[Row]:
     rows: list[Row] = []
-    with open(path, encoding="utf-8", newline="") as fh:
+    with io.StringIO(read_text(path), newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if not header:

@@ -98,6 +98,12 @@ def sample_exactly(table: Table, pairs: list[PolarityPair], n: int, seed: int, k
 
 
 def load_bipo(folder: Path, n_train: int, n_test: int, seed: int) -> Splits:
+    missing = [name for name in ("train.csv", "test.csv") if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"dataset.path={folder}: BiPO's layout needs train.csv and test.csv (columns "
+            f"{', '.join(BIPO_COLUMNS)}); {folder / missing[0]} is missing"
+        )
     train = read_table(folder / "train.csv", BIPO_COLUMNS)
     test = read_table(folder / "test.csv", BIPO_COLUMNS)
     digest = hashlib.sha256((train.digest + test.digest).encode()).hexdigest()
@@ -109,8 +115,23 @@ def load_bipo(folder: Path, n_train: int, n_test: int, seed: int) -> Splits:
     )
 
 
+def check_folder(path: str | None, file: str) -> None:
+    """A ``dataset.path`` folder holds one of the two layouts; else say what each needs."""
+    folder = Path(path).expanduser() if path else None
+    if folder is None or not folder.is_dir():
+        return
+    if (folder / "test.csv").is_file() or any((folder / f).is_file() for f in (file, Path(file).name)):
+        return
+    raise FileNotFoundError(
+        f"dataset.path={folder} holds no power-seeking data. Expected either BiPO's layout (the paper's data): "
+        f"{folder}/train.csv and {folder}/test.csv with columns {', '.join(BIPO_COLUMNS)}; or Anthropic's "
+        f"multiple-choice JSONL: {folder}/{Path(file).name} (or {folder}/{file}), or dataset.path pointing at that file"
+    )
+
+
 def is_bipo_folder(path: str | None) -> bool:
-    return bool(path) and (Path(path).expanduser() / "train.csv").is_file()
+    """A folder with BiPO's CSVs (one of them is enough to tell; ``load_bipo`` names a missing one)."""
+    return bool(path) and any((Path(path).expanduser() / name).is_file() for name in ("train.csv", "test.csv"))
 
 
 def name(path: str | None = None, file: str = DEFAULT_FILE) -> str:
@@ -137,5 +158,6 @@ def load(
 ) -> Splits:
     if is_bipo_folder(path):
         return load_bipo(Path(path).expanduser(), n_train, n_test, seed)
+    check_folder(path, file)
     table = open_table(path, hub, file, MC_COLUMNS, revision)
     return split_table(table, mc_pairs(table), n_train, n_test, seed)

@@ -157,4 +157,7 @@ def name() -> str:
 
 
 def load(n_train: int = 120, n_test: int = 40, seed: int = 0) -> Splits:
-    return seeded_split(all_pairs(), n_train, n_test, seed)
+    try:
+        return seeded_split(all_pairs(), n_train, n_test, seed)
+    except ValueError as err:
+        raise ValueError(f"dataset=sentiment (built in): {err} (set dataset.n_train / dataset.n_test)") from None

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from steer.export import EXPORTS, ExportError, export
+from steer.io.artifacts import CorruptArtifact
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -19,9 +20,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, required=True, help="folder to write the artifact into")
     args = parser.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file: give a folder to write the artifact into")
     try:
         paths = export(args.run_dir, args.m, args.to, args.out)
-    except ExportError as err:
+    except (ExportError, CorruptArtifact, ValueError, OSError) as err:  # bad input, a damaged or unreadable run
         print(f"steer.export: {err}", file=sys.stderr)
         return 2
     print("wrote " + ", ".join(str(p) for p in paths))

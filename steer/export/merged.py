@@ -4,50 +4,38 @@
 ``AutoModelForCausalLM.from_pretrained`` (and servable by ``transformers serve``): no steer code,
 no hooks, no remote code.
 
-Where Δb can go, per architecture (``ARCHITECTURES``):
-- ΔW (lora, local_weight) merges into every architecture: down_proj always has a weight.
-- Δb needs a bias on down_proj. Llama's has none by default but its config has ``mlp_bias``:
-  the export sets it and gives every MLP Linear a bias, zero except layer l's down_proj (zeros
-  change nothing). Qwen2, Mistral and Gemma-2 build their MLP without bias and have no switch:
-  a run with Δb is refused for them.
+Where Δb can go, per architecture (``steer.core.models.ARCHITECTURES``: the same site data training uses):
+- ΔW (lora, local_weight) merges into every architecture with a down_proj Linear (not a mixture of
+  experts: it has none, and training refuses those forms there).
+- Δb needs a bias on down_proj. Llama's has none by default but its config has ``mlp_bias``
+  (``mlp_bias_switch``): the export sets it and gives every MLP Linear a bias, zero except layer l's
+  down_proj (zeros change nothing). Qwen2/3, Mistral, Phi-3, Gemma 2/3 and OLMo 2 build their MLP
+  without bias and have no switch: a run with Δb is refused for them.
 - The vector form adds m·Δb to the residual stream after decoder layer l. Where the layer ends
-  in ``h + down_proj(...)`` (Llama, Qwen2, Mistral) that is exactly a bias on layer l's down_proj,
-  so it merges as one. Gemma-2 normalises the MLP output (``post_feedforward_layernorm``) before
-  the residual add, so a down_proj bias would be rescaled by the norm: not equivalent, refused.
+  in ``h + down_proj(...)`` (Llama, Qwen, Mistral, Phi-3) that is exactly a bias on layer l's
+  down_proj, so it merges as one. Gemma 2/3 and OLMo 2 normalise the MLP output
+  (``norm_after_mlp``: post_feedforward_layernorm) before the residual add, so a down_proj bias
+  would be rescaled by the norm: not equivalent, refused.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from steer.core.models import decoder_layers, layer_linear, load_config, load_model
+from steer.core.models import (
+    MLP_DOWN,
+    RESIDUAL,
+    architecture,
+    decoder_layers,
+    load_config,
+    load_model,
+    site_module,
+    site_path,
+)
 from steer.export.base import Exporter, ExportError, Source
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """What a merge can do in one ``config.model_type``."""
-
-    bias_switch: str | None  # the config key that gives down_proj a bias, if any
-    residual_is_mlp_output: bool  # decoder layer output = residual + down_proj output, no norm between
-    why: str = ""
-
-
-ARCHITECTURES = {
-    "llama": Architecture("mlp_bias", True),
-    "qwen2": Architecture(None, True, "Qwen2's MLP Linears have no bias and its config no mlp_bias switch"),
-    "mistral": Architecture(None, True, "Mistral's MLP Linears have no bias and its config no mlp_bias switch"),
-    "gemma2": Architecture(
-        None,
-        False,
-        "Gemma-2 has no MLP bias, and its post_feedforward_layernorm sits between down_proj and the "
-        "residual add, so a residual vector is not a down_proj bias there",
-    ),
-}
 
 
 def give_mlp_bias(model: nn.Module, switch: str) -> None:
@@ -68,34 +56,38 @@ class MergedExporter(Exporter):
     def check(self, source: Source) -> None:
         weight, bias = source.intervention.dense_update()
         site = source.intervention.info.site
-        if weight is not None and site != "mlp.down_proj":
+        if weight is not None and site != MLP_DOWN:
             raise ExportError(f"--to merged: a ΔW at site {site!r} has no weight to merge into")
+        config = load_config(source.model_source)
+        model_type = config.model_type
+        try:  # every merge writes into layer l's down_proj
+            site_path(config, MLP_DOWN)
+        except ValueError as err:
+            raise ExportError(f"--to merged cannot fold a {source.form} run into {model_type}: {err}") from None
         if bias is None:
             return
-        model_type = load_config(source.model_source).model_type
-        arch = ARCHITECTURES.get(model_type)
-        if arch is None:
+        arch = architecture(config)
+        if site == RESIDUAL and arch.norm_after_mlp is not None:
             raise ExportError(
-                f"--to merged: the run's Δb needs a bias on down_proj, and steer does not know whether "
-                f"architecture {model_type!r} can have one (known: {', '.join(ARCHITECTURES)})"
+                f"--to merged cannot fold a {source.form} run into {model_type}: its {arch.norm_after_mlp} "
+                "sits between down_proj and the residual add, so a residual vector is not a down_proj bias there. "
+                "Export it with --to steering-vectors or --to gguf instead."
             )
-        if site == "residual" and not arch.residual_is_mlp_output:
-            raise ExportError(f"--to merged cannot fold a {source.form} run into {model_type}: {arch.why}")
-        if arch.bias_switch is None:
+        if arch.mlp_bias_switch is None:
             raise ExportError(
-                f"--to merged cannot give {model_type}'s down_proj the run's Δb: {arch.why}. "
-                "Export a vector with --to steering-vectors or --to gguf instead."
+                f"--to merged cannot give {model_type}'s down_proj the run's Δb: its MLP Linears have no bias "
+                "and its config no mlp_bias switch. Export a vector with --to steering-vectors or --to gguf instead."
             )
 
     def write(self, source: Source, out: Path) -> list[Path]:
         model, tokenizer = load_model(source.model_source, dtype=source.model_dtype)
         weight, bias = source.scaled_update()
-        target = layer_linear(model, source.layer, "mlp.down_proj")
+        target = site_module(model, source.layer, MLP_DOWN)
         with torch.no_grad():
             if weight is not None:
                 target.weight.copy_((target.weight.float() + weight).to(target.weight.dtype))
             if bias is not None:
-                give_mlp_bias(model, ARCHITECTURES[model.config.model_type].bias_switch)
+                give_mlp_bias(model, architecture(model.config).mlp_bias_switch)
                 target.bias.copy_((target.bias.float() + bias).to(target.bias.dtype))
         model.config.steer_export = source.provenance(self.name)
         model.save_pretrained(out)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from steer.core.models import layer_linear, load_config, resolve_source
+from steer.core.models import MLP_DOWN, load_config, resolve_source, site_module, site_path
 from steer.export.base import Exporter, ExportError, Source
 from steer.io.atomic import atomic_path, atomic_write_text
 
@@ -30,7 +30,7 @@ def down_proj_name(source: str, layer: int) -> str:
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(load_config(source))
-    target = layer_linear(model, layer, "mlp.down_proj")
+    target = site_module(model, layer, MLP_DOWN)
     return next(name for name, module in model.named_modules() if module is target)
 
 
@@ -44,6 +44,11 @@ class PeftExporter(Exporter):
                 f"--to peft needs a LoRA run (tensors lora_A, lora_B); this run's form is {source.form!r}. "
                 "Use --to merged for it (or steering-vectors/gguf for a vector)."
             )
+        config = load_config(source.model_source)
+        try:
+            site_path(config, MLP_DOWN)
+        except ValueError as err:
+            raise ExportError(f"--to peft: {err}") from None
 
     def write(self, source: Source, out: Path) -> list[Path]:
         tensors = source.intervention.tensors()

@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
+from tqdm.auto import tqdm
+
 from steer.judge.cache import AnswerCache, answer_key
 
 log = logging.getLogger("steer")
@@ -96,6 +98,8 @@ class JudgeClient:
     max_retries: int = 3
     timeout: float = 60.0
     local: bool = False
+    # A bar over the calls that reach the endpoint (rate and ETA); cache hits are instant.
+    progress: bool = False
     usage: Usage = field(default_factory=Usage)
     _endpoint: tuple[str, str] | None = field(default=None, repr=False)
 
@@ -133,14 +137,17 @@ class JudgeClient:
         base_url, api_key = self._endpoint
         client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=self.max_retries, timeout=self.timeout)
         gate = asyncio.Semaphore(self.concurrency)
+        bar = tqdm(total=len(todo), desc=f"judge {self.model}", unit="call", disable=not self.progress)
 
         async def one(i: int) -> None:
             async with gate:
                 answers[i] = await self._ask(client, calls[i])
+                bar.update()
 
         try:
             results = await asyncio.gather(*(one(i) for i in todo), return_exceptions=True)
         finally:
+            bar.close()
             await client.close()
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:

@@ -33,6 +33,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from steer.runtime.interrupt import signals_interrupt
 
 log = logging.getLogger("steer")
@@ -59,8 +61,11 @@ def free_port(host: str = HOST) -> int:
         return int(sock.getsockname()[1])
 
 
-def serve_command(model_path: str, port: int, device: str = "auto", host: str = HOST) -> list[str]:
-    """The ``transformers serve`` command line, run by this interpreter (so the venv's transformers)."""
+def serve_command(
+    model_path: str, port: int, device: str = "auto", host: str = HOST, continuous_batching: bool = False
+) -> list[str]:
+    """The ``transformers serve`` command line, run by this interpreter (so the venv's transformers);
+    ``continuous_batching`` (for a GPU) batches concurrent requests with paged attention."""
     return [
         sys.executable,
         "-m",
@@ -75,6 +80,7 @@ def serve_command(model_path: str, port: int, device: str = "auto", host: str = 
         device,
         "--log-level",
         "info",
+        *(["--continuous-batching"] if continuous_batching else []),
     ]
 
 
@@ -93,25 +99,37 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-def wait_ready(base: str, model: str, process: subprocess.Popen, log_path: Path, timeout: float) -> None:
-    """Until ``/health`` answers ok and ``/v1/models`` lists ``model``; fail early if the process dies."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ServerError(
-                f"transformers serve exited with status {process.returncode} before it was ready; "
-                f"its log ({log_path}) ends:\n{_tail(log_path)}"
-            )
-        health = _get_json(f"{base}/health")
-        if health is not None and health.get("status") == "ok":
-            models = _get_json(f"{base}/v1/models") or {}
-            if any(entry.get("id") == model for entry in models.get("data", [])):
+def wait_ready(
+    base: str, model: str, process: subprocess.Popen, log_path: Path, timeout: float, progress: bool = False
+) -> None:
+    """Until ``/health`` answers ok and ``/v1/models`` lists ``model``; fail early if the process dies.
+    ``progress``: a bar of the seconds waited, out of ``timeout``."""
+    start = time.monotonic()
+    deadline = start + timeout
+    with tqdm(total=round(timeout), desc="judge: starting transformers serve", unit="s", disable=not progress) as bar:
+        while time.monotonic() < deadline:
+            if _ready(base, model, process, log_path):
                 return
-        time.sleep(0.5)
+            time.sleep(0.5)
+            bar.update(min(round(time.monotonic() - start), bar.total) - bar.n)
     raise ServerError(
-        f"transformers serve was not ready after {timeout:.0f} s (judge.local_startup_timeout); "
+        f"transformers serve was not ready after {timeout:.0f} s (raise judge.startup_timeout for a slow start); "
         f"its log ({log_path}) ends:\n{_tail(log_path)}"
     )
+
+
+def _ready(base: str, model: str, process: subprocess.Popen, log_path: Path) -> bool:
+    """Whether the server answers and lists ``model``; a process that exited is an error."""
+    if process.poll() is not None:
+        raise ServerError(
+            f"transformers serve exited with status {process.returncode} before it was ready; "
+            f"its log ({log_path}) ends:\n{_tail(log_path)}"
+        )
+    health = _get_json(f"{base}/health")
+    if health is None or health.get("status") != "ok":
+        return False
+    models = _get_json(f"{base}/v1/models") or {}
+    return any(entry.get("id") == model for entry in models.get("data", []))
 
 
 def stop_group(process: subprocess.Popen, grace: float = 10.0) -> None:
@@ -128,16 +146,22 @@ def stop_group(process: subprocess.Popen, grace: float = 10.0) -> None:
 
 @contextlib.contextmanager
 def local_server(
-    model_path: str, log_path: str | Path, device: str = "auto", startup_timeout: float = 300.0
+    model_path: str,
+    log_path: str | Path,
+    device: str = "auto",
+    startup_timeout: float = 300.0,
+    continuous_batching: bool = False,
+    progress: bool = False,
 ) -> Iterator[LocalServer]:
-    """``transformers serve`` for ``model_path`` on 127.0.0.1, stopped (with its children) on exit."""
+    """``transformers serve`` for ``model_path`` on 127.0.0.1, stopped (with its children) on exit;
+    ``progress``: a bar while it starts."""
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     port = free_port()
     base = f"http://{HOST}:{port}"
     with open(log_path, "ab") as sink:
         process = subprocess.Popen(
-            serve_command(model_path, port, device),
+            serve_command(model_path, port, device, continuous_batching=continuous_batching),
             stdout=sink,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -146,7 +170,7 @@ def local_server(
     log.info("judge: started transformers serve (pid %d) on %s for %s", process.pid, base, model_path)
     try:
         with signals_interrupt(signals=(signal.SIGTERM,)):  # a scheduler's kill stops the server too
-            wait_ready(base, model_path, process, log_path, startup_timeout)
+            wait_ready(base, model_path, process, log_path, startup_timeout, progress)
             yield LocalServer(f"{base}/v1", model_path, process.pid, log_path)
     finally:
         stop_group(process)

@@ -3,8 +3,10 @@
 ``parse_settings`` takes plain containers (the ``judge`` mapping, the data set's loader, the sweep
 grid), checks every value and names the key of a bad one; no model loads. ``BACKENDS`` maps
 ``judge.backend`` to how the client reaches its endpoint: ``local`` starts ``transformers serve``
-on 127.0.0.1 on the first cache miss, ``openai`` calls ``judge.base_url`` with the key from the
-environment variable ``judge.api_key_env`` (read at connect time, never stored).
+on 127.0.0.1 on the first cache miss (with its continuous batching on a GPU), ``openai`` calls
+``judge.base_url`` with the key from the environment variable ``judge.api_key_env`` (read at
+connect time, never stored). A ``judge.base_url`` on this machine (127.0.0.1, localhost, ::1:
+vLLM, llama.cpp's server, ``python -m steer.serve``) needs no key: the variable is used when set.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import contextlib
 import math
 import numbers
 import os
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from steer.core.models import resolve_source
+from steer.core.models import EMBEDDED_SOURCE, check_model_folder, resolve_source
 from steer.judge.cache import AnswerCache
 from steer.judge.client import JudgeClient
 from steer.judge.protocols import Protocol, get_protocol
@@ -26,6 +29,9 @@ from steer.judge.select import METHODS
 from steer.judge.server import local_server
 
 SCORINGS = ("parsed", "expected")
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+# What the client sends as its key to a local endpoint that checks none (the client needs one).
+LOCAL_KEY = "unused-by-a-local-endpoint"
 
 
 @dataclass(frozen=True)
@@ -193,29 +199,58 @@ class LocalBackend:
     def check(s: Settings) -> None:
         if s.base_url:
             raise ValueError("judge=local starts its own server: leave judge.base_url null (or use judge=openai)")
+        if not s.model.startswith("embedded:") and not Path(s.model).expanduser().is_dir():
+            raise ValueError(
+                f"judge.model={s.model!r}: judge=local serves a local model folder or {EMBEDDED_SOURCE}, "
+                "and there is no such folder"
+            )
+        check_model_folder(s.model, "judge.model")
 
     @staticmethod
     def model_name(s: Settings) -> str:
         return resolve_source(s.model)  # transformers serve names a model by its folder path
 
     @staticmethod
-    def connect(s: Settings, stack: contextlib.ExitStack, server_log: Path) -> Callable[[], tuple[str, str]]:
+    def connect(
+        s: Settings, stack: contextlib.ExitStack, server_log: Path, progress: bool = False
+    ) -> Callable[[], tuple[str, str]]:
         def start() -> tuple[str, str]:
+            batching = on_gpu(s.device)
             server = stack.enter_context(
-                local_server(LocalBackend.model_name(s), server_log, s.device, s.startup_timeout)
+                local_server(
+                    LocalBackend.model_name(s), server_log, s.device, s.startup_timeout, batching, progress=progress
+                )
             )
             return server.base_url, "unused-by-transformers-serve"
 
         return start
 
 
+def on_gpu(device: str) -> bool:
+    """Whether ``judge.device`` puts the local judge on a GPU (``transformers serve`` then batches
+    requests continuously, with paged attention; on a CPU it serves them one by one)."""
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
+
+
+def is_local(base_url: str) -> bool:
+    """Whether ``base_url`` names an endpoint on this machine."""
+    return urllib.parse.urlsplit(base_url).hostname in LOCAL_HOSTS
+
+
 class OpenAIBackend:
-    """Any OpenAI-compatible endpoint at ``judge.base_url``; the key from ``$judge.api_key_env``."""
+    """Any OpenAI-compatible endpoint at ``judge.base_url``; the key from ``$judge.api_key_env``
+    (not needed by an endpoint on this machine)."""
 
     @staticmethod
     def check(s: Settings) -> None:
         if not s.base_url:
             raise ValueError("judge.base_url is empty: give the endpoint, e.g. https://api.openai.com/v1")
+        if is_local(s.base_url):
+            return
         if not s.api_key_env:
             raise ValueError("judge.api_key_env is empty: name the environment variable that holds the API key")
         if not os.environ.get(s.api_key_env):
@@ -229,20 +264,24 @@ class OpenAIBackend:
         return s.model
 
     @staticmethod
-    def connect(s: Settings, stack: contextlib.ExitStack, server_log: Path) -> Callable[[], tuple[str, str]]:
-        return lambda: (s.base_url, os.environ[s.api_key_env])
+    def connect(
+        s: Settings, stack: contextlib.ExitStack, server_log: Path, progress: bool = False
+    ) -> Callable[[], tuple[str, str]]:
+        return lambda: (s.base_url, (os.environ.get(s.api_key_env) if s.api_key_env else None) or LOCAL_KEY)
 
 
 BACKENDS = {"local": LocalBackend, "openai": OpenAIBackend}
 
 
-def make_client(s: Settings, stack: contextlib.ExitStack, server_log: Path, cache: AnswerCache) -> JudgeClient:
+def make_client(
+    s: Settings, stack: contextlib.ExitStack, server_log: Path, cache: AnswerCache, progress: bool = False
+) -> JudgeClient:
     """The judge client of ``s``; a local server (if any) starts on its first cache miss and stops
-    when ``stack`` closes."""
+    when ``stack`` closes. ``progress``: bars over the server's start-up and the judge calls."""
     backend = BACKENDS[s.backend]
     return JudgeClient(
         model=backend.model_name(s) if s.rubrics else s.model,
-        connect=backend.connect(s, stack, server_log),
+        connect=backend.connect(s, stack, server_log, progress),
         cache=cache,
         temperature=s.temperature,
         top_logprobs=s.top_logprobs,
@@ -250,4 +289,5 @@ def make_client(s: Settings, stack: contextlib.ExitStack, server_log: Path, cach
         max_retries=s.max_retries,
         timeout=s.timeout,
         local=s.backend == "local",
+        progress=progress,
     )

@@ -67,9 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(paths[0].read_text())
         else:
             paths = build_figure(args.target, args.outputs, args.dataset, args.split)
-    except NoRuns as err:
-        print(f"steer.report: {err}", file=sys.stderr)
-        return 1
+    except (NoRuns, ValueError, KeyError, OSError) as err:  # no runs, a bad option value, a damaged run file
+        print(f"steer.report: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
+        return 2
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 

@@ -16,6 +16,7 @@ them. ``--bootstrap N`` adds a percentile interval over examples to the fitted v
 from __future__ import annotations
 
 import re
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -116,7 +117,7 @@ def front_row(run, deltas: Sequence[float], bootstrap: int = 0, seed: int = 0) -
     swept = {d: best_within(m, curves["pref"]["mean"], curves["util"]["mean"], d) for d in deltas}
     intervals: dict[float, Interval | None] = dict.fromkeys(deltas)
     if bootstrap:
-        samples = replicate(frame, front_statistic(deltas, seed=seed), bootstrap, seed)
+        samples = replicate(frame, front_statistic(deltas, seed=seed), bootstrap, seed, sys.stderr.isatty())
         intervals = {d: percentile_interval(samples[str(d)]) for d in deltas}
     return FrontRow(run, curves, params, fitted, swept, intervals)
 

@@ -11,6 +11,7 @@ over examples (``steer.analysis.bootstrap``).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -109,7 +110,7 @@ def build_table(name: str, outputs: Path, bootstrap: int = 0, seed: int = 0) -> 
         start = time.perf_counter()
         statistic = r2_statistic(TABLES[name][0], seed=seed)
         replicates = {
-            r.path: replicate(rundir.read_sweep(r.path), statistic, bootstrap, seed)
+            r.path: replicate(rundir.read_sweep(r.path), statistic, bootstrap, seed, sys.stderr.isatty())
             for r in runs
             if (r.path / rundir.SWEEP).is_file()  # a run without its sweep keeps its value, without interval
         }

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from steer import rundir
+from steer.core.forms import get_form
 from steer.core.models import check_model_folder, load_config, num_layers, resolve_source
 from steer.core.precision import PRECISIONS
 from steer.io.artifacts import CorruptArtifact
@@ -29,12 +30,24 @@ from steer.stages.base import ConfigError, Stage
 from steer.stages.context import RunContext
 from steer.stages.data import DataStage
 from steer.stages.fit import FitStage
+from steer.stages.ignored import check_ignored, hydra_overrides
 from steer.stages.judge import JudgeStage
 from steer.stages.runner import Fingerprints, kept, plan, run_stage_list
 from steer.stages.sweep import SweepStage
 from steer.stages.train import TrainStage
 
-__all__ = ["STAGES", "ConfigError", "RunContext", "RunResult", "Stage", "check", "compose_config", "report", "run"]
+__all__ = [
+    "STAGES",
+    "ConfigError",
+    "RunContext",
+    "RunResult",
+    "Stage",
+    "check",
+    "compose_config",
+    "remove_empty_run_dir",
+    "report",
+    "run",
+]
 
 log = logging.getLogger("steer")
 
@@ -71,15 +84,21 @@ def check_stage_list(cfg: DictConfig, stages: Sequence[Stage]) -> None:
 
 
 def check_layer(cfg: DictConfig) -> None:
-    """``layer`` is an index into the model's decoder layers (read from its config: no weights load)."""
+    """``layer`` is an index into the model's decoder layers, and the architecture has the form's
+    site (both read from its config: no weights load)."""
     if not isinstance(cfg.layer, int) or isinstance(cfg.layer, bool):
         raise ConfigError(f"layer must be an integer (a 0-based decoder layer index), got {cfg.layer!r}")
     try:
-        n = num_layers(load_config(cfg.model.source))
+        config = load_config(cfg.model.source)
     except OSError as err:
         raise ConfigError(str(err)) from err
+    n = num_layers(config)
     if not 0 <= cfg.layer < n:
         raise ConfigError(f"layer={cfg.layer} is out of range: model {cfg.model.name} has layers 0..{n - 1}")
+    try:
+        get_form(cfg.intervention.form).check_config(config)
+    except ValueError as err:
+        raise ConfigError(f"intervention={cfg.intervention.form} on model {cfg.model.name}: {err}") from None
 
 
 def check_seed(seed) -> None:
@@ -102,10 +121,11 @@ def check_device(device) -> None:
         raise ConfigError(f"device={device}: this machine has GPUs cuda:0..cuda:{torch.cuda.device_count() - 1}")
 
 
-def check(cfg: DictConfig, stages: Sequence[Stage] = STAGES) -> None:
+def check(cfg: DictConfig, stages: Sequence[Stage] = STAGES, overrides: Sequence[str] | None = None) -> None:
     """Fail on a bad key before anything is loaded or written: the stage list, seed, device,
-    precision, the model folder, the layer, and the ``check`` of every stage that may run (the
-    requested ones and the implicit ones)."""
+    precision, the model folder, the layer, the ``check`` of every stage that may run (the
+    requested ones and the implicit ones), and any of the ``overrides`` (default: Hydra's, when
+    Hydra runs the job) that the config makes ineffective (``steer.stages.ignored``)."""
     check_stage_list(cfg, stages)
     check_seed(cfg.seed)
     check_device(cfg.device)
@@ -124,10 +144,18 @@ def check(cfg: DictConfig, stages: Sequence[Stage] = STAGES) -> None:
             except (ValueError, OmegaConfBaseException) as err:
                 raise ConfigError(str(err)) from err
     check_layer(cfg)
+    multirun = False
+    if overrides is None:
+        overrides, multirun = hydra_overrides()
+    check_ignored(cfg, overrides, multirun)
 
 
-def run(cfg: DictConfig, run_dir: str | Path, stages: Sequence[Stage] = STAGES) -> RunResult:
+def run(
+    cfg: DictConfig, run_dir: str | Path, stages: Sequence[Stage] = STAGES, overrides: Sequence[str] | None = None
+) -> RunResult:
     """Check, then run ``cfg.stages`` (of ``stages``, in its order) in ``run_dir``; print the summary.
+    ``overrides``: the keys set explicitly (default: Hydra's command line), checked for ones that
+    have no effect.
 
     Nothing is written before every check and the stage plan passed. Then ``config.yaml``
     (secrets redacted), ``run_info.json`` (provenance, stamped finished/failed/interrupted at the
@@ -135,7 +163,7 @@ def run(cfg: DictConfig, run_dir: str | Path, stages: Sequence[Stage] = STAGES) 
     line saying what was kept and how to resume (``steer.runtime.interrupt``); W&B records the exit code.
     """
     run_dir = Path(run_dir)
-    check(cfg, stages)
+    check(cfg, stages, overrides)
     prints = Fingerprints(cfg, run_dir, stages)  # the model and data digests are taken once per run
     plan(stages, list(cfg.stages), cfg, run_dir, bool(cfg.force), prints)
     ctx = RunContext(cfg, run_dir)
@@ -184,6 +212,18 @@ def run(cfg: DictConfig, run_dir: str | Path, stages: Sequence[Stage] = STAGES) 
         handler.close()
     report(run_dir, stages)
     return RunResult(run_dir, ran)
+
+
+def remove_empty_run_dir(run_dir: Path, root: Path) -> None:
+    """After a refused config: remove ``run_dir`` when empty, and its empty parents up to (not
+    including) ``root``: the folders Hydra made for the run, so nothing is left behind."""
+    run_dir, root = Path(run_dir).resolve(), Path(root).resolve()
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+    run_dir = run_dir.parent
+    while run_dir != root and root in run_dir.parents and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+        run_dir = run_dir.parent
 
 
 def provenance(cfg: DictConfig, device: str, prints: Fingerprints) -> dict:

@@ -14,6 +14,7 @@ process), so a run's split depends only on N, never on timing, and ``gather`` ca
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from functools import cached_property
@@ -65,6 +66,11 @@ class RunContext:
 
     def path(self, name: str) -> Path:
         return self.run_dir / name
+
+    @property
+    def progress(self) -> bool:
+        """Progress bars: ``progress=true`` and stderr a terminal (a CI log gets none)."""
+        return bool(self.cfg.progress) and sys.stderr.isatty()
 
     @property
     def device(self) -> str:

@@ -56,7 +56,7 @@ class FitStage(Stage):
 
     def run(self, ctx: RunContext) -> None:
         cfg = ctx.cfg
-        result = fit_sweep(rundir.read_sweep(ctx.run_dir), restarts=cfg.fit.restarts, seed=cfg.fit.seed)
+        result = fit_sweep(rundir.read_sweep(ctx.run_dir), cfg.fit.restarts, cfg.fit.seed, ctx.progress)
         summary = result.to_json()
         parts = (cfg.model.name, f"layer {cfg.layer}", cfg.intervention.form, cfg.objective.name, cfg.dataset.name)
         title = " · ".join(str(p) for p in parts)

@@ -89,7 +89,7 @@ class JudgeStage(Stage):
         try:
             with contextlib.ExitStack() as stack:
                 if cache is not None:
-                    job.client = make_client(job.s, stack, ctx.path(rundir.SERVER_LOG), cache)
+                    job.client = make_client(job.s, stack, ctx.path(rundir.SERVER_LOG), cache, ctx.progress)
                 job.evaluate()
         except BaseException:  # the endpoint failed, or Ctrl-C: keep what was generated and judged
             if ctx.is_main:
@@ -158,7 +158,7 @@ class Job:
         answers = generate(
             ctx.model, ctx.tokenizer, prompts, intervention=self.iv, multipliers=list(grid),
             max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, do_sample=g.do_sample,
-            temperature=g.temperature, top_p=g.top_p, seed=g.seed, progress=bool(ctx.cfg.progress),
+            temperature=g.temperature, top_p=g.top_p, seed=g.seed, progress=ctx.progress,
             parts_dir=parts, key=ctx.fingerprint or "",
         )  # fmt: skip
         k = len(grid)

@@ -64,7 +64,7 @@ class SweepStage(Stage):
                 [float(m) for m in cfg.sweep.grid],
                 batch_size=cfg.sweep.batch_size,
                 per_token=cfg.sweep.per_token,
-                progress=cfg.progress,
+                progress=ctx.progress,
                 parts_dir=parts / f"{ctx.state.process_index}-of-{ctx.state.num_processes}",
                 key=ctx.fingerprint or "",
             )

@@ -150,7 +150,7 @@ class TrainStage(Stage):
 def estimate(ctx: RunContext, iv: DynamicAffine, estimator: Estimator) -> None:
     """Fill ``iv`` with ``estimator``'s closed-form tensors from the train split."""
     cfg = ctx.cfg
-    tensors = estimator.estimate(ctx.model, ctx.tokenizer, ctx.records("train"), cfg.layer, cfg.progress)
+    tensors = estimator.estimate(ctx.model, ctx.tokenizer, ctx.records("train"), cfg.layer, ctx.progress)
     iv.load_tensors(tensors, source=estimator.name)
     norm = sum(float(t.double().pow(2).sum()) for t in tensors.values()) ** 0.5
     log.info("%s: |Δ| = %.3f", estimator.name, norm)
@@ -171,7 +171,7 @@ def train(ctx: RunContext, iv: DynamicAffine, objective: Loss) -> None:
         objective,
         train_settings(cfg),
         accelerator,
-        progress=cfg.progress,
+        progress=ctx.progress,
         log_metrics=ctx.tracker.log,
         log_path=ctx.path(rundir.TRAIN_LOG),
         checkpoint=ctx.path(rundir.CHECKPOINT),
