@@ -21,13 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from steer import rundir
 from steer.analysis.bootstrap import RESTARTS, Curves, Interval, fmt_interval, percentile_interval, replicate
 from steer.analysis.fit import COLUMNS, curve, fit_curve, fit_from_json, mean_curve
+from steer.analysis.front import Best, best_fitted, best_within, fine_grid
 from steer.io.atomic import atomic_path, atomic_write_text
 from steer.report import (
     FORM_LABELS,
@@ -46,52 +46,8 @@ from steer.report import (
 # Utility budgets in nats of UtilOdds (log-odds of P(A_p) + P(A_n)); summed-over-tokens losses of
 # whole sentences put UtilOdds far below 0, where a budget of a few nats is a factor of e^δ in P_u.
 DELTAS = (1.0, 2.0, 5.0)
-FINE = 4001
 FORM_COLORS = {"vector": "C0", "lora": "C1", "local_weight": "C2"}
 OBJECTIVE_STYLES = {"diffmean": (":", "x"), "sft": ("--", "o"), "reps": ("-.", "^"), "split": ("-", "s")}
-
-
-@dataclass(frozen=True)
-class Best:
-    """The best PrefOdds within a utility budget, the m attaining it and the UtilOdds there."""
-
-    pref: float
-    m: float
-    util: float
-
-
-def best_within(m, pref, util, delta: float) -> Best:
-    """Largest ``pref`` over the m connected to m = 0 where ``util`` ≥ util(0) − ``delta``.
-
-    ``m`` must be sorted and contain 0; the walk from 0 stops at the first m on each side whose
-    utility has fallen more than ``delta`` below its value at 0.
-    """
-    m, pref, util = (np.asarray(x, dtype=np.float64) for x in (m, pref, util))
-    if delta < 0:
-        raise ValueError(f"delta must be >= 0, got {delta}")
-    zero = np.flatnonzero(m == 0.0)
-    if zero.size != 1 or np.any(np.diff(m) <= 0):
-        raise ValueError("best_within: m must be strictly increasing and contain 0 once")
-    z = int(zero[0])
-    ok = util >= util[z] - delta
-    lo = z
-    while lo > 0 and ok[lo - 1]:
-        lo -= 1
-    hi = z
-    while hi < len(m) - 1 and ok[hi + 1]:
-        hi += 1
-    k = lo + int(np.argmax(pref[lo : hi + 1]))
-    return Best(float(pref[k]), float(m[k]), float(util[k]))
-
-
-def fine_grid(m_min: float, m_max: float, points: int = FINE) -> np.ndarray:
-    return np.union1d(np.linspace(m_min, m_max, points), [0.0])
-
-
-def best_fitted(pref_params: dict, util_params: dict, m_min: float, m_max: float, delta: float) -> Best:
-    """``best_within`` on the fitted curves (``steer.analysis.fit.curve``) over [m_min, m_max]."""
-    ms = fine_grid(m_min, m_max)
-    return best_within(ms, curve("pref", ms, pref_params), curve("util", ms, util_params), delta)
 
 
 @dataclass(frozen=True)

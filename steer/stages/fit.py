@@ -34,7 +34,7 @@ def run_panels(result: SweepFit) -> list[Panel]:
             curves={kind: result.curves[kind, split] for kind in ("pref", "util")},
             fits={kind: result.fits[kind, split] for kind in ("pref", "util")},
         )
-        for split in SPLITS
+        for split in result.splits
     ]
 
 
