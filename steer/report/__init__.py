@@ -506,8 +506,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m steer.report", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "target",
-        choices=[*TABLES, "table3", *FIGURES, "front"],
-        help="a paper table or figure, or the preference-utility front",
+        choices=[*TABLES, "table3", *FIGURES, "front", "compare"],
+        help="a paper table or figure, the preference-utility front, or the tuned comparison (docs/tuning.md)",
     )
     parser.add_argument("--outputs", type=Path, default=Path("outputs"), help="where the run directories are")
     parser.add_argument(
@@ -521,6 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap replicates")
     parser.add_argument("--deltas", default=None, help="front: utility budgets δ, comma-separated (default 1,2,5)")
+    parser.add_argument("--delta", type=float, default=1.0, help="compare: the utility budget δ (tuning's tune.delta)")
     args = parser.parse_args(argv)
     if args.bootstrap < 0:
         parser.error(f"--bootstrap must be >= 0, got {args.bootstrap}")
@@ -536,6 +537,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.dataset:
                 parser.error("--dataset applies to figures only: tables cover every data set found")
             paths = build_table(args.target, args.outputs, args.bootstrap, args.seed)
+            print(paths[0].read_text())
+        elif args.target == "compare":
+            from steer.report.compare import build_compare
+
+            paths = build_compare(args.outputs, args.delta, args.bootstrap or 1000, args.seed)
             print(paths[0].read_text())
         elif args.target == "front":
             from steer.report.front import DELTAS, build_front, parse_deltas
