@@ -79,3 +79,19 @@ def test_a_multirun_over_the_learning_rate_keeps_both_jobs(tmp_path, launcher):
         assert rundir.read_config(run)["intervention"]["train"]["lr"] == float(lr)
     a, b = (load_file(run / rundir.WEIGHTS)["delta_b"] for run in runs)
     assert (a - b).abs().max() > 0  # two trainings, not one file written twice
+
+
+def test_reports_label_two_runs_of_one_cell_by_the_keys_that_differ(tmp_path):
+    import pandas as pd
+
+    from steer.report.front import build_front
+    from tests.test_front_bootstrap import write_run
+
+    for lr in ("0.01", "0.02"):
+        run_dir = tmp_path / "sentiment" / f"lr{lr}"
+        write_run(run_dir)
+        rundir.write_overrides(run_dir, {"dataset.limit": "4", "intervention.train.lr": lr})
+    build_front(tmp_path, deltas=[0.5])
+    table = pd.read_csv(tmp_path / "reports" / "front.csv")
+    assert sorted(table["variant"]) == ["intervention.train.lr=0.01", "intervention.train.lr=0.02"]
+    assert "SPLIT (intervention.train.lr=0.02)" in (tmp_path / "reports" / "front.md").read_text()

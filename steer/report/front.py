@@ -117,12 +117,25 @@ def front_figure(path: Path, rows: Sequence[FrontRow], title: str) -> Path:
     return path
 
 
+def variant_labels(rows: Sequence[FrontRow]) -> list[str]:
+    """Per row, the overrides (``overrides.yaml``) that set its run apart from the other runs of the
+    same cell (model, layer, data set, form, objective); '' for a cell with one run."""
+    overrides = [rundir.read_overrides(row.run.path) for row in rows]
+    cells = [(r.run.model, r.run.layer, r.run.dataset, r.run.form, r.run.objective) for r in rows]
+    labels = []
+    for cell, mine in zip(cells, overrides, strict=True):
+        others = [o for c, o in zip(cells, overrides, strict=True) if c == cell]
+        keys = sorted({k for o in others for k in o if any(o.get(k) != p.get(k) for p in others)})
+        labels.append(", ".join(f"{k}={mine.get(k, 'default')}" for k in keys) if len(others) > 1 else "")
+    return labels
+
+
 def front_records(rows: Sequence[FrontRow], deltas: Sequence[float]) -> list[dict]:
     records = []
-    for row in rows:
+    for row, variant in zip(rows, variant_labels(rows), strict=True):
         run = row.run
         record = {"model": run.model, "layer": run.layer, "dataset": run.dataset, "form": run.form}
-        record.update(objective=run.objective, run=str(run.path))
+        record.update(objective=run.objective, variant=variant, run=str(run.path))
         zero = row.curves["pref"]["m"] == 0.0
         record["pref_at_0"] = float(row.curves["pref"]["mean"][zero].iloc[0])
         for d in deltas:
@@ -148,10 +161,10 @@ def front_markdown(rows: Sequence[FrontRow], deltas: Sequence[float], figures: S
         "",
         *markdown_head(head, 5),
     ]
-    for row in rows:
+    for row, variant in zip(rows, variant_labels(rows), strict=True):
         run = row.run
         cells = [run.model, str(run.layer), run.dataset, FORM_LABELS.get(run.form, run.form)]
-        cells += [OBJECTIVE_LABELS.get(run.objective, run.objective)]
+        cells += [OBJECTIVE_LABELS.get(run.objective, run.objective) + (f" ({variant})" if variant else "")]
         zero = row.curves["pref"]["m"] == 0.0
         cells.append(f"{float(row.curves['pref']['mean'][zero].iloc[0]):.2f}")
         cells += [f"{fmt_interval(row.fitted[d].pref, row.intervals[d], 2)} ({row.fitted[d].m:g})" for d in deltas]
