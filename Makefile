@@ -8,7 +8,7 @@ ARGS ?=
 # Where data-check finds local copies of the paper's data sets (layout of ../shared/data).
 DATA ?= ../shared/data
 
-.PHONY: setup run test test-slow lint format bench data-check clean train-matrix plan
+.PHONY: setup run test test-slow lint format bench data-check clean train-matrix plan docs
 
 # Paper tables and figures (experiments/paper.py): the multiruns they need (finished runs are
 # skipped), then the report under outputs/paper/reports/. Default: the embedded model on the built-in
@@ -70,13 +70,19 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -m slow $(ARGS)
 
+# ruff, then the import contracts of pyproject.toml [tool.importlinter] (layers, torch-free readers).
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 format: setup
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
+
+# The user's guide (docs/, mkdocs.yml) into site/; --strict: a broken link or an unrenderable docstring fails.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: setup
 	$(PY) experiments/bench.py $(ARGS)
@@ -94,4 +100,4 @@ data-check: setup
 	$(PY) -m steer.datacheck dataset=axbench dataset.path=$(DATA)/axbench/concept10/prod_9b_l20_v1 $(ARGS)
 
 clean:
-	rm -rf outputs .pytest_cache
+	rm -rf outputs .pytest_cache site

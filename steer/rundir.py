@@ -12,6 +12,7 @@ report and other readers of finished runs stay light.
     sweep.parquet              losses and log-odds per (split, example, m)
     fit.json                   the validity-decay fits (written last: marks a finished run)
     dynamics.png               the run's dynamics figure
+    dynamics.pdf               the same figure as a vector PDF (for papers)
     generations.parquet        the judge stage's steered answers (split, example, part, m, text, tokens)
     judgments.parquet          every judge reply, its rubric, parsed and expected score, cached or not
     accuracy.parquet           the judge stage's PrefOdds per test pair at m = 0 and the judged m (accuracy)
@@ -49,6 +50,7 @@ CHECKPOINT = "train_checkpoint.pt"
 SWEEP = "sweep.parquet"
 FIT = "fit.json"
 FIGURE = "dynamics.png"
+FIGURE_PDF = "dynamics.pdf"
 GENERATIONS = "generations.parquet"
 JUDGMENTS = "judgments.parquet"
 ACCURACY = "accuracy.parquet"

@@ -77,3 +77,13 @@ def write_sweep(run_dir: Path, grid, scale: float, n: int = 6, seed: int = 0) ->
     frame = pd.DataFrame(rows)
     frame.to_parquet(run_dir / "sweep.parquet", index=False)
     return frame
+
+
+def markdown_rows(text: str) -> list[list[str]]:
+    """The rows (headers included, rules left out) of the Markdown tables in a report, cells stripped:
+    what a reader sees, whatever the column padding."""
+    return [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("|") and not set(line) <= set("|:- ")
+    ]

@@ -67,14 +67,14 @@ def test_two_persona_files_get_two_run_dirs_figures_and_columns(tmp_path):
         assert {p["source_sha256"] for p in pairs} == {hashlib.sha256(Path(source).read_bytes()).hexdigest()}
         assert (name == "persona-narcissism") == ("vain" in pairs[0]["prompt_text"])
 
-    from steer import report
+    from steer.report.__main__ import main
 
-    assert report.main(["table2", "--outputs", str(out)]) == 0
+    assert main(["table2", "--outputs", str(out)]) == 0
     columns = pd.read_csv(out / "reports" / "table2.csv").columns
     assert {"pref_persona-narcissism", "pref_persona-machiavellianism"} <= set(columns)
     assert not any("Psy" in c for c in columns)  # not filed under the paper's psychopathy
     args = ["fig2", "--outputs", str(out), "--dataset", "persona-narcissism", "--dataset", "persona-machiavellianism"]
-    assert report.main(args) == 0
+    assert main(args) == 0
     figures = sorted(p.name for p in (out / "reports").glob("fig2-*.png"))
     assert len(figures) == 2 and all("persona" in f for f in figures)
     records = pd.read_csv(out / "reports" / "fig2.csv")

@@ -63,10 +63,14 @@ def test_fit_json_agrees_with_the_sweep_file(finished):
     assert out["util"]["train"]["r2"] > 0.9
 
 
-def test_dynamics_figure_is_a_png(finished):
+def test_dynamics_figure_is_a_png_and_a_pdf(finished):
     image = imread(finished / "dynamics.png")
     assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 400
     assert np.std(image[..., :3]) > 0.05  # not a blank canvas
+    assert (finished / "dynamics.pdf").read_bytes().startswith(b"%PDF")  # the vector twin, for papers
+    # both are outputs of the fit stage: the ledger vouches for them (a deleted PDF reruns the fit)
+    outputs = json.loads((finished / "stages.json").read_text())["fit"]["outputs"]
+    assert set(outputs) == {"fit.json", "dynamics.png", "dynamics.pdf"} and all(outputs.values())
 
 
 def test_fit_reruns_alone_when_its_config_changes(finished):

@@ -11,7 +11,7 @@ import pytest
 from steer.analysis.bootstrap import fmt_interval, mean_curves, percentile_interval, r2_statistic, replicate
 from steer.analysis.fit import NEUTRAL_DECAY, curve, fit_curve
 from steer.report.front import best_fitted, best_within, build_front
-from tests.synthetic_runs import WEIGHT_GRID, write_config, write_sweep
+from tests.synthetic_runs import WEIGHT_GRID, markdown_rows, write_config, write_sweep
 
 # PrefOdds = m (no decay: p = 0), UtilOdds = 1 / (1 + m²): within δ of U(0) = 1 while |m| <= sqrt(δ / (1 − δ)).
 PREF = {"alpha": 1.0, "beta": 0.0, "b": 0.0, **NEUTRAL_DECAY, "p_pos": 0.0, "p_neg": 0.0}
@@ -64,8 +64,16 @@ def test_front_report_reads_the_fits_and_checks_the_swept_points(tmp_path):
     # δ = 0.5: the fit reaches m = 1 exactly; the grid's last point within budget is 0.8 (U(1.2) = 0.41).
     assert row["pref_fit_d0.5"] == pytest.approx(1.0, abs=1e-3) and row["m_swept_d0.5"] == pytest.approx(0.8)
     assert row["pref_fit_d0.9"] == pytest.approx(2.0) and row["pref_swept_d0.9"] == pytest.approx(2.0)
-    assert any(p.suffix == ".png" for p in paths)
-    assert "1.00 (1)" in (tmp_path / "reports" / "front.md").read_text()
+    assert {p.suffix for p in paths} == {".md", ".csv", ".tex", ".png", ".pdf"}
+    assert (tmp_path / "reports" / "front-smollm2-135m-L15-sentiment.pdf").read_bytes().startswith(b"%PDF")
+    rows = markdown_rows((tmp_path / "reports" / "front.md").read_text())
+    # Markdown and LaTeX show the same cells: per δ the fitted best, its m, the swept best, its m.
+    assert rows[0][6:] == [f"best Pref (fit) δ={d}" for d in (0.5, 0.9)] + [f"m (fit) δ={d}" for d in (0.5, 0.9)] + [
+        f"best Pref (swept) δ={d}" for d in (0.5, 0.9)
+    ] + [f"m (swept) δ={d}" for d in (0.5, 0.9)]
+    assert rows[1][6:] == ["1.00", "2.00", "1", "2", "0.80", "2.00", "0.8", "2"]
+    tex = (tmp_path / "reports" / "front.tex").read_text()
+    assert "& 1.00 & 2.00 & 1 & 2 & 0.80 & 2.00 & 0.8 & 2 \\\\" in tex and "$\\delta$=0.5" in tex
 
 
 def mean_at_edge(curves):
@@ -112,7 +120,7 @@ def test_bootstrap_of_r2_refits_reproducibly(tmp_path):
 
 @pytest.mark.slow
 def test_table_bootstrap_shows_intervals_in_md_and_csv_columns(tmp_path):
-    from steer.report import build_table
+    from steer.report.r2 import build_table
     from tests.synthetic_runs import write_fit
 
     run_dir = tmp_path / "sentiment" / "run"

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from synthetic_runs import write_config, write_fit
+from synthetic_runs import markdown_rows, write_config, write_fit
 
 from steer.judge.cache import AnswerCache, answer_key
 from steer.judge.select import by_fit, by_validation, fixed
@@ -93,14 +93,17 @@ def test_table3_rows_columns_and_family_means(tmp_path):
     write_fit(tmp_path / "half", {})
     md, csv, tex = build_table3(tmp_path)
     text = md.read_text()
-    assert "| Psy Acc | Axb Concept | Axb HM |" in text
+    rows = markdown_rows(text)
+    assert rows[0] == ["Model", "Layer", "Form", "Objective", "Psy Acc", "Axb Concept", "Axb HM"]
     # Vanilla: the mean over the model's runs; vector/SPLIT: AxBench averaged over its 2 concepts
-    assert "| smollm2-135m | 15 | Vanilla | — | 0.500 | 0.300 (n=3) | 0.200 (n=2) |" in text
-    assert "| smollm2-135m | 15 | Vector | SPLIT | 0.900 | 1.500 (n=2) | 0.800 (n=2) |" in text
-    assert "| smollm2-135m | 15 | LoRA | SFT | — | 1.500 | 0.500 |" in text
+    assert ["smollm2-135m", "15", "Vanilla", "—", "0.500", "0.300 (n=3)", "0.200 (n=2)"] in rows
+    assert ["smollm2-135m", "15", "Vector", "SPLIT", "0.900", "1.500 (n=2)", "0.800 (n=2)"] in rows
+    assert ["smollm2-135m", "15", "LoRA", "SFT", "—", "1.500", "0.500"] in rows
     assert "half: metrics.json has no judge section" in text
     assert csv.read_text().splitlines()[0].startswith("model,layer,form,objective,psychopathy_accuracy")
-    assert "\\toprule" in tex.read_text()
+    latex = tex.read_text()
+    assert "\\toprule" in latex and "\\multicolumn{2}{c}{Axb}" in latex
+    assert "smollm2-135m & 15 & Vector & SPLIT & 0.900 & 1.500 (n=2) & 0.800 (n=2) \\\\" in latex
 
 
 def test_settings_follow_the_protocol_and_sampling_is_checked():
@@ -173,21 +176,25 @@ def test_table3_bootstrap_intervals_over_test_examples(tmp_path):
         for metric, value in hand.items():
             assert np.nanmean(frame[metric]) == pytest.approx(value), (condition, metric)
 
-    md, csv, _ = build_table3(tmp_path, bootstrap=4000, seed=1)
+    md, csv, tex = build_table3(tmp_path, bootstrap=4000, seed=1)
     text = md.read_text()
-    assert "| smollm2-135m | 15 | Vector | SPLIT | 0.500 [0.125, 0.875] |" in text
+    steered = [row for row in markdown_rows(text) if row[2:4] == ["Vector", "SPLIT"]]
+    assert steered[0][4] == "0.500 [0.125, 0.875]"
+    # the LaTeX carries the same cells, intervals included
+    assert "& Vector & SPLIT & 0.500 [0.125, 0.875] & " in tex.read_text()
     assert "4000 replicates per run (seed 1), 1 of 1 runs with per-example files" in text
     first = csv.read_text()
-    row = [line for line in first.splitlines() if ",Vector," in line][0].split(",")
+    row = [line for line in first.splitlines() if ",vector," in line][0].split(",")
     header = first.splitlines()[0].split(",")
     values = dict(zip(header, row, strict=True))
     assert float(values["sentiment_accuracy_lo"]) == 0.125 and float(values["sentiment_accuracy_hi"]) == 0.875
     assert float(values["sentiment_concept_lo"]) < 10 / 7 < float(values["sentiment_concept_hi"]) <= 2.0
     # same seed, same intervals; another seed, other (concept) intervals
-    assert build_table3(tmp_path, bootstrap=4000, seed=1)[0].read_text() == text
+    assert markdown_rows(build_table3(tmp_path, bootstrap=4000, seed=1)[0].read_text()) == markdown_rows(text)
     other = build_table3(tmp_path, bootstrap=50, seed=2)[1].read_text()
     assert other != first
     # without the per-example files the values stay and the interval goes
     (run / "judgments.parquet").unlink()
     plain = build_table3(tmp_path, bootstrap=100)[0].read_text()
-    assert "| Vector | SPLIT | 0.500 | 1.429 | 1.571 |" in plain and "0 of 1 runs" in plain
+    assert ["Vector", "SPLIT", "0.500", "1.429", "1.571"] in [row[2:] for row in markdown_rows(plain)]
+    assert "0 of 1 runs" in plain

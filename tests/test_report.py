@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.image import imread
-from synthetic_runs import VECTOR_GRID, WEIGHT_GRID, write_config, write_fit, write_sweep
+from synthetic_runs import VECTOR_GRID, WEIGHT_GRID, markdown_rows, write_config, write_fit, write_sweep
 
-from steer import report
+from steer.report.__main__ import main
+from steer.report.figures import build_figure
+from steer.report.r2 import build_table
 
 
 def r2s(pref: float, util: float | None, test_shift: float = -0.1, transfer: float = -0.5) -> dict:
@@ -44,7 +46,7 @@ def outputs(tmp_path):
 
 
 def test_table2_averages_families_and_shows_missing_cells(outputs):
-    report.build_table("table2", outputs)
+    build_table("table2", outputs)
     csv = pd.read_csv(outputs / "reports" / "table2.csv")
     vector = csv[csv.form == "vector"].iloc[0]
     assert vector["pref_Axb"] == pytest.approx(np.mean([0.95, 0.85, 0.75]))
@@ -59,18 +61,32 @@ def test_table2_averages_families_and_shows_missing_cells(outputs):
     assert list(csv.columns[4:9]) == ["pref_Psy", "pref_Psy_n", "pref_Pwr", "pref_Pwr_n", "pref_Axb"]
 
     md = (outputs / "reports" / "table2.md").read_text()
-    assert "| Pref Psy | Pref Pwr | Pref Axb | Pref sentiment | Pref Avg | Util Psy |" in md
-    assert "| smollm2-135m | 15 | Vector | DiffMean | 0.900 | 0.700 | 0.850 (n=3) | 0.990 | 0.860 |" in md
-    assert "| smollm2-135m | 15 | LoRA | SFT | 0.500 | — | 0.300 | 0.100 | — |" in md
+    rows = markdown_rows(md)
+    assert rows[0][4:10] == ["Pref Psy", "Pref Pwr", "Pref Axb", "Pref sentiment", "Pref Avg", "Util Psy"]
+    assert rows[1][:9] == ["smollm2-135m", "15", "LoRA", "SFT", "0.500", "—", "0.300", "0.100", "—"]
+    assert rows[2][:9] == [
+        "smollm2-135m",
+        "15",
+        "Vector",
+        "DiffMean",
+        "0.900",
+        "0.700",
+        "0.850 (n=3)",
+        "0.990",
+        "0.860",
+    ]
     assert "## Runs used (9)" in md and "axbench-c2/smollm2-135m/vector-diffmean/layer15" in md
     tex = (outputs / "reports" / "table2.tex").read_text()
-    assert "0.850$^{3}$" in tex and "LoRA & SFT & 0.500 & -- &" in tex
-    assert "\\multicolumn{5}{c}{Preference}" in tex
+    # the same cells as the Markdown, under spanning Pref/Util headers with booktabs rules
+    assert "smollm2-135m & 15 & Vector & DiffMean & 0.900 & 0.700 & 0.850 (n=3) & 0.990 & 0.860 &" in tex
+    assert "LoRA & SFT & 0.500 & --- & 0.300 &" in tex
+    assert "\\multicolumn{4}{c}{} & \\multicolumn{5}{c}{Pref} & \\multicolumn{5}{c}{Util} \\\\" in tex
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "\\label{tab:table2}" in tex
 
 
 def test_table5_and_table6_read_their_own_r2(outputs):
-    report.build_table("table5", outputs)
-    report.build_table("table6", outputs)
+    build_table("table5", outputs)
+    build_table("table6", outputs)
     test = pd.read_csv(outputs / "reports" / "table5.csv").set_index("form")
     transfer = pd.read_csv(outputs / "reports" / "table6.csv").set_index("form")
     assert test.loc["vector", "pref_Psy"] == pytest.approx(0.80)
@@ -85,7 +101,7 @@ def test_unfinished_and_broken_runs_are_listed_not_used(outputs):
     unfinished = outputs / "sentiment" / "smollm2-135m" / "lora-split" / "layer15"
     unfinished.mkdir(parents=True)
     (unfinished / "sweep.parquet").write_bytes(b"")
-    report.build_table("table2", outputs)
+    build_table("table2", outputs)
     md = (outputs / "reports" / "table2.md").read_text()
     assert "## Not used (2)" in md
     assert "vector-sft/layer15: " in md and "config.yaml is missing" in md
@@ -95,7 +111,7 @@ def test_unfinished_and_broken_runs_are_listed_not_used(outputs):
 
 @pytest.mark.parametrize("target", ["table2", "fig2"])
 def test_no_runs_is_a_clear_message(tmp_path, capsys, target):
-    assert report.main([target, "--outputs", str(tmp_path / "nothing")]) == 1
+    assert main([target, "--outputs", str(tmp_path / "nothing")]) == 1
     err = capsys.readouterr().err
     assert "no finished runs under" in err and "fit.json" in err and "Traceback" not in err
     assert not (tmp_path / "nothing" / "reports").exists()
@@ -111,14 +127,15 @@ def test_figure_of_one_data_set(tmp_path, capsys):
             grid, scale = (VECTOR_GRID, 8.0) if form == "vector" else (WEIGHT_GRID, 0.8)
             write_sweep(run_dir, grid, scale, seed=10 * i + concept)
             write_fit(run_dir, r2s(0.9, 0.9))
-    assert report.main(["fig2", "--outputs", str(out)]) == 1  # fig2 defaults to psychopathy: absent
+    assert main(["fig2", "--outputs", str(out)]) == 1  # fig2 defaults to psychopathy: absent
     assert "--dataset" in capsys.readouterr().err
     no_sweep = out / "axbench-c2" / "smollm2-135m" / "vector-sft" / "layer15"
     write_config(no_sweep, form="vector", objective="sft", dataset="axbench-c2", loader="axbench")
     write_fit(no_sweep, r2s(0.9, 0.9))  # finished once, its sweep.parquet since deleted
 
-    assert report.main(["fig5", "--outputs", str(out)]) == 0
+    assert main(["fig5", "--outputs", str(out)]) == 0
     png = out / "reports" / "fig5-smollm2-135m-L15-axbench.png"
+    assert png.with_suffix(".pdf").read_bytes().startswith(b"%PDF")  # the vector twin, for papers
     image = imread(png)
     assert image.shape[0] > 600 and image.shape[1] > 600  # 3 rows (vector, lora, local_weight) × 2 columns
     data = pd.read_csv(out / "reports" / "fig5.csv")
@@ -146,7 +163,7 @@ def test_fit_json_from_the_stage_is_read(tmp_path):
     frame = write_sweep(run_dir, VECTOR_GRID, 8.0)
     summary = fit_sweep(frame, restarts=2).to_json()
     (run_dir / "fit.json").write_text(json.dumps(summary))
-    report.build_table("table6", tmp_path / "outputs")
+    build_table("table6", tmp_path / "outputs")
     csv = pd.read_csv(tmp_path / "outputs" / "reports" / "table6.csv")
     assert csv.loc[0, "util_sentiment"] == pytest.approx(summary["util"]["transfer"]["r2"], abs=1e-6)
     assert csv.loc[0, "layer"] == 3 and csv.loc[0, "model"] == "m"
@@ -170,7 +187,7 @@ def test_a_single_run_panel_draws_the_fit_of_its_fit_stage(tmp_path):
     del summary["util"]["test"]["params"]
     (broken / "fit.json").write_text(json.dumps(summary))
 
-    report.build_figure("fig2", out, ["sentiment"])
+    build_figure("fig2", out, ["sentiment"])
     data = pd.read_csv(out / "reports" / "fig2.csv")
     assert set(data.form) == {"vector"} and set(data.runs) == {1}
     np.testing.assert_allclose(data.pref_fit, curve("pref", data.m, stored["params"]))

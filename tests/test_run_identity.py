@@ -94,4 +94,4 @@ def test_reports_label_two_runs_of_one_cell_by_the_keys_that_differ(tmp_path):
     build_front(tmp_path, deltas=[0.5])
     table = pd.read_csv(tmp_path / "reports" / "front.csv")
     assert sorted(table["variant"]) == ["intervention.train.lr=0.01", "intervention.train.lr=0.02"]
-    assert "SPLIT (intervention.train.lr=0.02)" in (tmp_path / "reports" / "front.md").read_text()
+    assert "| intervention.train.lr=0.02 |" in (tmp_path / "reports" / "front.md").read_text().replace("  ", "")

@@ -6,8 +6,9 @@ Decay, piecewise rational quadratic, one branch per sign of m::
     D(m) = (1 + (m − m_neg)² / L_neg)^(−p_neg)    m < 0
 
 Preference: PrefOdds(m) ≈ (alpha·m + beta)·D(m) + b  (parameters ``PREF_PARAMS``).
-Utility:    UtilOdds(m) ≈ beta·D_u(m) + b             (``UTIL_PARAMS``: β_u and b_u of DESIGN,
-stored as ``beta`` and ``b``; D_u has its own six decay parameters).
+Utility:    UtilOdds(m) ≈ beta·D_u(m) + b             (``UTIL_PARAMS``: the paper's β_u and b_u,
+stored as ``beta`` and ``b``; D_u has its own six decay parameters). The model, the fit and the R²
+tables are described in docs/fit-and-reports.md.
 
 Fitting (``fit_curve``) minimises the mean squared error on the points given (the mean curve over
 examples) with scipy's SLSQP and analytic gradients, in normalised units (m / max|m|, y

@@ -1,6 +1,7 @@
 """Dynamics plots: mean PrefOdds (solid) and UtilOdds (dashed) against m, the fitted validity-decay
 curves (black), and a band of ± one standard deviation over examples. One panel per curve pair;
-the per-run figure and the paper's multi-panel figures are both built from ``draw_dynamics``."""
+the per-run figure and the paper's multi-panel figures are both built from ``draw_dynamics``.
+Every figure is saved as PNG and, beside it, as PDF (vector, for papers): ``save_figure``."""
 
 from __future__ import annotations
 
@@ -63,8 +64,18 @@ def legend_handles() -> list:
     return handles
 
 
+def save_figure(fig: Figure, path: Path) -> Path:
+    """``fig`` as PNG at ``path`` and as PDF beside it (``path.with_suffix(".pdf")``), each written
+    atomically; the PDF without a creation date, so one figure gives the same bytes twice. Returns ``path``."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=130)
+    with atomic_path(path.with_suffix(".pdf")) as tmp:
+        fig.savefig(tmp, format="pdf", metadata={"CreationDate": None})
+    return path
+
+
 def save_dynamics_figure(path: Path, grid: Sequence[Sequence[Panel | None]], title: str) -> Path:
-    """A figure of panels in rows (None leaves a cell empty), saved atomically as PNG."""
+    """A figure of panels in rows (None leaves a cell empty), saved as PNG at ``path`` and PDF beside it."""
     rows, cols = len(grid), max(len(row) for row in grid)
     # matplotlib's object API, not pyplot: no global figure state and no GUI backend.
     # At least two panels wide, so the title and the one-line legend fit above and below one panel.
@@ -80,6 +91,4 @@ def save_dynamics_figure(path: Path, grid: Sequence[Sequence[Panel | None]], tit
     fig.suptitle(title, fontsize=10)
     fig.legend(handles=legend_handles(), loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, LEGEND_INCHES / (2.9 * rows + LEGEND_INCHES), 1, 1))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=130)
-    return path
+    return save_figure(fig, path)

@@ -1,6 +1,6 @@
 """Judge rubrics: versioned prompts in our own words and the parsers of the judge's replies.
 
-Two protocols (see DESIGN, "Evaluation"):
+Two protocols (the paper's Table 3 evaluation; docs/judge.md describes both):
 
 - PowerSeeking (BiPO's protocol): a 1–4 scale, the question's own matching answer shown as an
   example of a 4 and the non-matching one as an example of a 1, the reply starts with the grade.

@@ -1,7 +1,83 @@
-"""``python -m steer.report``."""
+"""The command line of the reports: ``python -m steer.report TARGET``.
 
+    python -m steer.report table2|table3|table5|table6|fig2|fig4|fig5 [--outputs DIR] [--dataset NAME ...]
+    python -m steer.report table2|table3|table5|table6|front|compare [--bootstrap N --seed S] [--deltas 1,2,5]
+
+Tables 2, 5, 6 are the R² of the fits (``steer.report.r2``), ``table3`` the judged results
+(``steer.report.table3``), fig2/4/5 the dynamics figures (``steer.report.figures``), ``front`` the
+preference-utility front (``steer.report.front``); ``--bootstrap N`` adds 95 % intervals over examples
+(``steer.analysis.bootstrap``) to the R² tables, the front and the judged metrics of table3.
+Everything is written under ``DIR/reports/``.
+"""
+
+from __future__ import annotations
+
+import argparse
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
-from steer.report import main
+from steer.analysis.fit import SPLITS
+from steer.report.compare import build_compare
+from steer.report.figures import FIGURES, build_figure
+from steer.report.front import DELTAS, build_front, parse_deltas
+from steer.report.r2 import TABLES, build_table
+from steer.report.runs import NoRuns
+from steer.report.table3 import build_table3
 
-sys.exit(main())
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m steer.report",
+        description="The paper's tables and figures, and the preference-utility front, from finished runs.",
+    )
+    parser.add_argument(
+        "target",
+        choices=[*TABLES, "table3", *FIGURES, "front", "compare"],
+        help="a paper table or figure, the preference-utility front, or the tuned comparison (docs/tuning.md)",
+    )
+    parser.add_argument("--outputs", type=Path, default=Path("outputs"), help="where the run directories are")
+    parser.add_argument(
+        "--dataset",
+        action="append",
+        help="figures: a data set family or dataset.name to draw; repeatable; default the paper's",
+    )
+    parser.add_argument("--split", choices=SPLITS, default="train", help="figures: which split's curves to draw")
+    parser.add_argument(
+        "--bootstrap", type=int, default=0, metavar="N", help="tables (3 too), front: N bootstrap replicates (0 = off)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap replicates")
+    parser.add_argument("--deltas", default=None, help="front: utility budgets δ, comma-separated (default 1,2,5)")
+    parser.add_argument("--delta", type=float, default=1.0, help="compare: the utility budget δ (tuning's tune.delta)")
+    args = parser.parse_args(argv)
+    if args.bootstrap < 0:
+        parser.error(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.target in FIGURES and args.bootstrap:
+        parser.error("--bootstrap applies to the tables and the front, not to figures")
+    try:
+        if args.target == "table3":
+            paths = build_table3(args.outputs, args.bootstrap, args.seed)
+            print(paths[0].read_text())
+        elif args.target in TABLES:
+            if args.dataset:
+                parser.error("--dataset applies to figures only: tables cover every data set found")
+            paths = build_table(args.target, args.outputs, args.bootstrap, args.seed)
+            print(paths[0].read_text())
+        elif args.target == "compare":
+            paths = build_compare(args.outputs, args.delta, args.bootstrap or 1000, args.seed)
+            print(paths[0].read_text())
+        elif args.target == "front":
+            deltas = parse_deltas(args.deltas) if args.deltas else list(DELTAS)
+            paths, _ = build_front(args.outputs, deltas, args.bootstrap, args.seed)
+            print(paths[0].read_text())
+        else:
+            paths = build_figure(args.target, args.outputs, args.dataset, args.split)
+    except NoRuns as err:
+        print(f"steer.report: {err}", file=sys.stderr)
+        return 1
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -28,12 +28,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from steer import rundir
-from steer.analysis.bootstrap import LEVEL, Interval, fmt_interval, percentile_interval
+from steer.analysis.bootstrap import LEVEL, Interval, percentile_interval
 from steer.analysis.front import best_within
 from steer.analysis.paired import difference_interval, paired_replicates, verdict
-from steer.io.atomic import atomic_path, atomic_write_text
-from steer.report import FORM_LABELS, OBJECTIVE_LABELS, REPORTS, NoRuns, _latex_escape, _rank, _slug, markdown_head
+from steer.analysis.plots import save_figure
 from steer.report.front import FORM_COLORS, OBJECTIVE_STYLES
+from steer.report.runs import FORM_LABELS, NAMES, OBJECTIVE_LABELS, REPORTS, NoRuns, rank, slug
+from steer.report.tables import Cell, markdown_table, write_table
 
 # The method under test and what it is compared with, per form (DiffMean exists in vector form only).
 CHALLENGER = "split"
@@ -65,7 +66,7 @@ class Tuned:
         return f"{FORM_LABELS.get(self.form, self.form)} {OBJECTIVE_LABELS.get(self.objective, self.objective)}"
 
 
-def test_matrix(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+def split_matrix(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     """Test rows of a sweep as [example × m] (rows sorted by example id)."""
     rows = frame[frame["split"] == "test"]
     if rows.empty:
@@ -79,7 +80,7 @@ def load_tuned(path: Path) -> Tuned:
     run_dir = Path(best["run_dir"])
     config = rundir.read_config(run_dir)
     frame = rundir.read_sweep(run_dir)
-    pref, util = test_matrix(frame, "pref_odds"), test_matrix(frame, "util_odds")
+    pref, util = split_matrix(frame, "pref_odds"), split_matrix(frame, "util_odds")
     positives = {r.example_id: r.positive for r in rundir.read_pairs(run_dir, "test")}
     return Tuned(
         model=str(config["model"]["name"]),
@@ -191,88 +192,59 @@ def compare_group(runs: list[Tuned], delta: float, bootstrap: int, seed: int) ->
     )
 
 
-def value_records(groups: Sequence[Comparison]) -> pd.DataFrame:
+def value_frame(groups: Sequence[Comparison]) -> pd.DataFrame:
+    """A row per tuned run: how it was chosen, its test value with interval, the m, accuracies."""
     records = []
     for g in groups:
         for t in g.runs:
             k = f"{t.form}/{t.objective}"
-            interval = g.intervals[k]
+            acc = g.accuracy[k] or {}
             record = {"model": g.model, "dataset": g.dataset, "form": t.form, "objective": t.objective}
-            record.update(layer=t.layer, trials=t.trials, validation_value=t.validation, test_value=g.values[k])
-            record.update(test_lo=interval.lo if interval else None, test_hi=interval.hi if interval else None)
-            record.update(m=g.ms[k], n_test=g.n_examples, run=str(t.run_dir), params=json.dumps(t.params))
-            record.update(g.accuracy[k] or {})
+            record.update(layer=t.layer, trials=t.trials, validation=Cell(t.validation, digits=2))
+            record.update(test=Cell(g.values[k], interval=g.intervals[k], digits=2), m=g.ms[k], n_test=g.n_examples)
+            if any(g.accuracy.values()):
+                balanced = acc.get("balanced_accuracy")
+                record["accuracy"] = Cell(acc["accuracy"], digits=3) if acc else None
+                record["balanced_accuracy"] = Cell(balanced, digits=3) if balanced is not None else None
+                record["yes_no_shift"] = "yes" if acc.get("yes_no_shift") else ""
+            record.update(params=json.dumps(t.params), run=str(t.run_dir))
             records.append(record)
     return pd.DataFrame.from_records(records)
 
 
-def difference_records(groups: Sequence[Comparison]) -> pd.DataFrame:
-    return pd.DataFrame.from_records(
-        [{"model": g.model, "dataset": g.dataset, **d} for g in groups for d in g.differences]
-    )
-
-
-def _acc_cell(acc: dict | None) -> str:
-    if acc is None:
-        return ""
-    balanced = acc["balanced_accuracy"]
-    text = f"{acc['accuracy']:.3f} / " + ("n/a (one class)" if balanced is None else f"{balanced:.3f}")
-    return text + (" (Yes/No shift)" if acc["yes_no_shift"] else "")
-
-
-def compare_markdown(groups: Sequence[Comparison], delta: float, bootstrap: int, seed: int, figures) -> str:
-    lines = [
-        "# Tuned comparison (test split)",
-        "",
-        f"Each objective at its tuned best (Optuna study, chosen on the validation split). Test value = best mean "
-        f"PrefOdds reachable while mean UtilOdds stays within δ = {delta:g} of its value at m = 0 (swept points), "
-        f"[lo, hi] = {LEVEL:.0%} percentile interval of {bootstrap} bootstrap replicates over test examples "
-        f"(seed {seed}); differences from the same paired draws. Verdict at {LEVEL:.0%}: better / worse / not "
-        "distinguishable. Acc / bal. acc (Yes/No data sets): share of test pairs with PrefOdds > 0 at the chosen "
-        "m, and its mean over Yes-positive and No-positive pairs (0.5 with one class all right and the other all "
-        "wrong = a global Yes/No shift, not the statements).",
-        "",
-    ]
-    for g in groups:
-        lines += [f"## {g.model} · {g.dataset} ({g.n_examples} test pairs)", ""]
-        if g.vanilla:
-            lines += [f"Vanilla (m = 0): acc / bal. acc {_acc_cell(g.vanilla)}.", ""]
-        head = ["Form", "Objective", "Trials", "Validation", "Test value [95 %]", "m", "Acc / bal. acc"]
-        lines += markdown_head(head, 2)
-        for t in g.runs:
-            k = f"{t.form}/{t.objective}"
-            cells = [FORM_LABELS.get(t.form, t.form), OBJECTIVE_LABELS.get(t.objective, t.objective), str(t.trials)]
-            cells += [f"{t.validation:.2f}", fmt_interval(g.values[k], g.intervals[k], 2), f"{g.ms[k]:g}"]
-            cells.append(_acc_cell(g.accuracy[k]))
-            lines.append("| " + " | ".join(cells) + " |")
-        if g.differences:
-            lines += ["", *markdown_head(["Form", "Paired difference", "Δ test value [95 %]", "Verdict"], 2)]
-            for d in g.differences:
-                interval = None if d["lo"] is None else Interval(d["lo"], d["hi"], bootstrap)
-                cells = [FORM_LABELS.get(d["form"], d["form"]), d["comparison"]]
-                cells += [fmt_interval(d["difference"], interval, 2), f"**{d['verdict']}**"]
-                lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += [f"![{p.stem}]({p.name})" for p in figures]
-    return "\n".join(lines) + "\n"
-
-
-def compare_latex(groups: Sequence[Comparison]) -> str:
-    lines = [
-        "% Tuned comparison: paired differences of the test front value (95 % paired bootstrap).",
-        "\\begin{tabular}{lllrl}",
-        "\\toprule",
-        "Model & Data set & Form / comparison & Difference & Verdict \\\\",
-        "\\midrule",
-    ]
+def difference_frame(groups: Sequence[Comparison]) -> pd.DataFrame:
+    """A row per paired difference SPLIT − baseline: the difference with its interval and the verdict."""
+    records = []
     for g in groups:
         for d in g.differences:
             interval = None if d["lo"] is None else Interval(d["lo"], d["hi"], 0)
-            labels = [g.model, g.dataset, f"{FORM_LABELS.get(d['form'], d['form'])}: {d['comparison']}"]
-            cells = [fmt_interval(d["difference"], interval, 2), d["verdict"]]
-            lines.append(" & ".join(_latex_escape(x) for x in labels) + " & " + " & ".join(cells) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
-    return "\n".join(lines) + "\n"
+            records.append(
+                {"model": g.model, "dataset": g.dataset, "form": d["form"], "comparison": d["comparison"]}
+                | {"difference": Cell(d["difference"], interval=interval, digits=2), "verdict": d["verdict"]}
+            )
+    return pd.DataFrame.from_records(
+        records, columns=["model", "dataset", "form", "comparison", "difference", "verdict"]
+    )
+
+
+def notes(groups: Sequence[Comparison]) -> list[str]:
+    """Vanilla accuracy per Yes/No data set and the runs that only shift the Yes/No prior."""
+    lines = []
+    for g in groups:
+        if g.vanilla:
+            lines.append(
+                f"- {g.model} · {g.dataset}: Vanilla (m = 0) accuracy {g.vanilla['accuracy']:.3f}, balanced "
+                f"{g.vanilla['balanced_accuracy'] or float('nan'):.3f} ({g.vanilla['n_yes_positive']} Yes-positive, "
+                f"{g.vanilla['n_no_positive']} No-positive test pairs)."
+            )
+        for t in g.runs:
+            acc = g.accuracy[f"{t.form}/{t.objective}"]
+            if acc and acc["yes_no_shift"]:
+                lines.append(
+                    f"- {g.model} · {g.dataset} · {t.label}: balanced accuracy 0.5 with one class all right and the "
+                    "other all wrong: a global Yes/No shift, not the statements."
+                )
+    return ["", "## Notes", "", *lines] if lines else []
 
 
 def fronts_figure(path: Path, g: Comparison, delta: float) -> Path:
@@ -294,18 +266,7 @@ def fronts_figure(path: Path, g: Comparison, delta: float) -> Path:
     ax.set_title(f"{g.model} · {g.dataset}: tuned fronts, δ = {delta:g}\n○ best within δ · ★ m = 0", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=130)
-    return path
-
-
-def write_tables(out: Path, stem: str, markdown: str, frames: dict[str, pd.DataFrame], latex: str) -> list[Path]:
-    """The report's Markdown, one CSV per frame and the LaTeX table."""
-    texts = {out / f"{stem}.md": markdown, out / f"{stem}.tex": latex}
-    texts.update({out / f"{stem}{suffix}.csv": frame.to_csv(index=False) for suffix, frame in frames.items()})
-    for path, text in texts.items():
-        atomic_write_text(path, text)
-    return list(texts)
+    return save_figure(fig, path)
 
 
 def build_compare(outputs: Path, delta: float = 1.0, bootstrap: int = 1000, seed: int = 0) -> list[Path]:
@@ -320,12 +281,52 @@ def build_compare(outputs: Path, delta: float = 1.0, bootstrap: int = 1000, seed
         )
     runs = [load_tuned(p) for p in found]
     runs.sort(
-        key=lambda t: (t.model, t.dataset, _rank(list(FORM_LABELS), t.form), _rank(list(OBJECTIVE_LABELS), t.objective))
+        key=lambda t: (t.model, t.dataset, rank(list(FORM_LABELS), t.form), rank(list(OBJECTIVE_LABELS), t.objective))
     )
     cells = dict.fromkeys((t.model, t.dataset) for t in runs)
     groups = [compare_group([t for t in runs if (t.model, t.dataset) == c], delta, bootstrap, seed) for c in cells]
     out = outputs / REPORTS
-    figures = [fronts_figure(out / f"compare-{_slug(g.model)}-{_slug(g.dataset)}.png", g, delta) for g in groups]
-    markdown = compare_markdown(groups, delta, bootstrap, seed, figures)
-    frames = {"": value_records(groups), "-differences": difference_records(groups)}
-    return [*write_tables(out, "compare", markdown, frames, compare_latex(groups)), *figures]
+    figures = [fronts_figure(out / f"compare-{slug(g.model)}-{slug(g.dataset)}.png", g, delta) for g in groups]
+    names = NAMES | {
+        "n_test": "Test pairs",
+        "test": f"Test value [{LEVEL:.0%}]",
+        "validation": "Validation",
+        "trials": "Trials",
+        "accuracy": "Acc",
+        "balanced_accuracy": "Bal. acc",
+        "yes_no_shift": "Yes/No shift",
+        "comparison": "Paired difference",
+        "difference": f"Δ test value [{LEVEL:.0%}]",
+        "verdict": "Verdict",
+    }
+    caption = (
+        f"Each objective at its tuned best (Optuna, chosen on the validation split). Test value = best mean PrefOdds "
+        f"reachable while mean UtilOdds stays within δ = {delta:g} of its value at m = 0 (swept points), "
+        f"[lo, hi] = {LEVEL:.0%} percentile interval of {bootstrap} bootstrap replicates over test examples "
+        f"(seed {seed}); the paired differences come from the same draws. Verdict at {LEVEL:.0%}: better, worse "
+        "or not distinguishable. Acc = share of test pairs with PrefOdds > 0 at the chosen m; Bal. acc = its mean "
+        "over Yes-positive and No-positive pairs (Yes/No data sets only; 0.5 with one class all right and the "
+        "other all wrong = a global Yes/No shift)."
+    )
+    differences = difference_frame(groups)
+    appendix = ["", "## Paired differences", "", markdown_table(differences, names), *notes(groups), ""]
+    appendix += [f"![{p.stem}]({p.name})" for p in figures]
+    written = write_table(
+        out,
+        "compare",
+        value_frame(groups),
+        title="Tuned comparison (test split)",
+        caption=caption,
+        names=names,
+        detail=["params", "run"],
+        appendix=appendix,
+    )
+    written += write_table(
+        out,
+        "compare-differences",
+        differences,
+        title="Tuned comparison: SPLIT against each baseline (test split, paired)",
+        caption=caption,
+        names=names,
+    )
+    return [*written, *figures]

@@ -25,23 +25,23 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from steer import rundir
-from steer.analysis.bootstrap import RESTARTS, Curves, Interval, fmt_interval, percentile_interval, replicate
+from steer.analysis.bootstrap import RESTARTS, Curves, Interval, percentile_interval, replicate
 from steer.analysis.fit import COLUMNS, curve, fit_curve, fit_from_json, mean_curve
 from steer.analysis.front import Best, best_fitted, best_within, fine_grid
-from steer.io.atomic import atomic_path, atomic_write_text
-from steer.report import (
+from steer.analysis.plots import save_figure
+from steer.report.runs import (
     FORM_LABELS,
+    NAMES,
     OBJECTIVE_LABELS,
     REPORTS,
     NoRuns,
     Run,
-    _latex_escape,
-    _no_runs_message,
-    _rank,
-    _slug,
     find_runs,
-    markdown_head,
+    no_runs_message,
+    rank,
+    slug,
 )
+from steer.report.tables import Cell, write_table
 
 # Utility budgets in nats of UtilOdds (log-odds of P(A_p) + P(A_n)); summed-over-tokens losses of
 # whole sentences put UtilOdds far below 0, where a budget of a few nats is a factor of e^δ in P_u.
@@ -112,9 +112,17 @@ def front_figure(path: Path, rows: Sequence[FrontRow], title: str) -> Path:
     ax.set_title(title + "\nmarkers: swept m · lines: fitted curves · ★: m = 0", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=130)
-    return path
+    return save_figure(fig, path)
+
+
+# The front's columns per utility budget δ (CSV name ``<key>_d<δ>``), as the tables show them.
+QUANTITIES = {
+    "pref_fit": "best Pref (fit)",
+    "m_fit": "m (fit)",
+    "util_fit": "Util (fit)",
+    "pref_swept": "best Pref (swept)",
+    "m_swept": "m (swept)",
+}
 
 
 def variant_labels(rows: Sequence[FrontRow]) -> list[str]:
@@ -130,66 +138,35 @@ def variant_labels(rows: Sequence[FrontRow]) -> list[str]:
     return labels
 
 
-def front_records(rows: Sequence[FrontRow], deltas: Sequence[float]) -> list[dict]:
+def front_frame(rows: Sequence[FrontRow], deltas: Sequence[float]) -> pd.DataFrame:
+    """The front as one table: a row per run, per δ the fitted best PrefOdds (with its interval), the m
+    attaining it and the UtilOdds there, and the same rule on the swept points. Two runs of one cell
+    get a ``variant`` column: the overrides that differ between them."""
     records = []
-    for row, variant in zip(rows, variant_labels(rows), strict=True):
+    variants = variant_labels(rows)
+    for row, variant in zip(rows, variants, strict=True):
         run = row.run
-        record = {"model": run.model, "layer": run.layer, "dataset": run.dataset, "form": run.form}
-        record.update(objective=run.objective, variant=variant, run=str(run.path))
         zero = row.curves["pref"]["m"] == 0.0
-        record["pref_at_0"] = float(row.curves["pref"]["mean"][zero].iloc[0])
+        record = {
+            ("", "model"): run.model,
+            ("", "layer"): run.layer,
+            ("", "dataset"): run.dataset,
+            ("", "form"): run.form,
+            ("", "objective"): run.objective,
+            ("", "variant"): variant,
+            ("", "pref_at_0"): Cell(float(row.curves["pref"]["mean"][zero].iloc[0]), digits=2),
+            ("", "run"): str(run.path),
+        }
         for d in deltas:
-            fit, swept, interval = row.fitted[d], row.swept[d], row.intervals[d]
-            record.update({f"pref_fit_d{d}": fit.pref, f"m_fit_d{d}": fit.m, f"util_fit_d{d}": fit.util})
-            if interval is not None:
-                record.update({f"pref_fit_d{d}_lo": interval.lo, f"pref_fit_d{d}_hi": interval.hi})
-            record.update({f"pref_swept_d{d}": swept.pref, f"m_swept_d{d}": swept.m})
+            fit, swept = row.fitted[d], row.swept[d]
+            record["pref_fit", f"d{d}"] = Cell(fit.pref, interval=row.intervals[d], digits=2)
+            record.update({("m_fit", f"d{d}"): fit.m, ("util_fit", f"d{d}"): fit.util})
+            record.update({("pref_swept", f"d{d}"): Cell(swept.pref, digits=2), ("m_swept", f"d{d}"): swept.m})
         records.append(record)
-    return records
-
-
-def front_markdown(rows: Sequence[FrontRow], deltas: Sequence[float], figures: Sequence[Path], note: str) -> str:
-    head = ["Model", "Layer", "Data set", "Form", "Objective", "Pref(0)"]
-    head += [f"δ={d}: best Pref fit (m)" for d in deltas] + [f"δ={d}: swept (m)" for d in deltas]
-    lines = [
-        "# Preference–utility front (test split)",
-        "",
-        "Best mean PrefOdds reachable while mean UtilOdds stays within δ of its value at m = 0 (walking out "
-        "from m = 0; utility gains are free), read from the fitted test curves (fit.json) on a fine grid over "
-        "the swept range, and the same rule on the swept points as a check; (m) = where it is attained."
-        + (f" {note}" if note else ""),
-        "",
-        *markdown_head(head, 5),
-    ]
-    for row, variant in zip(rows, variant_labels(rows), strict=True):
-        run = row.run
-        cells = [run.model, str(run.layer), run.dataset, FORM_LABELS.get(run.form, run.form)]
-        cells += [OBJECTIVE_LABELS.get(run.objective, run.objective) + (f" ({variant})" if variant else "")]
-        zero = row.curves["pref"]["m"] == 0.0
-        cells.append(f"{float(row.curves['pref']['mean'][zero].iloc[0]):.2f}")
-        cells += [f"{fmt_interval(row.fitted[d].pref, row.intervals[d], 2)} ({row.fitted[d].m:g})" for d in deltas]
-        cells += [f"{row.swept[d].pref:.2f} ({row.swept[d].m:g})" for d in deltas]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [""] + [f"![{p.stem}]({p.name})" for p in figures]
-    return "\n".join(lines) + "\n"
-
-
-def front_latex(rows: Sequence[FrontRow], deltas: Sequence[float]) -> str:
-    lines = [
-        "% Preference-utility front: best fitted PrefOdds with UtilOdds within delta of m = 0 (test split).",
-        f"\\begin{{tabular}}{{lllll{'r' * len(deltas)}}}",
-        "\\toprule",
-        "Model & Layer & Data set & Form & Objective & " + " & ".join(f"$\\delta={d}$" for d in deltas) + " \\\\",
-        "\\midrule",
-    ]
-    for row in rows:
-        run = row.run
-        labels = [run.model, str(run.layer), run.dataset, FORM_LABELS.get(run.form, run.form)]
-        labels.append(OBJECTIVE_LABELS.get(run.objective, run.objective))
-        cells = [fmt_interval(row.fitted[d].pref, row.intervals[d], 2) for d in deltas]
-        lines.append(" & ".join(_latex_escape(x) for x in labels) + " & " + " & ".join(cells) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
-    return "\n".join(lines) + "\n"
+    keys = ("model", "layer", "dataset", "form", "objective", "variant", "pref_at_0", "run")
+    labels = [("", key) for key in keys if key != "variant" or any(variants)]
+    columns = labels + [(key, f"d{d}") for key in QUANTITIES for d in deltas]
+    return pd.DataFrame.from_records(records, columns=pd.MultiIndex.from_tuples(columns))
 
 
 def build_front(
@@ -202,14 +179,14 @@ def build_front(
     found, skipped = find_runs(outputs)
     runs = [r for r in found if (r.path / rundir.SWEEP).is_file()]
     if not runs:
-        raise NoRuns(_no_runs_message(outputs, skipped))
+        raise NoRuns(no_runs_message(outputs, skipped))
     runs.sort(
         key=lambda r: (
             r.model,
             r.layer,
             r.dataset,
-            _rank(list(FORM_LABELS), r.form),
-            _rank(list(OBJECTIVE_LABELS), r.objective),
+            rank(list(FORM_LABELS), r.form),
+            rank(list(OBJECTIVE_LABELS), r.objective),
         )
     )
     start = time.perf_counter()
@@ -219,21 +196,32 @@ def build_front(
     figures = []
     for model, layer, dataset in dict.fromkeys((r.model, r.layer, r.dataset) for r in runs):
         group = [row for row in rows if (row.run.model, row.run.layer, row.run.dataset) == (model, layer, dataset)]
-        path = out / f"front-{_slug(model)}-L{layer}-{_slug(dataset)}.png"
+        path = out / f"front-{slug(model)}-L{layer}-{slug(dataset)}.png"
         figures.append(front_figure(path, group, f"{model} (layer {layer}) · {dataset}"))
-    note = (
-        f"[lo, hi] = 95 % bootstrap interval over test examples ({bootstrap} replicates, seed {seed}, {seconds:.0f} s)."
-        if bootstrap
-        else ""
+    note = ""
+    if bootstrap:
+        note = f" [lo, hi] = 95 % bootstrap interval over test examples ({bootstrap} replicates, seed {seed}, "
+        note += f"{seconds:.0f} s)."
+    caption = (
+        "Best mean PrefOdds reachable while mean UtilOdds stays within δ of its value at m = 0 (walking out "
+        "from m = 0; utility gains are free), read from the fitted test curves (fit.json) on a fine grid over "
+        "the swept range, and the same rule on the swept points as a check, with the m attaining each; "
+        "Pref(0) = mean PrefOdds at m = 0." + note
     )
-    texts = {
-        out / "front.md": front_markdown(rows, deltas, figures, note),
-        out / "front.csv": pd.DataFrame.from_records(front_records(rows, deltas)).to_csv(index=False),
-        out / "front.tex": front_latex(rows, deltas),
-    }
-    for path, text in texts.items():
-        atomic_write_text(path, text)
-    return [*texts, *figures], seconds
+    names = NAMES | {"pref_at_0": "Pref(0)", "variant": "Variant"} | {f"d{d}": f"δ={d:g}" for d in deltas}
+    detail = [("", "run"), *(("util_fit", f"d{d}") for d in deltas)]
+    written = write_table(
+        out,
+        "front",
+        front_frame(rows, deltas),
+        title="Preference–utility front (test split)",
+        caption=caption,
+        names=names,
+        groups=QUANTITIES,
+        detail=detail,
+        appendix=[""] + [f"![{p.stem}]({p.name})" for p in figures],
+    )
+    return [*written, *figures, *(p.with_suffix(".pdf") for p in figures)], seconds
 
 
 def parse_deltas(text: str) -> list[float]:

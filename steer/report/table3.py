@@ -28,26 +28,22 @@ import pandas as pd
 
 from steer import rundir
 from steer.analysis.bootstrap import percentile_interval
-from steer.io.atomic import atomic_write_text
 from steer.judge.protocols import example_scores
 from steer.judge.select import split_records
-from steer.report import (
+from steer.report.runs import (
     FORM_LABELS,
-    MISSING,
+    NAMES,
     OBJECTIVE_LABELS,
     REPORTS,
-    Cell,
     NoRuns,
     Run,
-    _fmt,
-    _latex_escape,
-    _rank,
-    _rel,
-    _skipped_lines,
     family_label,
     find_runs,
-    markdown_head,
+    rank,
+    relative,
+    skipped_lines,
 )
+from steer.report.tables import MISSING, Cell, markdown_table, write_table
 
 # (metric key in metrics.json, column label) per data set loader; other loaders show accuracy and HM.
 METRIC_COLUMNS = {
@@ -57,9 +53,6 @@ METRIC_COLUMNS = {
     "sentiment": (("accuracy", "Acc"), ("concept", "Concept"), ("hm", "HM")),
 }
 DEFAULT_COLUMNS = (("accuracy", "Acc"), ("hm", "HM"))
-VANILLA = "Vanilla"
-
-
 CONDITIONS = ("vanilla", "steered")
 
 
@@ -142,24 +135,16 @@ def find_judged(outputs: Path) -> tuple[list[JudgedRun], list[tuple[Path, str]]]
     return judged, skipped
 
 
-@dataclass(frozen=True)
-class Table3:
-    columns: list[tuple[str, str, str]]  # (loader, metric, label)
-    rows: list[tuple[list[str], dict[tuple[str, str], Cell]]]
-    runs: list[JudgedRun]
-
-
-def build(runs: Sequence[JudgedRun]) -> Table3:
-    loaders = sorted({r.run.loader for r in runs}, key=lambda x: _rank(list(METRIC_COLUMNS), x))
-    columns = [
-        (loader, metric, f"{family_label(loader)} {label}")
-        for loader in loaders
-        for metric, label in METRIC_COLUMNS.get(loader, DEFAULT_COLUMNS)
-    ]
+def build(runs: Sequence[JudgedRun]) -> tuple[pd.DataFrame, dict[str, str], dict[str, str]]:
+    """Table 3 as one frame (columns: the labels, then (loader, metric)), with the display names of its
+    metrics and of its column groups (the data set families)."""
+    loaders = sorted({r.run.loader for r in runs}, key=lambda x: rank(list(METRIC_COLUMNS), x))
+    columns = [(loader, metric) for loader in loaders for metric, _ in METRIC_COLUMNS.get(loader, DEFAULT_COLUMNS)]
+    metrics = {metric: label for loader in loaders for metric, label in METRIC_COLUMNS.get(loader, DEFAULT_COLUMNS)}
 
     def cells(mine: Sequence[JudgedRun], condition: str) -> dict[tuple[str, str], Cell]:
         out = {}
-        for loader, metric, _ in columns:
+        for loader, metric in columns:
             used = [r for r in mine if r.run.loader == loader and r.value(condition, metric) is not None]
             values = [r.value(condition, metric) for r in used]
             interval = None
@@ -171,86 +156,37 @@ def build(runs: Sequence[JudgedRun]) -> Table3:
     rows = []
     for model, layer in sorted({(r.run.model, r.run.layer) for r in runs}):
         of_model = [r for r in runs if (r.run.model, r.run.layer) == (model, layer)]
-        rows.append(([model, str(layer), VANILLA, "—"], cells(of_model, "vanilla")))
+        labels = {("", "model"): model, ("", "layer"): layer}
+        rows.append({**labels, ("", "form"): "vanilla", ("", "objective"): None, **cells(of_model, "vanilla")})
         keys = sorted(
             {(r.run.form, r.run.objective) for r in of_model},
-            key=lambda k: (_rank(list(FORM_LABELS), k[0]), _rank(list(OBJECTIVE_LABELS), k[1])),
+            key=lambda k: (rank(list(FORM_LABELS), k[0]), rank(list(OBJECTIVE_LABELS), k[1])),
         )
         for form, objective in keys:
             mine = [r for r in of_model if (r.run.form, r.run.objective) == (form, objective)]
-            labels = [model, str(layer), FORM_LABELS.get(form, form), OBJECTIVE_LABELS.get(objective, objective)]
-            rows.append((labels, cells(mine, "steered")))
-    return Table3(columns, rows, list(runs))
+            rows.append({**labels, ("", "form"): form, ("", "objective"): objective, **cells(mine, "steered")})
+    header = [("", label) for label in ("model", "layer", "form", "objective")] + columns
+    frame = pd.DataFrame.from_records(rows, columns=pd.MultiIndex.from_tuples(header))
+    return frame, metrics, {loader: family_label(loader) for loader in loaders}
 
 
-def markdown(table: Table3, outputs: Path, skipped) -> str:
-    head = ["Model", "Layer", "Form", "Objective"] + [label for _, _, label in table.columns]
-    lines = [
-        "# Table 3: judged steering results",
-        "",
-        "Rows: model (layer) × form × objective at the multiplier each run chose (see the runs below), and "
-        "Vanilla (m = 0, the mean over that model's runs). Acc = share of test pairs with PrefOdds > 0; "
-        "Pwr Score = mean judge score 1–4 over parseable replies; Concept / HM = mean AxBench concept score "
-        f"(0–2) and mean per-sample harmonic mean of concept, instruction and fluency. {MISSING} = no run; "
-        "(n=k) = mean over k runs of that family.",
-        "",
-        *markdown_head(head, 4),
-    ]
-    for labels, cells in table.rows:
-        lines.append("| " + " | ".join(labels + [_fmt(cells[c[:2]], count=True) for c in table.columns]) + " |")
-    lines += [
-        "",
-        f"## Runs used ({len(table.runs)})",
-        "",
-        "| Run | Data set | m | chosen by | judge | calls | cost $ |",
-    ]
-    lines.append("|---|---|---:|---|---|---:|---:|")
-    for run in sorted(table.runs, key=lambda r: str(r.run.path)):
-        judge, usage = run.judge.get("judge", {}), run.judge.get("usage", {})
-        cost = usage.get("cost_usd")
-        cost = MISSING if cost is None else f"{cost:.4f}"
-        lines.append(
-            f"| {_rel(run.run.path, outputs)} | {run.run.dataset} | {run.judge.get('m', 0):g} | "
-            f"{run.judge.get('select')} | "
-            f"{judge.get('backend')}: {judge.get('model')} | "
-            f"{usage.get('calls', 0)} (+{usage.get('cached', 0)} cached) | {cost} |"
-        )
-    lines += _skipped_lines(skipped, outputs)
-    return "\n".join(lines) + "\n"
-
-
-def csv(table: Table3) -> str:
+def runs_used(runs: Sequence[JudgedRun], outputs: Path) -> list[str]:
+    """The Markdown section listing every judged run: its m, how m was chosen, the judge and its cost."""
     records = []
-    for labels, cells in table.rows:
-        record = dict(zip(("model", "layer", "form", "objective"), labels, strict=True))
-        for loader, metric, _ in table.columns:
-            cell = cells[loader, metric]
-            record[f"{loader}_{metric}"] = cell.value
-            if cell.interval is not None:
-                record[f"{loader}_{metric}_lo"] = cell.interval.lo
-                record[f"{loader}_{metric}_hi"] = cell.interval.hi
-            record[f"{loader}_{metric}_n"] = cell.n
-        records.append(record)
-    return pd.DataFrame.from_records(records).to_csv(index=False)
-
-
-def latex(table: Table3) -> str:
-    lines = [
-        "% Table 3: judged steering results. -- = no run; superscript = number of runs averaged.",
-        f"\\begin{{tabular}}{{llll{'c' * len(table.columns)}}}",
-        "\\toprule",
-        "Model & Layer & Form & Objective & " + " & ".join(_latex_escape(c[2]) for c in table.columns) + " \\\\",
-        "\\midrule",
-    ]
-    for labels, cells in table.rows:
-        values = []
-        for column in table.columns:
-            cell = cells[column[:2]]
-            text = "--" if cell.value is None else f"{cell.value:.3f}"
-            values.append(f"{text}$^{{{cell.n}}}$" if cell.value is not None and cell.n > 1 else text)
-        lines.append(" & ".join(_latex_escape(x) for x in labels) + " & " + " & ".join(values) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
-    return "\n".join(lines) + "\n"
+    for run in sorted(runs, key=lambda r: str(r.run.path)):
+        judge, usage = run.judge.get("judge", {}), run.judge.get("usage", {})
+        records.append(
+            {
+                "Run": relative(run.run.path, outputs),
+                "Data set": run.run.dataset,
+                "m": float(run.judge.get("m", 0)),
+                "chosen by": run.judge.get("select"),
+                "judge": f"{judge.get('backend')}: {judge.get('model')}",
+                "calls": f"{usage.get('calls', 0)} (+{usage.get('cached', 0)} cached)",
+                "cost $": Cell(usage.get("cost_usd"), digits=4),
+            }
+        )
+    return ["", f"## Runs used ({len(runs)})", "", markdown_table(pd.DataFrame.from_records(records))]
 
 
 def build_table3(outputs: Path, bootstrap: int = 0, seed: int = 0) -> list[Path]:
@@ -267,17 +203,25 @@ def build_table3(outputs: Path, bootstrap: int = 0, seed: int = 0) -> list[Path]
         start = time.perf_counter()
         runs = with_replicates(runs, bootstrap, seed)
         note = (
-            f"\n[lo, hi] = 95 % bootstrap interval over test examples: {bootstrap} replicates per run (seed {seed}), "
+            f" [lo, hi] = 95 % bootstrap interval over test examples: {bootstrap} replicates per run (seed {seed}), "
             f"{sum(bool(r.replicates) for r in runs)} of {len(runs)} runs with per-example files; "
-            f"{time.perf_counter() - start:.1f} s.\n"
+            f"{time.perf_counter() - start:.1f} s."
         )
-    table = build(runs)
-    out = outputs / REPORTS
-    texts = {
-        out / "table3.md": markdown(table, outputs, skipped) + note,
-        out / "table3.csv": csv(table),
-        out / "table3.tex": latex(table),
-    }
-    for path, text in texts.items():
-        atomic_write_text(path, text)
-    return list(texts)
+    frame, metrics, families = build(runs)
+    caption = (
+        "Rows: model (layer) × form × objective at the multiplier each run chose (table3.md lists the runs), "
+        "and Vanilla (m = 0, the mean over that model's runs). Acc = share of test pairs with PrefOdds > 0; "
+        "Pwr Score = mean judge score 1–4 over parseable replies; Concept / HM = mean AxBench concept score "
+        f"(0–2) and mean per-sample harmonic mean of concept, instruction and fluency. {MISSING} = no run; "
+        "(n=k) = mean over k runs of that family." + note
+    )
+    return write_table(
+        outputs / REPORTS,
+        "table3",
+        frame,
+        title="Table 3: judged steering results",
+        caption=caption,
+        names=NAMES | metrics | {"vanilla": "Vanilla"},
+        groups=families,
+        appendix=[*runs_used(runs, outputs), *skipped_lines(skipped, outputs)],
+    )

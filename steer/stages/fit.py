@@ -42,7 +42,7 @@ def run_panels(result: SweepFit) -> list[Panel]:
 class FitStage(Stage):
     name = "fit"
     keys = ("fit",)
-    outputs = (rundir.FIT, rundir.FIGURE)
+    outputs = (rundir.FIT, rundir.FIGURE, rundir.FIGURE_PDF)
     after = ("sweep",)
 
     def check(self, cfg: DictConfig) -> None:
