@@ -13,7 +13,7 @@ log = logging.getLogger("steer")
 
 
 class ResumableOptunaSweeper(OptunaSweeper):
-    """``OptunaSweeper`` that resumes a killed study and writes the best trial (module docstring)."""
+    """``OptunaSweeper`` that resumes a killed study and writes the best trial (``steer.runtime.tuning``)."""
 
     def setup(self, *, hydra_context, task_function, config) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
