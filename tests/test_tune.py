@@ -222,7 +222,7 @@ def write_tuned(root: Path, objective: str, shift: float, positives: list[str]) 
     rundir.write_sweep(run_dir, frame)
     records = [PairRecord("test", f"test{i}", "q", p, "No" if p == "Yes" else "Yes") for i, p in enumerate(positives)]
     rundir.write_pairs(run_dir, records)
-    best = {"run_dir": str(run_dir), "trials_complete": 6, "value": 1.0, "params": {"lr": 0.1}}
+    best = {"run_dir": str(run_dir), "trials_complete": 6, "value": 1.0, "params": {"lr": 0.1}, "distinct_complete": 5}
     (root / "tune" / "best").mkdir(parents=True, exist_ok=True)
     (root / "tune" / "best" / f"{objective}.json").write_text(json.dumps(best))
 
@@ -244,3 +244,15 @@ def test_compare_reports_paired_verdicts_and_balanced_accuracy(tmp_path):
     assert values.loc["split", "test_lo"] <= values.loc["split", "test"] <= values.loc["split", "test_hi"]
     text = paths[0].read_text()
     assert any(p.suffix == ".png" for p in paths) and "Vanilla (m = 0)" in text and "better" in text
+
+
+def test_a_resumed_study_draws_new_parameters():
+    """A resumed study's sampler is seeded seed + trials held: not the first trials' draws again."""
+    from omegaconf import OmegaConf
+
+    from steer.runtime.tuning import reseeded
+
+    config = OmegaConf.create({"_target_": "optuna.samplers.TPESampler", "seed": 3})
+    assert reseeded(config, "the sampler", 0) == "the sampler"
+    resumed = reseeded(config, "the sampler", 4)
+    assert resumed._rng.rand() == pytest.approx(np.random.RandomState(7).rand())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
-from steer.runtime.tuning import RecordingLauncher, open_study, resume, write_best
+from steer.runtime.tuning import RecordingLauncher, open_study, reseeded, resume, write_best
 
 log = logging.getLogger("steer")
 
@@ -18,6 +18,7 @@ class ResumableOptunaSweeper(OptunaSweeper):
     def setup(self, *, hydra_context, task_function, config) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         self.output_root = Path(str(config.output_root))
+        self.sampler_config = config.hydra.sweeper.sampler
 
     def sweep(self, arguments: list[str]) -> None:
         impl = self.sweeper
@@ -26,6 +27,7 @@ class ResumableOptunaSweeper(OptunaSweeper):
         study = open_study(impl.storage, impl.study_name)
         requested = impl.n_trials
         impl.n_trials = resume(study, requested)
+        impl.sampler = reseeded(self.sampler_config, impl.sampler, len(study.trials))
         log.info("tune: study %s, %d of %d trials to run", impl.study_name, impl.n_trials, requested)
         impl.launcher = RecordingLauncher(impl.launcher, study)
         impl.sweep(arguments)

@@ -53,6 +53,7 @@ class Tuned:
     layer: int
     run_dir: Path
     trials: int
+    distinct: int  # parameter sets among the finished trials
     validation: float
     params: dict
     ids: np.ndarray
@@ -90,6 +91,7 @@ def load_tuned(path: Path) -> Tuned:
         layer=int(config["layer"]),
         run_dir=run_dir,
         trials=int(best["trials_complete"]),
+        distinct=int(best.get("distinct_complete", best["trials_complete"])),
         validation=float(best["value"]),
         params=dict(best["params"]),
         ids=pref.index.to_numpy(),
@@ -200,7 +202,7 @@ def value_frame(groups: Sequence[Comparison]) -> pd.DataFrame:
             k = f"{t.form}/{t.objective}"
             acc = g.accuracy[k] or {}
             record = {"model": g.model, "dataset": g.dataset, "form": t.form, "objective": t.objective}
-            record.update(layer=t.layer, trials=t.trials, validation=Cell(t.validation, digits=2))
+            record.update(layer=t.layer, trials=t.trials, distinct=t.distinct, validation=Cell(t.validation, digits=2))
             record.update(test=Cell(g.values[k], interval=g.intervals[k], digits=2), m=g.ms[k], n_test=g.n_examples)
             if any(g.accuracy.values()):
                 balanced = acc.get("balanced_accuracy")
@@ -292,6 +294,7 @@ def build_compare(outputs: Path, delta: float = 1.0, bootstrap: int = 1000, seed
         "test": f"Test value [{LEVEL:.0%}]",
         "validation": "Validation",
         "trials": "Trials",
+        "distinct": "Distinct",
         "accuracy": "Acc",
         "balanced_accuracy": "Bal. acc",
         "yes_no_shift": "Yes/No shift",

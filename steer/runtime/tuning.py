@@ -9,6 +9,8 @@ plugin's ``OptunaSweeper`` with the three additions below, whose code lives here
   command it is marked FAIL and its parameters are queued again (its run directory resumes from
   what the run kept), and only ``n_trials`` minus the trials already COMPLETE are launched. A
   finished trial is never re-run: the command asks for a number of finished trials, not for more.
+  The seeded sampler of a resumed study is reseeded by the number of trials it holds
+  (``reseeded``), so it does not draw the first trials' parameters again.
 - **Where each trial ran.** Every launched job's overrides and run directory are kept as a study
   attribute, so the best trial's run directory is known in any later process.
 - **The best trial, reusable.** When the sweep ends: ``<output_root>/tune/experiment/best_<study>.yaml``,
@@ -64,6 +66,18 @@ def resume(study, n_trials: int) -> int:
         log.info("tune: trial %d was interrupted; its parameters run again %s", trial.number, trial.params)
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     return max(0, n_trials - done)
+
+
+def reseeded(sampler_config, sampler, trials: int):
+    """The sampler a resumed study continues with: seeded ``seed + trials`` (the trials the study
+    already holds). A fresh process seeded like the first would draw the first trials' parameters
+    again; this keeps a study deterministic for its history and its draws new."""
+    seed = sampler_config.get("seed")
+    if not trials or seed is None or sampler_config.get("_partial_"):
+        return sampler
+    from hydra.utils import instantiate
+
+    return instantiate(sampler_config, seed=int(seed) + trials)
 
 
 class RecordingLauncher:
@@ -146,6 +160,7 @@ def write_best(study, output_root: Path, requested: int) -> Path | None:
         "run_dir": str(run_dir),
         "overrides": run["overrides"],
         "trials_complete": len(complete),
+        "distinct_complete": len({json.dumps(t.params, sort_keys=True) for t in complete}),
         "trials_requested": requested,
         "experiment": str(path),
     }
