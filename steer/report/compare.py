@@ -53,7 +53,7 @@ class Tuned:
     layer: int
     run_dir: Path
     trials: int
-    distinct: int  # parameter sets among the finished trials
+    distinct: int | None  # parameter sets among the finished trials (None: not recorded)
     validation: float
     params: dict
     ids: np.ndarray
@@ -91,7 +91,7 @@ def load_tuned(path: Path) -> Tuned:
         layer=int(config["layer"]),
         run_dir=run_dir,
         trials=int(best["trials_complete"]),
-        distinct=int(best.get("distinct_complete", best["trials_complete"])),
+        distinct=best.get("distinct_complete"),
         validation=float(best["value"]),
         params=dict(best["params"]),
         ids=pref.index.to_numpy(),
