@@ -31,6 +31,20 @@ $(PAPER): setup
 front: setup
 	$(PY) -m steer.report front --outputs outputs/paper $(ARGS)
 
+# Tuning (docs/tuning.md): one Optuna study per data set x form x objective (+ DiffMean over the layer),
+# TRIALS finished trials each, scored on the validation split; resumable (the same command continues).
+# Then `make compare`: each objective at its tuned best on the test split, paired, with verdicts. E.g.
+#   make tune DATASETS=sentiment,psychopathy TRIALS=20 FORMS=vector,lora ARGS="--data ../shared/data"
+# ARGS="--quick" caps each trial for a CPU (6 pairs per split, 9 multipliers, 1-3 epochs).
+TRIALS ?= 20
+FORMS ?= vector,lora
+.PHONY: tune compare
+tune: setup
+	$(PY) experiments/tune.py --datasets $(DATASETS) --forms $(FORMS) --trials $(TRIALS) $(ARGS)
+
+compare: setup
+	$(PY) -m steer.report compare --outputs outputs/tune $(ARGS)
+
 # What a preset's runs cost before they run: jobs, forward tokens per stage, GPU-hours, judge calls
 # and dollars (experiments/paper.py --plan), e.g. make plan PRESET=smoke
 PRESET ?= paper

@@ -1,4 +1,8 @@
-"""steer's one entry point: ``python run.py [overrides]`` or ``python run.py -m ...`` (multirun)."""
+"""steer's one entry point: ``python run.py [overrides]`` or ``python run.py -m ...`` (multirun).
+
+A job returns None, or under tuning (``tune.split`` set, e.g. ``experiment=tune_vector_split``) its
+front value on that split: the number Hydra's Optuna sweeper maximises (docs/tuning.md).
+"""
 
 import contextlib
 import logging
@@ -9,11 +13,13 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from steer.runtime.resolvers import register
+from steer.runtime.resolvers import register, variant_overrides
+from steer.stages import STAGES
+from steer.stages.runner import fingerprinted
 
-register()
+register(fingerprinted(STAGES))
 log = logging.getLogger("steer")
 
 
@@ -44,15 +50,33 @@ def node_slot(cfg: DictConfig):
         yield
 
 
+def record_variant(run_dir: Path) -> None:
+    """``overrides.yaml``: the fingerprinted overrides that named this run's subdirectory
+    (``steer.runtime.resolvers``), for every report that shows two runs of one cell."""
+    from steer import rundir
+
+    hydra_cfg = HydraConfig.get()
+    choices = OmegaConf.to_container(hydra_cfg.runtime.choices)
+    variant = variant_overrides(list(hydra_cfg.overrides.task), choices, *fingerprinted(STAGES))
+    if (run_dir / rundir.CONFIG).is_file() and (variant or (run_dir / rundir.OVERRIDES).is_file()):
+        rundir.write_overrides(run_dir, variant)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     from steer.io.artifacts import CorruptArtifact
     from steer.stages import ConfigError, remove_empty_run_dir, run
+    from steer.stages.tune import check_tune, trial_target
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        with node_slot(cfg):
-            run(cfg, run_dir)
+        check_tune(cfg)
+        try:
+            with node_slot(cfg):
+                run(cfg, run_dir)
+        finally:
+            record_variant(run_dir)
+        return trial_target(cfg, run_dir)
     except (ConfigError, CorruptArtifact) as err:
         log.error("%s: %s", "config error" if isinstance(err, ConfigError) else "damaged file", err)
         remove_empty_run_dir(run_dir, Path(cfg.output_root))  # Hydra made them; nothing was written

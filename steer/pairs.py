@@ -40,9 +40,13 @@ class Splits:
     digest: str = ""
     # What the pairs were read from (a file, folder or hub file); recorded in pairs.jsonl with the digest.
     source: str = ""
+    # Carved from train by ``carve_validation`` (``dataset.validation``): what tuning reads; empty by default.
+    validation: list[PolarityPair] = field(default_factory=list)
 
     def items(self) -> Iterable[tuple[str, list[PolarityPair]]]:
-        return (("train", self.train), ("test", self.test))
+        """The non-empty splits in the order ``pairs.jsonl`` holds them (train, validation, test)."""
+        named = (("train", self.train), ("validation", self.validation), ("test", self.test))
+        return ((name, pairs) for name, pairs in named if pairs or name != "validation")
 
 
 @dataclass(frozen=True)
@@ -90,13 +94,47 @@ def sample(pairs: Sequence[PolarityPair], n: int | None, seed: int) -> list[Pola
     return [pairs[i] for i in keep]
 
 
+def validation_size(validation: int | float | None, n_train: int) -> int:
+    """How many train pairs ``dataset.validation`` asks for: a count (int ≥ 0) or a fraction of
+    train (0 < f < 1); 0 or null = none. At least one pair must stay in train."""
+    if validation is None or validation == 0:
+        return 0
+    if isinstance(validation, bool) or not isinstance(validation, (int, float)):
+        raise ValueError(f"dataset.validation must be a count, a fraction in (0, 1) or 0, got {validation!r}")
+    if isinstance(validation, float) and not validation.is_integer():
+        if not 0 < validation < 1:
+            raise ValueError(f"dataset.validation={validation}: a fraction must lie in (0, 1)")
+        n = max(1, round(validation * n_train))
+    else:
+        n = int(validation)
+        if n < 0:
+            raise ValueError(f"dataset.validation must be >= 0, got {validation!r}")
+    if n >= n_train:
+        raise ValueError(
+            f"dataset.validation={validation} asks for {n} of {n_train} train pairs; at least one must stay in train"
+        )
+    return n
+
+
+def carve_validation(splits: Splits, validation: int | float | None, seed: int) -> Splits:
+    """Move ``validation_size`` train pairs, drawn with ``seed``, to the validation split (train
+    keeps its order). Disjoint from train by construction and from test since it comes from train."""
+    n = validation_size(validation, len(splits.train))
+    if n == 0:
+        return splits
+    chosen = set(random.Random(seed).sample(range(len(splits.train)), n))
+    train = [p for i, p in enumerate(splits.train) if i not in chosen]
+    held = [p for i, p in enumerate(splits.train) if i in chosen]
+    return replace(splits, train=train, validation=held)
+
+
 def apply_limit(splits: Splits, limit: int | None) -> Splits:
     """Cap every split at ``limit`` examples (``dataset.limit``), keeping the split order."""
     if limit is None:
         return splits
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise ValueError(f"dataset.limit must be a positive integer or null, got {limit!r}")
-    return replace(splits, train=splits.train[:limit], test=splits.test[:limit])
+    return replace(splits, train=splits.train[:limit], test=splits.test[:limit], validation=splits.validation[:limit])
 
 
 def check_nonempty(splits: Splits, name: str) -> Splits:

@@ -19,6 +19,7 @@ report and other readers of finished runs stay light.
     judge_server.log           the log of the local judge server (judge=local)
     metrics.json               one section per stage of headline numbers
     config.yaml                the resolved config of the run (secrets redacted)
+    overrides.yaml             the overrides that made the run a variant of its cell (its subdirectory's name)
     stages.json                the ledger of finished stages: fingerprints of their inputs and outputs
     run_info.json              provenance: versions, git commit, model and data hashes, command, times, status
     run.log                    the run's log
@@ -56,6 +57,7 @@ ACCURACY = "accuracy.parquet"
 SERVER_LOG = "judge_server.log"
 METRICS = "metrics.json"
 CONFIG = "config.yaml"
+OVERRIDES = "overrides.yaml"
 LEDGER = "stages.json"
 RUN_LOG = "run.log"
 RUN_INFO = "run_info.json"
@@ -144,3 +146,19 @@ def write_config(run_dir: str | Path, config: dict) -> None:
     from omegaconf import OmegaConf
 
     atomic_write_text(Path(run_dir) / CONFIG, OmegaConf.to_yaml(OmegaConf.create(config)))
+
+
+def read_overrides(run_dir: str | Path) -> dict[str, str]:
+    """``overrides.yaml``: the fingerprinted keys the run's command line set (``key: value`` as
+    written); empty for a run of the default config or one written before the file existed."""
+    path = Path(run_dir) / OVERRIDES
+    if not path.is_file():
+        return {}
+    value = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} does not hold a mapping")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def write_overrides(run_dir: str | Path, overrides: dict[str, str]) -> None:
+    atomic_write_text(Path(run_dir) / OVERRIDES, yaml.safe_dump(dict(overrides), sort_keys=True))

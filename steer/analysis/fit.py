@@ -54,7 +54,9 @@ UTIL_PARAMS = ("beta", "b", *DECAY_PARAMS)
 PARAMS = {"pref": PREF_PARAMS, "util": UTIL_PARAMS}
 # The sweep.parquet column each kind of curve is fitted to.
 COLUMNS = {"pref": "pref_odds", "util": "util_odds"}
+# The splits every run has; ``validation`` (``dataset.validation``) is fitted too when the sweep has it.
 SPLITS = ("train", "test")
+ALL_SPLITS = ("train", "validation", "test")
 # Thresholds of the slope ratio s(m)/s(0) that end the linear region and start the convergence one.
 REGION_THRESHOLDS = (0.5, 0.1)
 # Candidate decays ranked before the SLSQP restarts.
@@ -446,6 +448,11 @@ class SweepFit:
     curves: dict[tuple[str, str], pd.DataFrame]
     fits: dict[tuple[str, str], Fit]
 
+    @property
+    def splits(self) -> list[str]:
+        """The fitted splits in ``ALL_SPLITS`` order."""
+        return [s for s in ALL_SPLITS if ("pref", s) in self.fits]
+
     def transfer_r2(self, kind: str) -> float:
         """R² of the train fit on the test curve (Table 6)."""
         test = self.curves[kind, "test"]
@@ -461,7 +468,7 @@ class SweepFit:
         out: dict = {}
         for kind in COLUMNS:
             entry: dict = {}
-            for split in SPLITS:
+            for split in self.splits:
                 fit = self.fits[kind, split]
                 entry[split] = {"params": fit.params, "r2": _json_float(fit.r2)}
                 if fit.degenerate:
@@ -474,9 +481,11 @@ class SweepFit:
 
 
 def fit_sweep(frame: pd.DataFrame, restarts: int = 16, seed: int = 0, progress: bool = False) -> SweepFit:
-    """Fit preference and utility on the train and on the test mean curves of a ``sweep.parquet`` frame
-    (``progress``: a bar over each curve's restarts)."""
-    curves = {(kind, split): mean_curve(frame, split, col) for kind, col in COLUMNS.items() for split in SPLITS}
+    """Fit preference and utility on the train, the validation (when the sweep has it) and the test
+    mean curves of a ``sweep.parquet`` frame (``progress``: a bar over each curve's restarts)."""
+    present = set(frame["split"].unique())
+    splits = [s for s in ALL_SPLITS if s in SPLITS or s in present]
+    curves = {(kind, split): mean_curve(frame, split, col) for kind, col in COLUMNS.items() for split in splits}
     fits = {
         key: fit_curve(key[0], c["m"], c["mean"], restarts, seed, progress, label=f"{key[0]} {key[1]}")
         for key, c in curves.items()

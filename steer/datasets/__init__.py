@@ -17,7 +17,7 @@ from types import ModuleType
 from steer.datasets import axbench, persona, powerseeking, sentiment
 from steer.pairs import Splits
 
-GENERIC_KEYS = ("name", "loader", "limit", "instruction", "answer_format", "generation")
+GENERIC_KEYS = ("name", "loader", "limit", "validation", "instruction", "answer_format", "generation")
 
 LOADERS: dict[str, ModuleType] = {
     "sentiment": sentiment,

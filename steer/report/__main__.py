@@ -1,7 +1,7 @@
 """The command line of the reports: ``python -m steer.report TARGET``.
 
     python -m steer.report table2|table3|table5|table6|fig2|fig4|fig5 [--outputs DIR] [--dataset NAME ...]
-    python -m steer.report table2|table3|table5|table6|front [--bootstrap N --seed S] [--deltas 1,2,5]
+    python -m steer.report table2|table3|table5|table6|front|compare [--bootstrap N --seed S] [--deltas 1,2,5]
 
 Tables 2, 5, 6 are the R² of the fits (``steer.report.r2``), ``table3`` the judged results
 (``steer.report.table3``), fig2/4/5 the dynamics figures (``steer.report.figures``), ``front`` the
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from steer.analysis.fit import SPLITS
+from steer.report.compare import build_compare
 from steer.report.figures import FIGURES, build_figure
 from steer.report.front import DELTAS, build_front, parse_deltas
 from steer.report.r2 import TABLES, build_table
@@ -32,8 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "target",
-        choices=[*TABLES, "table3", *FIGURES, "front"],
-        help="a paper table or figure, or the preference-utility front",
+        choices=[*TABLES, "table3", *FIGURES, "front", "compare"],
+        help="a paper table or figure, the preference-utility front, or the tuned comparison (docs/tuning.md)",
     )
     parser.add_argument("--outputs", type=Path, default=Path("outputs"), help="where the run directories are")
     parser.add_argument(
@@ -47,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap replicates")
     parser.add_argument("--deltas", default=None, help="front: utility budgets δ, comma-separated (default 1,2,5)")
+    parser.add_argument("--delta", type=float, default=1.0, help="compare: the utility budget δ (tuning's tune.delta)")
     args = parser.parse_args(argv)
     if args.bootstrap < 0:
         parser.error(f"--bootstrap must be >= 0, got {args.bootstrap}")
@@ -60,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.dataset:
                 parser.error("--dataset applies to figures only: tables cover every data set found")
             paths = build_table(args.target, args.outputs, args.bootstrap, args.seed)
+            print(paths[0].read_text())
+        elif args.target == "compare":
+            paths = build_compare(args.outputs, args.delta, args.bootstrap or 1000, args.seed)
             print(paths[0].read_text())
         elif args.target == "front":
             deltas = parse_deltas(args.deltas) if args.deltas else list(DELTAS)

@@ -22,13 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from steer import rundir
 from steer.analysis.bootstrap import RESTARTS, Curves, Interval, percentile_interval, replicate
 from steer.analysis.fit import COLUMNS, curve, fit_curve, fit_from_json, mean_curve
+from steer.analysis.front import Best, best_fitted, best_within, fine_grid
 from steer.analysis.plots import save_figure
 from steer.report.runs import (
     FORM_LABELS,
@@ -47,52 +47,8 @@ from steer.report.tables import Cell, write_table
 # Utility budgets in nats of UtilOdds (log-odds of P(A_p) + P(A_n)); summed-over-tokens losses of
 # whole sentences put UtilOdds far below 0, where a budget of a few nats is a factor of e^δ in P_u.
 DELTAS = (1.0, 2.0, 5.0)
-FINE = 4001
 FORM_COLORS = {"vector": "C0", "lora": "C1", "local_weight": "C2"}
 OBJECTIVE_STYLES = {"diffmean": (":", "x"), "sft": ("--", "o"), "reps": ("-.", "^"), "split": ("-", "s")}
-
-
-@dataclass(frozen=True)
-class Best:
-    """The best PrefOdds within a utility budget, the m attaining it and the UtilOdds there."""
-
-    pref: float
-    m: float
-    util: float
-
-
-def best_within(m, pref, util, delta: float) -> Best:
-    """Largest ``pref`` over the m connected to m = 0 where ``util`` ≥ util(0) − ``delta``.
-
-    ``m`` must be sorted and contain 0; the walk from 0 stops at the first m on each side whose
-    utility has fallen more than ``delta`` below its value at 0.
-    """
-    m, pref, util = (np.asarray(x, dtype=np.float64) for x in (m, pref, util))
-    if delta < 0:
-        raise ValueError(f"delta must be >= 0, got {delta}")
-    zero = np.flatnonzero(m == 0.0)
-    if zero.size != 1 or np.any(np.diff(m) <= 0):
-        raise ValueError("best_within: m must be strictly increasing and contain 0 once")
-    z = int(zero[0])
-    ok = util >= util[z] - delta
-    lo = z
-    while lo > 0 and ok[lo - 1]:
-        lo -= 1
-    hi = z
-    while hi < len(m) - 1 and ok[hi + 1]:
-        hi += 1
-    k = lo + int(np.argmax(pref[lo : hi + 1]))
-    return Best(float(pref[k]), float(m[k]), float(util[k]))
-
-
-def fine_grid(m_min: float, m_max: float, points: int = FINE) -> np.ndarray:
-    return np.union1d(np.linspace(m_min, m_max, points), [0.0])
-
-
-def best_fitted(pref_params: dict, util_params: dict, m_min: float, m_max: float, delta: float) -> Best:
-    """``best_within`` on the fitted curves (``steer.analysis.fit.curve``) over [m_min, m_max]."""
-    ms = fine_grid(m_min, m_max)
-    return best_within(ms, curve("pref", ms, pref_params), curve("util", ms, util_params), delta)
 
 
 @dataclass(frozen=True)
@@ -170,11 +126,26 @@ QUANTITIES = {
 }
 
 
+def variant_labels(rows: Sequence[FrontRow]) -> list[str]:
+    """Per row, the overrides (``overrides.yaml``) that set its run apart from the other runs of the
+    same cell (model, layer, data set, form, objective); '' for a cell with one run."""
+    overrides = [rundir.read_overrides(row.run.path) for row in rows]
+    cells = [(r.run.model, r.run.layer, r.run.dataset, r.run.form, r.run.objective) for r in rows]
+    labels = []
+    for cell, mine in zip(cells, overrides, strict=True):
+        others = [o for c, o in zip(cells, overrides, strict=True) if c == cell]
+        keys = sorted({k for o in others for k in o if any(o.get(k) != p.get(k) for p in others)})
+        labels.append(", ".join(f"{k}={mine.get(k, 'default')}" for k in keys) if len(others) > 1 else "")
+    return labels
+
+
 def front_frame(rows: Sequence[FrontRow], deltas: Sequence[float]) -> pd.DataFrame:
     """The front as one table: a row per run, per δ the fitted best PrefOdds (with its interval), the m
-    attaining it and the UtilOdds there, and the same rule on the swept points."""
+    attaining it and the UtilOdds there, and the same rule on the swept points. Two runs of one cell
+    get a ``variant`` column: the overrides that differ between them."""
     records = []
-    for row in rows:
+    variants = variant_labels(rows)
+    for row, variant in zip(rows, variants, strict=True):
         run = row.run
         zero = row.curves["pref"]["m"] == 0.0
         record = {
@@ -183,6 +154,7 @@ def front_frame(rows: Sequence[FrontRow], deltas: Sequence[float]) -> pd.DataFra
             ("", "dataset"): run.dataset,
             ("", "form"): run.form,
             ("", "objective"): run.objective,
+            ("", "variant"): variant,
             ("", "pref_at_0"): Cell(float(row.curves["pref"]["mean"][zero].iloc[0]), digits=2),
             ("", "run"): str(run.path),
         }
@@ -192,7 +164,8 @@ def front_frame(rows: Sequence[FrontRow], deltas: Sequence[float]) -> pd.DataFra
             record.update({("m_fit", f"d{d}"): fit.m, ("util_fit", f"d{d}"): fit.util})
             record.update({("pref_swept", f"d{d}"): Cell(swept.pref, digits=2), ("m_swept", f"d{d}"): swept.m})
         records.append(record)
-    labels = [("", key) for key in ("model", "layer", "dataset", "form", "objective", "pref_at_0", "run")]
+    keys = ("model", "layer", "dataset", "form", "objective", "variant", "pref_at_0", "run")
+    labels = [("", key) for key in keys if key != "variant" or any(variants)]
     columns = labels + [(key, f"d{d}") for key in QUANTITIES for d in deltas]
     return pd.DataFrame.from_records(records, columns=pd.MultiIndex.from_tuples(columns))
 
@@ -236,7 +209,7 @@ def build_front(
         "the swept range, and the same rule on the swept points as a check, with the m attaining each; "
         "Pref(0) = mean PrefOdds at m = 0." + note
     )
-    names = NAMES | {"pref_at_0": "Pref(0)"} | {f"d{d}": f"δ={d:g}" for d in deltas}
+    names = NAMES | {"pref_at_0": "Pref(0)", "variant": "Variant"} | {f"d{d}": f"δ={d:g}" for d in deltas}
     detail = [("", "run"), *(("util_fit", f"d{d}") for d in deltas)]
     written = write_table(
         out,

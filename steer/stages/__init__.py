@@ -32,7 +32,7 @@ from steer.stages.data import DataStage
 from steer.stages.fit import FitStage
 from steer.stages.ignored import check_ignored, hydra_overrides
 from steer.stages.judge import JudgeStage
-from steer.stages.runner import Fingerprints, kept, plan, run_stage_list
+from steer.stages.runner import Fingerprints, fingerprinted, kept, plan, run_stage_list
 from steer.stages.sweep import SweepStage
 from steer.stages.train import TrainStage
 
@@ -68,7 +68,7 @@ def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = Fa
 
     from steer.runtime.resolvers import register
 
-    register()
+    register(fingerprinted(STAGES))
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 

@@ -25,6 +25,7 @@ from steer.pairs import (
     PolarityPair,
     Splits,
     apply_limit,
+    carve_validation,
     check_nonempty,
     render_prompt,
     strip_answer,
@@ -56,9 +57,12 @@ def generation_settings(dataset: dict) -> tuple[int, int]:
 
 
 def load_dataset(cfg: DictConfig) -> Splits:
-    """The train/test splits the config asks for, limited, checked non-empty. Cheap: no model."""
+    """The train/validation/test splits the config asks for, limited, checked non-empty. Cheap: no
+    model. The validation pairs (``dataset.validation``) are drawn from the full train split with
+    ``seed`` before ``dataset.limit`` caps each split."""
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     splits = load_splits(dataset["loader"], loader_options(dataset))
+    splits = carve_validation(splits, dataset.get("validation"), int(cfg.seed))
     splits = check_nonempty(apply_limit(splits, dataset.get("limit")), dataset["name"])
     if needs_own_answers(splits):
         generation_settings(dataset)
@@ -80,7 +84,7 @@ def with_own_answers(ctx: RunContext, splits: Splits, instruction: str | None) -
         splits.digest,
         max_new_tokens,
         batch_size,
-        bool(ctx.cfg.progress),
+        ctx.progress,
         map_items=ctx.map_sharded,
     )
     if found is None:
@@ -98,7 +102,7 @@ def with_own_answers(ctx: RunContext, splits: Splits, instruction: str | None) -
             out.append(pair)
         return out
 
-    return replace(splits, train=fill(splits.train), test=fill(splits.test))
+    return replace(splits, train=fill(splits.train), validation=fill(splits.validation), test=fill(splits.test))
 
 
 def pair_records(ctx: RunContext, splits: Splits, instruction: str | None) -> list[PairRecord] | None:
@@ -134,4 +138,4 @@ class DataStage(Stage):
         if records is None:
             return
         rundir.write_pairs(ctx.run_dir, records)
-        log.info("pairs: %d train, %d test -> %s", len(splits.train), len(splits.test), ctx.path(rundir.PAIRS))
+        log.info("pairs: %s -> %s", ", ".join(f"{len(p)} {name}" for name, p in splits.items()), ctx.path(rundir.PAIRS))

@@ -15,6 +15,7 @@ from steer.core.sweep import check_grid
 from steer.runtime.tracking import log_fit
 from steer.stages.base import ConfigError, Stage
 from steer.stages.context import RunContext
+from steer.stages.tune import target_of
 
 log = logging.getLogger("steer")
 
@@ -34,7 +35,7 @@ def run_panels(result: SweepFit) -> list[Panel]:
             curves={kind: result.curves[kind, split] for kind in ("pref", "util")},
             fits={kind: result.fits[kind, split] for kind in ("pref", "util")},
         )
-        for split in SPLITS
+        for split in result.splits
     ]
 
 
@@ -66,6 +67,9 @@ class FitStage(Stage):
         log.info("fit R² (train/test fits, train fit scored on test = transfer):\n%s", table.to_string())
         log_fit(ctx.tracker, result, summary)
         ctx.tracker.image("fit/dynamics", figure)
+        if cfg.get("tune", {}).get("split"):  # a tuning trial: its target beside its parameters in W&B
+            best = target_of(cfg, ctx.run_dir)
+            ctx.tracker.summary({"tune/target": best.pref, "tune/m": best.m, "tune/util": best.util})
 
     def summary(self, run_dir: Path) -> str | None:
         if not (run_dir / rundir.FIT).is_file():

@@ -59,6 +59,23 @@ def config_subset(cfg: DictConfig, keys: Sequence[str], ignore: Sequence[str] = 
     return subset
 
 
+def fingerprinted(stages: Sequence[Stage]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(keys, ignore) of all ``stages`` together: a config key some stage's fingerprint covers is
+    under one of the keys and not under that stage's ignored ones (``steer.runtime.resolvers``
+    names run directories by them). An ignored key counts when another stage covers it."""
+    keys = tuple(dict.fromkeys(k for s in stages for k in s.keys))
+    ignore = tuple(
+        i
+        for i in dict.fromkeys(i for s in stages for i in s.ignore)
+        if all(i in s.ignore for s in stages if _under(i, s.keys))
+    )
+    return keys, ignore
+
+
+def _under(key: str, prefixes: Sequence[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
 def model_identity(cfg: DictConfig) -> str | None:
     """The model's weights identity (``steer.io.provenance.weights_identity``: sampled, milliseconds)."""
     source = str(cfg.model.source)

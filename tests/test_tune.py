@@ -1,0 +1,258 @@
+"""Tuning: a trial's target (validation only), the resumable Optuna study through run.py, the
+paired bootstrap and the comparison report."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from steer import rundir
+from steer.analysis.front import front_value
+from steer.analysis.paired import BETTER, TIE, WORSE, difference_interval, paired_replicates, verdict
+from steer.pairs import PairRecord
+from steer.report.compare import build_compare
+from steer.stages import ConfigError, compose_config
+from steer.stages.tune import check_tune, target_of
+
+REPO = Path(__file__).resolve().parents[1]
+GRID = [-4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+# ---------------------------------------------------------------- the paired bootstrap
+
+
+def test_paired_bootstrap_of_a_constant_shift_is_exact():
+    """B = A + 0.5 on every example: every paired replicate's difference is 0.5, whatever the draw."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=30)
+    b = a + 0.5
+    samples = paired_replicates(30, lambda rows: {"a": a[rows].mean(), "b": b[rows].mean()}, 200, seed=1)
+    interval = difference_interval(samples["b"], samples["a"])
+    assert interval.lo == pytest.approx(0.5) and interval.hi == pytest.approx(0.5)
+    assert verdict(interval) == BETTER and verdict(difference_interval(samples["a"], samples["b"])) == WORSE
+    # unpaired, the same two runs overlap: the shift is small against the spread of the examples
+    assert percentile_width(samples["a"]) > 0.5
+
+
+def percentile_width(samples) -> float:
+    lo, hi = np.percentile(samples, [2.5, 97.5])
+    return hi - lo
+
+
+def test_paired_bootstrap_interval_matches_the_normal_theory():
+    """Differences d ~ N(0.3, 1) over 400 examples: the interval is mean(d) ± 1.96·sd/√n (to ~10 %)."""
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=400)
+    b = a + rng.normal(0.3, 1.0, size=400)
+    samples = paired_replicates(400, lambda rows: {"a": a[rows].mean(), "b": b[rows].mean()}, 2000, seed=3)
+    interval = difference_interval(samples["b"], samples["a"])
+    d = b - a
+    half = 1.96 * d.std() / np.sqrt(d.size)
+    assert (interval.lo + interval.hi) / 2 == pytest.approx(d.mean(), abs=0.1 * half)
+    assert (interval.hi - interval.lo) / 2 == pytest.approx(half, rel=0.1)
+    assert verdict(interval) == BETTER
+    same = paired_replicates(
+        400, lambda rows: {"a": a[rows].mean(), "c": (a + rng.normal(0, 1e-3))[rows].mean()}, 500, 4
+    )
+    assert verdict(difference_interval(same["c"], same["a"])) == TIE
+
+
+# ---------------------------------------------------------------- the trial's target
+
+
+def sweep_frame(shift: dict[str, float], n: int = 4) -> pd.DataFrame:
+    """PrefOdds = m + shift[split] + noise, UtilOdds = −m²/4 (within δ = 1 while |m| ≤ 2)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for split, s in shift.items():
+        for i in range(n):
+            for m in GRID:
+                pref = m + s + 0.1 * rng.normal()
+                rows.append({"split": split, "example_id": f"{split}{i}", "m": m, "loss_pos": 1.0, "loss_neg": 1.0})
+                rows[-1].update(pref_odds=pref, util_odds=-(m**2) / 4)
+    return pd.DataFrame(rows)
+
+
+def tune_cfg(*extra: str):
+    return compose_config(["dataset.validation=2", "tune.split=validation", "tune.value=swept", *extra])
+
+
+def test_the_target_reads_no_test_row(tmp_path):
+    """The trial's number is the same whatever the test rows and test fits hold, and moves with validation."""
+    frame = sweep_frame({"train": 0.0, "validation": 1.0, "test": 5.0})
+    rundir.write_sweep(tmp_path, frame)
+    cfg = tune_cfg()
+    best = target_of(cfg, tmp_path)
+    assert best.m == 2.0 and best.pref == pytest.approx(
+        frame.query("split == 'validation' and m == 2").pref_odds.mean()
+    )
+    garbled = frame.copy()
+    garbled.loc[garbled.split == "test", ["pref_odds", "util_odds"]] = np.nan
+    rundir.write_sweep(tmp_path, garbled)
+    assert target_of(cfg, tmp_path) == best
+    rundir.write_sweep(tmp_path, garbled[garbled.split != "test"])
+    assert target_of(cfg, tmp_path) == best
+    # the fitted value reads the validation fit alone (a fit.json without test fits)
+    fit = {kind: {"validation": {"params": params}} for kind, params in linear_fits().items()}
+    # UtilOdds = 4/(1 + m²/4) − 4 stays within δ = 1 of U(0) = 0 while |m| ≤ 2/√3
+    assert front_value(garbled, fit, "validation", 1.0, "fit").m == pytest.approx(2 / np.sqrt(3), abs=2e-3)
+
+
+def linear_fits() -> dict:
+    from steer.analysis.fit import NEUTRAL_DECAY
+
+    flat = {**NEUTRAL_DECAY, "p_pos": 0.0, "p_neg": 0.0}
+    decay = {**NEUTRAL_DECAY, "L_pos": 4.0, "L_neg": 4.0}
+    return {"pref": {"alpha": 1.0, "beta": 1.0, "b": 0.0, **flat}, "util": {"beta": 4.0, "b": -4.0, **decay}}
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["tune.split=test"], "never on test"),
+        (["dataset.validation=0"], "dataset.validation is 0"),
+        (["tune.delta=-1"], "tune.delta"),
+        (["tune.value=best"], "tune.value"),
+        (["stages=[train]"], "reads the sweep stage"),
+    ],
+)
+def test_tuning_settings_that_cannot_work_are_refused(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        check_tune(tune_cfg(*overrides))
+
+
+# ---------------------------------------------------------------- the study through run.py
+
+STUDY = [
+    "experiment=tune_vector_diffmean",
+    "layer=choice(12,15)",
+    "hydra.sweeper.n_trials=2",
+    "dataset.limit=2",
+    "dataset.validation=2",
+    f"sweep.grid=[{','.join(str(int(m)) for m in GRID)}]",
+    "fit.restarts=1",
+    "progress=false",
+    "tracking.wandb=false",
+]
+
+
+def trials(db: Path) -> list[tuple[int, str]]:
+    with sqlite3.connect(db) as con:
+        return con.execute("SELECT number, state FROM trials ORDER BY number").fetchall()
+
+
+def test_a_two_trial_study_end_to_end(tmp_path):
+    """Two trials through run.py and the Optuna sweeper: a study in SQLite, the target of each on
+    validation in metrics.json, and a best.yaml a later run composes as an experiment."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "run.py", "-m", *STUDY, f"output_root={out}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [state for _, state in trials(out / "tune" / "studies.db")] == ["COMPLETE", "COMPLETE"]
+    best = json.loads(next((out / "tune" / "best").glob("*.json")).read_text())
+    run_dir = Path(best["run_dir"])
+    tune = rundir.read_metrics(run_dir)["tune"]
+    assert tune["split"] == "validation" and tune["target"] == pytest.approx(best["value"])
+    assert {r.split for r in rundir.read_pairs(run_dir)} == {"train", "validation", "test"}
+    experiment = Path(best["experiment"])
+    body = yaml.safe_load(experiment.read_text())
+    assert body["layer"] == best["params"]["layer"] and body["dataset"]["limit"] == 2
+    cfg = compose_config([f"hydra.searchpath=[file://{out / 'tune'}]", f"experiment={experiment.stem}"])
+    assert cfg.layer == best["params"]["layer"] and cfg.objective.name == "diffmean"
+    assert cfg.output_root == str(out / "tuned")
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_without_repeating_a_finished_trial(tmp_path):
+    """Kill the sweep during its second trial; the same command completes exactly 2 trials, the
+    first one's run untouched, the interrupted one's parameters run again."""
+    out = tmp_path / "out"
+    command = [sys.executable, "run.py", "-m", *STUDY, "layer=choice(12,13,14,15,16,17,18,19,20,21)"]
+    command += [f"output_root={out}"]
+    db = out / "tune" / "studies.db"
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and not (
+        db.is_file() and [s for _, s in trials(db)][-1:] == ["RUNNING"] and len(trials(db)) == 2
+    ):
+        time.sleep(0.5)
+    time.sleep(3)
+    proc.terminate()
+    proc.wait(timeout=120)
+    states = [s for _, s in trials(db)]
+    assert states == ["COMPLETE", "RUNNING"], states
+    finished = [p for p in out.rglob(rundir.LEDGER) if rundir.read_json(p).get("fit")]
+    stamps = {p: p.stat().st_mtime_ns for p in finished}
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    states = [s for _, s in trials(db)]
+    assert states.count("COMPLETE") == 2 and states.count("FAIL") == 1 and len(states) == 3
+    with sqlite3.connect(db) as con:
+        params = con.execute("SELECT trial_id, param_value FROM trial_params ORDER BY trial_id").fetchall()
+    assert params[1][1] == params[2][1]  # the interrupted trial's layer ran again
+    assert finished and all(p.stat().st_mtime_ns == stamps[p] for p in finished)  # finished before the kill
+
+
+# ---------------------------------------------------------------- the comparison report
+
+
+def write_tuned(root: Path, objective: str, shift: float, positives: list[str]) -> None:
+    """A best trial of ``objective`` whose test PrefOdds are the shared base curve + ``shift``."""
+    run_dir = root / "runs" / objective
+    run_dir.mkdir(parents=True)
+    config = {"model": {"name": "tiny"}, "layer": 3, "intervention": {"form": "vector"}}
+    config.update(objective={"name": objective}, dataset={"name": "yesno", "loader": "psychopathy"})
+    (run_dir / rundir.CONFIG).write_text(yaml.safe_dump(config))
+    frame = sweep_frame({"test": 0.0}, n=len(positives))
+    frame["pref_odds"] += shift
+    rundir.write_sweep(run_dir, frame)
+    records = [PairRecord("test", f"test{i}", "q", p, "No" if p == "Yes" else "Yes") for i, p in enumerate(positives)]
+    rundir.write_pairs(run_dir, records)
+    best = {"run_dir": str(run_dir), "trials_complete": 6, "value": 1.0, "params": {"lr": 0.1}, "distinct_complete": 5}
+    (root / "tune" / "best").mkdir(parents=True, exist_ok=True)
+    (root / "tune" / "best" / f"{objective}.json").write_text(json.dumps(best))
+
+
+def test_compare_reports_paired_verdicts_and_balanced_accuracy(tmp_path):
+    positives = ["Yes", "No", "No", "No"]
+    write_tuned(tmp_path, "split", 1.0, positives)
+    write_tuned(tmp_path, "sft", 0.0, positives)
+    write_tuned(tmp_path, "reps", 1.0, positives)
+    paths = build_compare(tmp_path, delta=1.0, bootstrap=200, seed=0)
+    diffs = pd.read_csv(tmp_path / "reports" / "compare-differences.csv").set_index("comparison")
+    assert diffs.loc["SPLIT − SFT", "difference"] == pytest.approx(1.0)
+    assert diffs.loc["SPLIT − SFT", "difference_lo"] == pytest.approx(1.0)
+    assert diffs.loc["SPLIT − SFT", "verdict"] == BETTER
+    assert diffs.loc["SPLIT − RePS", "verdict"] == TIE
+    values = pd.read_csv(tmp_path / "reports" / "compare.csv").set_index("objective")
+    # at the chosen m = 2 every pair prefers A_p: accuracy 1 on both classes
+    assert values.loc["split", "m"] == 2.0 and values.loc["split", "balanced_accuracy"] == 1.0
+    assert values.loc["split", "test_lo"] <= values.loc["split", "test"] <= values.loc["split", "test_hi"]
+    text = paths[0].read_text()
+    assert any(p.suffix == ".png" for p in paths) and "Vanilla (m = 0)" in text and "better" in text
+
+
+def test_a_resumed_study_draws_new_parameters():
+    """A resumed study's sampler is seeded seed + trials held: not the first trials' draws again."""
+    from omegaconf import OmegaConf
+
+    from steer.runtime.tuning import reseeded
+
+    config = OmegaConf.create({"_target_": "optuna.samplers.TPESampler", "seed": 3})
+    assert reseeded(config, "the sampler", 0) == "the sampler"
+    resumed = reseeded(config, "the sampler", 4)
+    assert resumed._rng.rand() == pytest.approx(np.random.RandomState(7).rand())
