@@ -223,12 +223,13 @@ def architecture(config) -> Architecture:
 
 def site_path(config, site: str) -> str:
     """The module path of ``site`` inside a decoder layer of ``config``'s architecture; a site the
-    architecture lacks is a ValueError saying why. Needs only the config: called before any weights load."""
+    architecture lacks is a ValueError saying why. Needs only the config: called before any weights load.
+    A site the table does not name (a new form's, e.g. ``self_attn.o_proj``) is its own module path,
+    checked when the model loads: adding a form needs no edit here."""
     arch = architecture(config)
-    if site in arch.sites:
-        return arch.sites[site]
-    why = arch.missing.get(site, f"steer knows no module for site {site!r} in it")
-    raise ValueError(f"model type {config.model_type!r} has no {site} site: {why}")
+    if site in arch.missing:
+        raise ValueError(f"model type {config.model_type!r} has no {site} site: {arch.missing[site]}")
+    return arch.sites.get(site, site)
 
 
 def config_from_shapes(shapes: Mapping):

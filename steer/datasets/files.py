@@ -12,10 +12,9 @@ caches derived from the data.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,22 +78,39 @@ def check_columns(name: str, where: str, present: Sequence[str], required: Seque
         raise ValueError(f"{name}: {where}: missing column {missing[0]!r} (the file has: {', '.join(present)})")
 
 
-def read_text(path: Path) -> str:
-    """The file as UTF-8 text; a binary or otherwise undecodable file fails naming it and the line."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise ValueError(
-            f"{path}:line {line}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
-            f"expected one of {', '.join(FORMATS)} — is this the data file?"
-        ) from None
+SNIFF = 1 << 16  # bytes read ahead so that a binary file is named as such, not by its first parse error
+
+
+def not_text(path: Path, line: int, byte: int, offset: int) -> ValueError:
+    return ValueError(
+        f"{path}:line {line}: not UTF-8 text (byte 0x{byte:02x} at offset {offset}); "
+        f"expected one of {', '.join(FORMATS)} — is this the data file?"
+    )
+
+
+def text_lines(path: Path) -> Iterator[str]:
+    """The file's lines as UTF-8 text, read as a stream (an error on line 1 of a large file is found
+    without reading the rest); undecodable bytes fail naming the file, the line and the byte."""
+    with open(path, "rb") as fh:
+        head = fh.read(SNIFF)
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as err:
+            if err.start < len(head) - 3:  # not a character cut at the end of the block
+                raise not_text(path, head.count(b"\n", 0, err.start) + 1, head[err.start], err.start) from None
+        fh.seek(0)
+        offset = 0
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise not_text(path, lineno, raw[err.start], offset + err.start) from None
+            offset += len(raw)
 
 
 def _jsonl_rows(path: Path) -> list[Row]:
     rows: list[Row] = []
-    for lineno, line in enumerate(read_text(path).split("\n"), 1):
+    for lineno, line in enumerate(text_lines(path), 1):
         if not line.strip():
             continue
         where = f"{path}:line {lineno}"
@@ -110,21 +126,20 @@ def _jsonl_rows(path: Path) -> list[Row]:
 
 def _csv_rows(path: Path, columns: Sequence[str]) -> list[Row]:
     rows: list[Row] = []
-    with io.StringIO(read_text(path), newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if not header:
-            return []
-        check_columns(str(path), "line 1 (header)", header, columns)
+    reader = csv.reader(text_lines(path))
+    header = next(reader, None)
+    if not header:
+        return []
+    check_columns(str(path), "line 1 (header)", header, columns)
+    start = reader.line_num + 1
+    for fields in reader:
+        where = f"{path}:line {start}"
         start = reader.line_num + 1
-        for fields in reader:
-            where = f"{path}:line {start}"
-            start = reader.line_num + 1
-            if not fields:
-                continue
-            if len(fields) != len(header):
-                raise ValueError(f"{where}: expected {len(header)} fields ({', '.join(header)}), got {len(fields)}")
-            rows.append(Row(dict(zip(header, fields, strict=True)), len(rows), where))
+        if not fields:
+            continue
+        if len(fields) != len(header):
+            raise ValueError(f"{where}: expected {len(header)} fields ({', '.join(header)}), got {len(fields)}")
+        rows.append(Row(dict(zip(header, fields, strict=True)), len(rows), where))
     return rows
 
 
