@@ -68,8 +68,8 @@ COMMANDS: dict[str, Command] = {
     "plan": Command(
         "what a preset's runs would cost: tokens, GPU-hours, judge calls", "experiments/paper.py:plan_main"
     ),
-    "serve": Command("serve a model with a trained intervention", "steer.serve:main"),
-    "generate": Command("generate text under a trained intervention", "steer.generate:main"),
+    "serve": Command("an OpenAI-compatible server of trained runs, m chosen per request", "steer.serve.__main__:main"),
+    "generate": Command("completions of a run at several m, side by side", "steer.generate.__main__:main"),
 }
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from steer.analysis.fit import SPLITS
@@ -26,14 +26,36 @@ from steer.report.runs import NoRuns
 from steer.report.table3 import build_table3
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def r2_table(args: argparse.Namespace) -> list[Path]:
+    if args.dataset:
+        raise ValueError("--dataset applies to figures only: tables cover every data set found")
+    return build_table(args.target, args.outputs, args.bootstrap, args.seed)
+
+
+def front(args: argparse.Namespace) -> list[Path]:
+    deltas = parse_deltas(args.deltas) if args.deltas else list(DELTAS)
+    return build_front(args.outputs, deltas, args.bootstrap, args.seed)[0]
+
+
+# One line per report: its name -> what builds it from the parsed options (the files it wrote; a
+# table's Markdown first, which the command prints).
+REPORTS: dict[str, Callable[[argparse.Namespace], list[Path]]] = {
+    **{name: r2_table for name in TABLES},
+    "table3": lambda args: build_table3(args.outputs, args.bootstrap, args.seed),
+    **{name: lambda args: build_figure(args.target, args.outputs, args.dataset, args.split) for name in FIGURES},
+    "front": front,
+    "compare": lambda args: build_compare(args.outputs, args.delta, args.bootstrap or 1000, args.seed),
+}
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m steer.report",
         description="The paper's tables and figures, and the preference-utility front, from finished runs.",
     )
     parser.add_argument(
         "target",
-        choices=[*TABLES, "table3", *FIGURES, "front", "compare"],
+        choices=list(REPORTS),
         help="a paper table or figure, the preference-utility front, or the tuned comparison (docs/tuning.md)",
     )
     parser.add_argument("--outputs", type=Path, default=Path("outputs"), help="where the run directories are")
@@ -49,32 +71,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap replicates")
     parser.add_argument("--deltas", default=None, help="front: utility budgets δ, comma-separated (default 1,2,5)")
     parser.add_argument("--delta", type=float, default=1.0, help="compare: the utility budget δ (tuning's tune.delta)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cli = parser()
+    args = cli.parse_args(argv)
     if args.bootstrap < 0:
-        parser.error(f"--bootstrap must be >= 0, got {args.bootstrap}")
+        cli.error(f"--bootstrap must be >= 0, got {args.bootstrap}")
     if args.target in FIGURES and args.bootstrap:
-        parser.error("--bootstrap applies to the tables and the front, not to figures")
+        cli.error("--bootstrap applies to the tables and the front, not to figures")
     try:
-        if args.target == "table3":
-            paths = build_table3(args.outputs, args.bootstrap, args.seed)
-            print(paths[0].read_text())
-        elif args.target in TABLES:
-            if args.dataset:
-                parser.error("--dataset applies to figures only: tables cover every data set found")
-            paths = build_table(args.target, args.outputs, args.bootstrap, args.seed)
-            print(paths[0].read_text())
-        elif args.target == "compare":
-            paths = build_compare(args.outputs, args.delta, args.bootstrap or 1000, args.seed)
-            print(paths[0].read_text())
-        elif args.target == "front":
-            deltas = parse_deltas(args.deltas) if args.deltas else list(DELTAS)
-            paths, _ = build_front(args.outputs, deltas, args.bootstrap, args.seed)
-            print(paths[0].read_text())
-        else:
-            paths = build_figure(args.target, args.outputs, args.dataset, args.split)
+        paths = REPORTS[args.target](args)
     except (NoRuns, ValueError, KeyError, OSError) as err:  # no runs, a bad option value, a damaged run file
         print(f"steer.report: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
         return 2
+    if paths[0].suffix == ".md":
+        print(paths[0].read_text())
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 

@@ -271,6 +271,22 @@ def fronts_figure(path: Path, g: Comparison, delta: float) -> Path:
     return save_figure(fig, path)
 
 
+# Column headers of both tables (the shared ones from the report package).
+COLUMN_NAMES = NAMES | {
+    "n_test": "Test pairs",
+    "test": f"Test value [{LEVEL:.0%}]",
+    "validation": "Validation",
+    "trials": "Trials",
+    "distinct": "Distinct",
+    "accuracy": "Acc",
+    "balanced_accuracy": "Bal. acc",
+    "yes_no_shift": "Yes/No shift",
+    "comparison": "Paired difference",
+    "difference": f"Δ test value [{LEVEL:.0%}]",
+    "verdict": "Verdict",
+}
+
+
 def build_compare(outputs: Path, delta: float = 1.0, bootstrap: int = 1000, seed: int = 0) -> list[Path]:
     """The comparison report of the studies under ``outputs`` (``<outputs>/tune/best/*.json``)."""
     if delta < 0 or bootstrap < 1:
@@ -289,19 +305,6 @@ def build_compare(outputs: Path, delta: float = 1.0, bootstrap: int = 1000, seed
     groups = [compare_group([t for t in runs if (t.model, t.dataset) == c], delta, bootstrap, seed) for c in cells]
     out = outputs / REPORTS
     figures = [fronts_figure(out / f"compare-{slug(g.model)}-{slug(g.dataset)}.png", g, delta) for g in groups]
-    names = NAMES | {
-        "n_test": "Test pairs",
-        "test": f"Test value [{LEVEL:.0%}]",
-        "validation": "Validation",
-        "trials": "Trials",
-        "distinct": "Distinct",
-        "accuracy": "Acc",
-        "balanced_accuracy": "Bal. acc",
-        "yes_no_shift": "Yes/No shift",
-        "comparison": "Paired difference",
-        "difference": f"Δ test value [{LEVEL:.0%}]",
-        "verdict": "Verdict",
-    }
     caption = (
         f"Each objective at its tuned best (Optuna, chosen on the validation split). Test value = best mean PrefOdds "
         f"reachable while mean UtilOdds stays within δ = {delta:g} of its value at m = 0 (swept points), "
@@ -312,7 +315,7 @@ def build_compare(outputs: Path, delta: float = 1.0, bootstrap: int = 1000, seed
         "other all wrong = a global Yes/No shift)."
     )
     differences = difference_frame(groups)
-    appendix = ["", "## Paired differences", "", markdown_table(differences, names), *notes(groups), ""]
+    appendix = ["", "## Paired differences", "", markdown_table(differences, COLUMN_NAMES), *notes(groups), ""]
     appendix += [f"![{p.stem}]({p.name})" for p in figures]
     written = write_table(
         out,
@@ -320,7 +323,7 @@ def build_compare(outputs: Path, delta: float = 1.0, bootstrap: int = 1000, seed
         value_frame(groups),
         title="Tuned comparison (test split)",
         caption=caption,
-        names=names,
+        names=COLUMN_NAMES,
         detail=["params", "run"],
         appendix=appendix,
     )
@@ -330,6 +333,6 @@ def build_compare(outputs: Path, delta: float = 1.0, bootstrap: int = 1000, seed
         differences,
         title="Tuned comparison: SPLIT against each baseline (test split, paired)",
         caption=caption,
-        names=names,
+        names=COLUMN_NAMES,
     )
     return [*written, *figures]

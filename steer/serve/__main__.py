@@ -40,26 +40,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="[%(asctime)s][%(levelname)s] %(message)s")
-    from steer.serve.runs import read_runs
-
-    try:
-        runs = read_runs(args.run_dirs, args.name)
-        if args.max_batch < 1 or args.max_queue < 1:
-            raise ValueError("--max-batch and --max-queue must be >= 1")
-    except ValueError as err:
-        print(f"steer.serve: {err}", file=sys.stderr)
-        return 2
+def load_served(args: argparse.Namespace, runs: list):
+    """The base model once, every run's Δ on it, and the engine that batches their requests."""
     import torch
-    import uvicorn
 
     from steer.core.interventions import DynamicAffine, RowInterventions
     from steer.core.models import load_model
     from steer.core.precision import model_dtype
-    from steer.io.artifacts import CorruptArtifact
-    from steer.serve.api import Served, create_app
+    from steer.serve.api import Served
     from steer.serve.engine import Engine
 
     if args.threads:
@@ -68,41 +56,59 @@ def main(argv: list[str] | None = None) -> int:
     base = runs[0]
     log.info("serve: loading %s (%s) on %s", base.source, base.precision, device)
     model, tokenizer = load_model(base.source, model_dtype(base.precision, device), device)
-    try:
-        interventions = [DynamicAffine.load(run.run_dir, {"model": run.model}) for run in runs]
-        steering = RowInterventions(interventions).attach(model)
-    except (CorruptArtifact, FileNotFoundError, ValueError, IndexError, TypeError) as err:
-        print(f"steer.serve: {err}", file=sys.stderr)
-        return 2
+    interventions = [DynamicAffine.load(run.run_dir, {"model": run.model}) for run in runs]
+    steering = RowInterventions(interventions).attach(model)
     lock = threading.Lock()
     engine = Engine(
         model, tokenizer, steering, max_batch=args.max_batch, max_waiting=args.max_queue, tokenizer_lock=lock
     )
     context = int(getattr(model.config, "max_position_embeddings", 0) or tokenizer.model_max_length)
-    served = Served(engine, tokenizer, runs, base.model, context, lock)
+    return Served(engine, tokenizer, runs, base.model, context, lock)
+
+
+def serve_until_stopped(args: argparse.Namespace, served) -> int:
+    """uvicorn until Ctrl-C or SIGTERM; then the engine cancels what is left and one line says so."""
+    import uvicorn
+
+    from steer.serve.api import create_app
+
     app = create_app(served)
-    config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=args.grace
-    )
+    config = uvicorn.Config(app, args.host, args.port, log_level=args.log_level, timeout_graceful_shutdown=args.grace)
     server = uvicorn.Server(config)
-    names = ", ".join(run.name for run in runs)
-    print(f"steer.serve: {names} (and {base.model} at m = 0) on http://{args.host}:{args.port}/v1", flush=True)
+    names = ", ".join(run.name for run in served.runs)
+    print(f"steer.serve: {names} (and {served.base} at m = 0) on http://{args.host}:{args.port}/v1", flush=True)
     state = Interrupted()
-    engine.start()
+    served.engine.start()
     try:
         with signals_interrupt(state):  # uvicorn re-raises the signal it shut down on
             server.run()
     except KeyboardInterrupt:
         pass
     finally:
-        running, waiting = engine.load
-        engine.stop(cancel=True)
+        running, waiting = served.engine.load
+        served.engine.stop(cancel=True)
     how = f"on {state.name}" if state.signum else "stopped"
     print(
         f"steer.serve: {how} after {served.requests} requests ({running} running and {waiting} waiting cancelled)",
         flush=True,
     )
     return 0 if server.started else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="[%(asctime)s][%(levelname)s] %(message)s")
+    from steer.io.artifacts import CorruptArtifact
+    from steer.serve.runs import read_runs
+
+    try:
+        if args.max_batch < 1 or args.max_queue < 1:
+            raise ValueError("--max-batch and --max-queue must be >= 1")
+        served = load_served(args, read_runs(args.run_dirs, args.name))
+    except (CorruptArtifact, FileNotFoundError, ValueError, IndexError, TypeError) as err:
+        print(f"steer.serve: {err}", file=sys.stderr)
+        return 2
+    return serve_until_stopped(args, served)
 
 
 if __name__ == "__main__":
