@@ -12,6 +12,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -62,6 +63,10 @@ def record_variant(run_dir: Path) -> None:
         rundir.write_overrides(run_dir, variant)
 
 
+class JobRefused(CompactHydraException):
+    """A multirun job refused before any work: Hydra prints its message alone, not a traceback."""
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from steer.io.artifacts import CorruptArtifact
@@ -81,7 +86,8 @@ def main(cfg: DictConfig) -> float | None:
         log.error("%s: %s", "config error" if isinstance(err, ConfigError) else "damaged file", err)
         remove_empty_run_dir(run_dir, Path(cfg.output_root))  # Hydra made them; nothing was written
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # Hydra records the job as failed and runs the others
+            # Hydra records the job as failed, runs the others, then prints this one line (no traceback)
+            raise JobRefused(f"{type(err).__name__}: {err}") from None
         sys.exit(2)
 
 

@@ -316,3 +316,21 @@ def test_run_py_exits_2_and_writes_nothing(tmp_path):
     assert "judge.m=3 has no effect" in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     assert not root.exists() or not any(root.iterdir())
+
+
+def test_a_refused_multirun_job_is_one_line_not_a_traceback(tmp_path):
+    """In a multirun the refused job is a failed row of the jobs table and one line on stderr."""
+    root = tmp_path / "outputs"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    done = subprocess.run(
+        [sys.executable, "run.py", "-m", "intervention.rank=2", "stages=[train]", f"output_root={root}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "ConfigError: intervention.rank=2 has no effect" in done.stderr
+    assert "1 job(s), 1 failed" in done.stdout

@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -62,7 +63,8 @@ def job_record(config: DictConfig, job_return: JobReturn, seconds: float) -> dic
     if job_return.status != JobStatus.COMPLETED:
         err = job_return._return_value  # the exception; .return_value would re-raise it
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        record["error"] = f"{type(err).__name__}: {first}"[:500]
+        named = isinstance(err, CompactHydraException)  # run.py's one-line refusal names its own error
+        record["error"] = (first if named else f"{type(err).__name__}: {first}")[:500]
     return record
 
 
