@@ -23,7 +23,9 @@ from steer.judge.client import Call, JudgeClient
 from steer.judge.server import wait_ready
 
 # tqdm's line: "desc: 100%|███| n/n [elapsed<remaining, rate unit/s]"
-RATE_AND_ETA = r"\d+/{n} \[\d\d:\d\d<\d\d:\d\d, +[\d.]+ ?(s/)?{unit}"
+# The bar's total, elapsed time, ETA and rate slots; a bar that ends within tqdm's refresh interval
+# (0.1 s: a fast fit on an idle machine) shows them unmeasured, as "?".
+RATE_AND_ETA = r"\d+/{n} \[\d\d:\d\d<(\d\d:\d\d|\?), +([\d.]+ ?|\?)(s/)?{unit}"
 
 
 def bar(text: str, desc: str, n: int, unit: str) -> bool:
