@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from steer.stages import compose_config
+from steer.runtime.resolvers import variant_overrides
+from steer.stages import STAGES, compose_config
+from steer.stages.runner import fingerprinted
 from tests.conftest import REPO
 
 
@@ -31,6 +33,17 @@ def test_experiment_configs_compose(experiment, forms, objectives):
     assert dict(cfg.hydra.sweeper.params) == {"intervention": forms, "objective": objectives}
 
 
+def test_table3_reuses_the_runs_of_table2():
+    """A recipe's extra overrides set no fingerprinted key: Table 3 judges Table 2's run directories
+    instead of training its own; its small judge lengths come from the preset."""
+    paper = load_recipe()
+    for extra in paper.EXTRA.values():
+        assert variant_overrides(extra, {}, *fingerprinted(STAGES)) == {}
+    for experiment in paper.EXPERIMENTS:
+        cfg = compose_config([f"experiment={experiment}"])
+        assert cfg.judge.max_tokens == 48 and cfg.judge.generation.max_new_tokens == 32
+
+
 def test_recipe_commands(capsys):
     paper = load_recipe()
     assert paper.main(["fig5", "--dry-run", "--datasets", "psychopathy,axbench", "output_root=/x", "seed=1"]) == 0
@@ -43,8 +56,8 @@ def test_recipe_commands(capsys):
     assert table[-1][-4:] == ["steer.report", "table2", "--outputs", "outputs/paper"]
     judged = paper.commands("table3", "sentiment", ["judge.max_tokens=8"])
     for command in judged[:2]:  # the judge stage added; the caller's overrides come last and win
-        assert command[-4:] == [*paper.EXTRA["table3"], "judge.max_tokens=8"]
-        assert paper.EXTRA["table3"][0] == "stages=[train,sweep,fit,judge]"
+        assert command[-2:] == [*paper.EXTRA["table3"], "judge.max_tokens=8"]
+        assert paper.EXTRA["table3"] == ["stages=[train,sweep,fit,judge]"]
     assert judged[-1][-4:] == ["steer.report", "table3", "--outputs", "outputs/paper"]
     smoke = paper.commands("table2", "sentiment", [], preset="smoke")
     assert smoke[-1][-2:] == ["--outputs", "outputs/smoke"]  # the report reads where the preset's runs land

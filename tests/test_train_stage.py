@@ -11,6 +11,7 @@ import pytest
 from steer.core.interventions import DynamicAffine
 from steer.objectives.training import LOG_COLUMNS
 from steer.stages import run
+from steer.stages.train import train_settings
 from tests.conftest import assert_refused
 from tests.test_stages import config as stages_config
 
@@ -28,11 +29,20 @@ def config(*overrides: str):
         (["objective=sft", "intervention.train.lr=-1"], "train.lr=-1.0 is not valid"),
         (["objective=sft", "intervention.train.train_factors=[]"], "train.train_factors=() is not valid"),
         (["objective=sft", "intervention.train.epochs=0"], "train.epochs=0 is not valid"),
+        (["objective=sft", "intervention.train.train_factors=2/x"], "train_factors='2/x': 'x' is not"),
+        (["objective=sft", "intervention.train.train_factors=2/-4"], "train.train_factors=(2.0, -4.0) is not valid"),
         (["objective=sft", "intervention.train.init=zeros"], "intervention.train.init='zeros' is not one of"),
     ],
 )
 def test_bad_training_config_fails_before_anything_is_written(tmp_path, overrides, message):
     assert_refused(config(*overrides), tmp_path / "run", re.escape(message))
+
+
+def test_train_factors_as_one_string_are_the_list():
+    """A tuning study's categorical choice holds the factors as "2/4/8": the same settings as [2,4,8]."""
+    joined = train_settings(config("objective=sft", "intervention.train.train_factors=2/4/8"))
+    listed = train_settings(config("objective=sft", "intervention.train.train_factors=[2,4,8]"))
+    assert joined.train_factors == listed.train_factors == (2.0, 4.0, 8.0)
 
 
 def test_trained_run_writes_log_and_training_record(tmp_path, smol):

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -156,12 +157,10 @@ def trials(db: Path) -> list[tuple[int, str]]:
             raise
 
 
-def test_a_two_trial_study_end_to_end(tmp_path):
-    """Two trials through run.py and the Optuna sweeper: a study in SQLite, the target of each on
-    validation in metrics.json, and a best.yaml a later run composes as an experiment."""
-    out = tmp_path / "out"
+def run_study(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """The 2-trial ``STUDY`` through run.py into ``out``; asserts it exits 0 with both trials COMPLETE."""
     proc = subprocess.run(
-        [sys.executable, "run.py", "-m", *STUDY, f"output_root={out}"],
+        [sys.executable, "run.py", "-m", *STUDY, *extra, f"output_root={out}"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -169,6 +168,14 @@ def test_a_two_trial_study_end_to_end(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [state for _, state in trials(out / "tune" / "studies.db")] == ["COMPLETE", "COMPLETE"]
+    return proc
+
+
+def test_a_two_trial_study_end_to_end(tmp_path):
+    """Two trials through run.py and the Optuna sweeper: a study in SQLite, the target of each on
+    validation in metrics.json, and a best.yaml a later run composes as an experiment."""
+    out = tmp_path / "out"
+    run_study(out)
     best = json.loads(next((out / "tune" / "best").glob("*.json")).read_text())
     run_dir = Path(best["run_dir"])
     tune = rundir.read_metrics(run_dir)["tune"]
@@ -213,6 +220,25 @@ def test_a_killed_study_resumes_without_repeating_a_finished_trial(tmp_path):
     assert finished and all(p.stat().st_mtime_ns == stamps[p] for p in finished)  # finished before the kill
 
 
+@pytest.mark.slow
+def test_parallel_trials_through_the_node_launcher(tmp_path):
+    """hydra.sweeper.n_jobs=2 with hydra/launcher=node node.jobs=2: the sweeper asks two trials at
+    once and the node launcher runs them side by side, one CPU thread each, each in its own run
+    directory; both are told back to the study."""
+    out = tmp_path / "out"
+    proc = run_study(out, "hydra.sweeper.n_jobs=2", "hydra/launcher=node", "node.jobs=2", "device=cpu")
+    assert (proc.stdout + proc.stderr).count("device cpu, 1 CPU thread(s)") == 2
+    ledgers = sorted(out.rglob(rundir.LEDGER))
+    assert len(ledgers) == 2 and {p.parent.parent.name for p in ledgers} == {"layer12", "layer15"}
+    spans = []
+    for ledger in ledgers:
+        stages = rundir.read_json(ledger)
+        finish = {name: datetime.fromisoformat(s["finished"]).timestamp() for name, s in stages.items()}
+        spans.append((finish["data"] - stages["data"]["seconds"], finish["fit"]))
+    (start_a, end_a), (start_b, end_b) = spans
+    assert start_a < end_b and start_b < end_a  # the two trials ran at the same time
+
+
 # ---------------------------------------------------------------- the comparison report
 
 
@@ -253,12 +279,16 @@ def test_compare_reports_paired_verdicts_and_balanced_accuracy(tmp_path):
 
 
 def test_a_resumed_study_draws_new_parameters():
-    """A resumed study's sampler is seeded seed + trials held: not the first trials' draws again."""
+    """A study's sampler is seeded sampler.seed (else the run's seed) + trials held: a resumed
+    study does not draw the first trials' parameters again; the grid (no seed) is kept as it is."""
     from omegaconf import OmegaConf
 
     from steer.runtime.tuning import reseeded
 
     config = OmegaConf.create({"_target_": "optuna.samplers.TPESampler", "seed": 3})
-    assert reseeded(config, "the sampler", 0) == "the sampler"
-    resumed = reseeded(config, "the sampler", 4)
-    assert resumed._rng.rand() == pytest.approx(np.random.RandomState(7).rand())
+    assert reseeded(config, "the sampler", 0, 4)._rng.rand() == pytest.approx(np.random.RandomState(7).rand())
+    config.seed = None
+    assert reseeded(config, "the sampler", 5, 0)._rng.rand() == pytest.approx(np.random.RandomState(5).rand())
+    assert reseeded(config, "the sampler", 5, 2)._rng.rand() == pytest.approx(np.random.RandomState(7).rand())
+    grid = OmegaConf.create({"_target_": "optuna.samplers.GridSampler", "_partial_": True})
+    assert reseeded(grid, "the sampler", 5, 2) == "the sampler"

@@ -19,6 +19,7 @@ class ResumableOptunaSweeper(OptunaSweeper):
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         self.output_root = Path(str(config.output_root))
         self.sampler_config = config.hydra.sweeper.sampler
+        self.seed = int(config.seed)
 
     def sweep(self, arguments: list[str]) -> None:
         impl = self.sweeper
@@ -27,7 +28,7 @@ class ResumableOptunaSweeper(OptunaSweeper):
         study = open_study(impl.storage, impl.study_name)
         requested = impl.n_trials
         impl.n_trials = resume(study, requested)
-        impl.sampler = reseeded(self.sampler_config, impl.sampler, len(study.trials))
+        impl.sampler = reseeded(self.sampler_config, impl.sampler, self.seed, len(study.trials))
         log.info("tune: study %s, %d of %d trials to run", impl.study_name, impl.n_trials, requested)
         impl.launcher = RecordingLauncher(impl.launcher, study)
         impl.sweep(arguments)

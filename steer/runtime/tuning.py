@@ -9,8 +9,9 @@ plugin's ``OptunaSweeper`` with the three additions below, whose code lives here
   command it is marked FAIL and its parameters are queued again (its run directory resumes from
   what the run kept), and only ``n_trials`` minus the trials already COMPLETE are launched. A
   finished trial is never re-run: the command asks for a number of finished trials, not for more.
-  The seeded sampler of a resumed study is reseeded by the number of trials it holds
-  (``reseeded``), so it does not draw the first trials' parameters again.
+  The sampler is seeded by the run's ``seed`` (unless ``hydra.sweeper.sampler.seed`` is set) plus
+  the number of trials the study holds (``reseeded``), so a resumed study does not draw the first
+  trials' parameters again.
 - **Where each trial ran.** Every launched job's overrides and run directory are kept as a study
   attribute, so the best trial's run directory is known in any later process.
 - **The best trial, reusable.** When the sweep ends: ``<output_root>/tune/experiment/best_<study>.yaml``,
@@ -68,16 +69,17 @@ def resume(study, n_trials: int) -> int:
     return max(0, n_trials - done)
 
 
-def reseeded(sampler_config, sampler, trials: int):
-    """The sampler a resumed study continues with: seeded ``seed + trials`` (the trials the study
-    already holds). A fresh process seeded like the first would draw the first trials' parameters
-    again; this keeps a study deterministic for its history and its draws new."""
-    seed = sampler_config.get("seed")
-    if not trials or seed is None or sampler_config.get("_partial_"):
+def reseeded(sampler_config, sampler, seed: int, trials: int):
+    """The sampler a study continues with: seeded ``hydra.sweeper.sampler.seed`` (else the run's
+    ``seed``) plus the trials the study already holds. A fresh process seeded like the first would
+    draw the first trials' parameters again; this keeps a study deterministic for its history and
+    its draws new. A sampler without a seed (the grid: ``_partial_``) is returned as it is."""
+    if sampler_config.get("_partial_") or "seed" not in sampler_config:
         return sampler
     from hydra.utils import instantiate
 
-    return instantiate(sampler_config, seed=int(seed) + trials)
+    base = sampler_config.get("seed")
+    return instantiate(sampler_config, seed=int(seed if base is None else base) + trials)
 
 
 class RecordingLauncher:

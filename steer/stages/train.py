@@ -31,6 +31,17 @@ log = logging.getLogger("steer")
 RANDOM_INIT = "random"
 # objective.* keys that are not options of the objective.
 NOT_OPTIONS = ("name", "grid")
+# intervention.train.train_factors may also be one string of factors joined by this ("2/4/8"): the
+# form a tuning study's categorical choice can hold (Optuna's choices cannot be lists, and a comma
+# would make the job's override a sweep).
+FACTOR_SEPARATOR = "/"
+
+
+def factor_list(value) -> list:
+    """``train_factors`` as a list: a list as it is, a ``FACTOR_SEPARATOR``-joined string split."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(FACTOR_SEPARATOR)]
+    return list(value)
 
 
 def train_settings(cfg: DictConfig) -> TrainSettings:
@@ -50,7 +61,7 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
         lr=number("lr"),
         epochs=train.epochs,
         batch_size=train.batch_size,
-        train_factors=tuple(number("train_factors", m) for m in train.train_factors),
+        train_factors=tuple(number("train_factors", m) for m in factor_list(train.train_factors)),
         grad_accum=train.grad_accum,
         weight_decay=number("weight_decay"),
         grad_clip=number("grad_clip"),
