@@ -143,7 +143,6 @@ def plan_text(runs: list[tuple[str, list[str]]], overrides: list[str], judge_mul
     """What the multiruns ``runs`` would cost: every job composed as run.py would, its data read
     and tokenised (the model's tokenizer when it loads offline, else the embedded one's)."""
     import json
-    import os
 
     from omegaconf import OmegaConf
 
@@ -153,7 +152,6 @@ def plan_text(runs: list[tuple[str, list[str]]], overrides: list[str], judge_mul
     from steer.stages import compose_config
     from steer.stages.data import load_dataset, needs_own_answers
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a plan never waits on the hub
     tokenizers, tokens, sizes, jobs, notes = {}, {}, {}, [], set()
     for experiment, extra in runs:
         for job in job_overrides(experiment, extra, overrides):
@@ -163,7 +161,7 @@ def plan_text(runs: list[tuple[str, list[str]]], overrides: list[str], judge_mul
                 sizes[model] = size_of(cfg.model)
             if model not in tokenizers:
                 try:
-                    tokenizers[model] = load_tokenizer(cfg.model.source)
+                    tokenizers[model] = load_tokenizer(cfg.model.source, local_files_only=True)  # never the hub
                 except OSError:
                     tokenizers[model] = load_tokenizer(EMBEDDED_SOURCE)
                     notes.add(f"{model}: tokens counted with the embedded SmolLM2 tokenizer (its own is not local)")
@@ -214,7 +212,7 @@ def size_of(model_cfg):
     if shapes is not None:
         return model_size(config_from_shapes(OmegaConf.to_container(shapes)))
     try:
-        return model_size(load_config(model_cfg.source))
+        return model_size(load_config(model_cfg.source, local_files_only=True))
     except OSError as err:
         raise SystemExit(f"plan: model={model_cfg.name} has no local config and no model.shapes: {err}") from None
 

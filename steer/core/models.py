@@ -126,21 +126,23 @@ def check_model_folder(source: str, key: str = "model.source") -> None:
         )
 
 
-def load_config(source: str):
-    """The model's config alone: cheap, used to validate a layer index before loading weights."""
+def load_config(source: str, local_files_only: bool = False):
+    """The model's config alone: cheap, used to validate a layer index before loading weights.
+    ``local_files_only``: an OSError at once instead of asking the hub (and waiting on its retries)."""
     from transformers import AutoConfig
 
     path = resolve_source(source)
     with naming_source(source):
-        return AutoConfig.from_pretrained(path)
+        return AutoConfig.from_pretrained(path, local_files_only=local_files_only)
 
 
-def load_tokenizer(source: str):
+def load_tokenizer(source: str, local_files_only: bool = False):
+    """The model's tokenizer (``local_files_only`` as in ``load_config``)."""
     from transformers import AutoTokenizer
 
     path = resolve_source(source)
     with naming_source(source):
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
 
 
 def load_model(source: str, dtype: str = "float32", device: str = "cpu"):
