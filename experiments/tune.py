@@ -57,8 +57,14 @@ def study_command(
         command.append(f"dataset.path={data / LOCAL_DATA[dataset]}")
     command.append(f"hydra.sweeper.n_trials={trials}")
     if quick:
-        extra = [o for o in QUICK if not (objective == "diffmean" and o.startswith("intervention.train"))]
-        command += [*extra, f"sweep.grid={QUICK_GRID['diffmean' if objective == 'diffmean' else form]}"]
+        # the caller's overrides replace QUICK's for the same key (e.g. intervention.train.epochs=choice(8,16,32))
+        keys = {o.split("=", 1)[0] for o in overrides}
+        extra = [f"sweep.grid={QUICK_GRID['diffmean' if objective == 'diffmean' else form]}", *QUICK]
+        command += [
+            o
+            for o in extra
+            if o.split("=", 1)[0] not in keys and not (objective == "diffmean" and o.startswith("intervention.train"))
+        ]
     return command + overrides
 
 

@@ -131,6 +131,29 @@ def test_tuning_settings_that_cannot_work_are_refused(overrides, match):
         check_tune(tune_cfg(*overrides))
 
 
+def test_campaign_commands(monkeypatch):
+    """experiments/tune.py: one study per form x trained objective plus DiffMean (vector); --quick
+    caps each trial, DiffMean gets no training keys, and the caller's overrides replace QUICK's."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(REPO / "experiments"))
+    campaign = importlib.import_module("tune")
+    assert campaign.studies(["vector", "lora"])[-1] == ("vector", "diffmean") and len(campaign.studies(["lora"])) == 3
+    longer = "intervention.train.epochs=choice(8,16)"
+    command = campaign.study_command("psychopathy", "vector", "split", 6, Path("/d"), True, [longer, "seed=1"])
+    assert command[command.index("-m") + 1 :][:4] == [
+        "experiment=tune_vector_split",
+        "dataset=psychopathy",
+        "dataset.path=/d/anthropic-evals/persona/psychopathy.jsonl",
+        "hydra.sweeper.n_trials=6",
+    ]
+    assert command[-2:] == [longer, "seed=1"] and "intervention.train.epochs=choice(1,2,3)" not in command
+    assert "dataset.n_test=24" in command and f"sweep.grid={campaign.QUICK_GRID['vector']}" in command
+    diffmean = campaign.study_command("sentiment", "vector", "diffmean", 6, None, True, [])
+    assert not [o for o in diffmean if o.startswith("intervention.train")]
+    assert f"sweep.grid={campaign.QUICK_GRID['diffmean']}" in diffmean and "dataset=sentiment" in diffmean
+
+
 # ---------------------------------------------------------------- the study through run.py
 
 STUDY = [
