@@ -56,6 +56,8 @@ def study_command(
     if data is not None and dataset in LOCAL_DATA:
         command.append(f"dataset.path={data / LOCAL_DATA[dataset]}")
     command.append(f"hydra.sweeper.n_trials={trials}")
+    if objective == "diffmean":  # nothing is trained: a training key would be refused as having no effect
+        overrides = [o for o in overrides if not o.startswith("intervention.train")]
     if quick:
         # the caller's overrides replace QUICK's for the same key (e.g. intervention.train.epochs=choice(8,16,32))
         keys = {o.split("=", 1)[0] for o in overrides}

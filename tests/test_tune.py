@@ -133,7 +133,7 @@ def test_tuning_settings_that_cannot_work_are_refused(overrides, match):
 
 def test_campaign_commands(monkeypatch):
     """experiments/tune.py: one study per form x trained objective plus DiffMean (vector); --quick
-    caps each trial, DiffMean gets no training keys, and the caller's overrides replace QUICK's."""
+    caps each trial, DiffMean gets no training keys (not even the caller's), and the caller's overrides replace QUICK's."""
     import importlib
 
     monkeypatch.syspath_prepend(str(REPO / "experiments"))
@@ -149,7 +149,7 @@ def test_campaign_commands(monkeypatch):
     ]
     assert command[-2:] == [longer, "seed=1"] and "intervention.train.epochs=choice(1,2,3)" not in command
     assert "dataset.n_test=24" in command and f"sweep.grid={campaign.QUICK_GRID['vector']}" in command
-    diffmean = campaign.study_command("sentiment", "vector", "diffmean", 6, None, True, [])
+    diffmean = campaign.study_command("sentiment", "vector", "diffmean", 6, None, True, [longer])
     assert not [o for o in diffmean if o.startswith("intervention.train")]
     assert f"sweep.grid={campaign.QUICK_GRID['diffmean']}" in diffmean and "dataset=sentiment" in diffmean
 
