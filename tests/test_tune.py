@@ -133,7 +133,8 @@ def test_tuning_settings_that_cannot_work_are_refused(overrides, match):
 
 def test_campaign_commands(monkeypatch):
     """experiments/tune.py: one study per form x trained objective plus DiffMean (vector); --quick
-    caps each trial, DiffMean gets no training keys (not even the caller's), and the caller's overrides replace QUICK's."""
+    caps each trial, DiffMean gets no training keys (not even the caller's), and the caller's
+    overrides replace QUICK's."""
     import importlib
 
     monkeypatch.syspath_prepend(str(REPO / "experiments"))
