@@ -56,18 +56,14 @@ def study_command(
     if data is not None and dataset in LOCAL_DATA:
         command.append(f"dataset.path={data / LOCAL_DATA[dataset]}")
     command.append(f"hydra.sweeper.n_trials={trials}")
-    if objective == "diffmean":  # nothing is trained: a training key would be refused as having no effect
-        overrides = [o for o in overrides if not o.startswith("intervention.train")]
-    if quick:
-        # the caller's overrides replace QUICK's for the same key (e.g. intervention.train.epochs=choice(8,16,32))
+    if quick:  # QUICK's caps, each unless the caller's overrides set its key (e.g. intervention.train.epochs=...)
         keys = {o.split("=", 1)[0] for o in overrides}
-        extra = [f"sweep.grid={QUICK_GRID['diffmean' if objective == 'diffmean' else form]}", *QUICK]
-        command += [
-            o
-            for o in extra
-            if o.split("=", 1)[0] not in keys and not (objective == "diffmean" and o.startswith("intervention.train"))
-        ]
-    return command + overrides
+        grid = f"sweep.grid={QUICK_GRID['diffmean' if objective == 'diffmean' else form]}"
+        command += [o for o in [grid, *QUICK] if o.split("=", 1)[0] not in keys]
+    command += overrides
+    if objective == "diffmean":  # nothing is trained: a training key would be refused as having no effect
+        command = [o for o in command if not o.startswith("intervention.train")]
+    return command
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -300,18 +300,18 @@ def test_multirun_warns_when_the_reason_may_be_swept(caplog):
         check_ignored(compose_config(overrides), overrides, multirun=True)
 
 
+def run_py(*args: str) -> subprocess.CompletedProcess:
+    """``python run.py ARGS`` offline, without W&B."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    return subprocess.run(
+        [sys.executable, "run.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
 def test_run_py_exits_2_and_writes_nothing(tmp_path):
     """Through Hydra's command line: the override is found in HydraConfig, exit 2, no folder left."""
     root = tmp_path / "outputs"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    done = subprocess.run(
-        [sys.executable, "run.py", "judge.m=3", f"output_root={root}"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_py("judge.m=3", f"output_root={root}")
     assert done.returncode == 2, done.stdout + done.stderr
     assert "judge.m=3 has no effect" in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
@@ -321,15 +321,7 @@ def test_run_py_exits_2_and_writes_nothing(tmp_path):
 def test_a_refused_multirun_job_is_one_line_not_a_traceback(tmp_path):
     """In a multirun the refused job is a failed row of the jobs table and one line on stderr."""
     root = tmp_path / "outputs"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    done = subprocess.run(
-        [sys.executable, "run.py", "-m", "intervention.rank=2", "stages=[train]", f"output_root={root}"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_py("-m", "intervention.rank=2", "stages=[train]", f"output_root={root}")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert "ConfigError: intervention.rank=2 has no effect" in done.stderr
