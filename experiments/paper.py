@@ -181,7 +181,7 @@ def plan_text(runs: list[tuple[str, list[str]]], overrides: list[str], judge_mul
                     train=train,
                     test=test,
                     grid=len(cfg.sweep.grid),
-                    epochs=int(cfg.intervention.train.epochs),
+                    epochs=int(cfg.train.epochs),
                     trained=get_objective(cfg.objective.name).trains,
                     generate_negatives=generate,
                     max_new_tokens=cap(dataset),
@@ -191,7 +191,7 @@ def plan_text(runs: list[tuple[str, list[str]]], overrides: list[str], judge_mul
                     size=sizes[model],
                     layer=int(cfg.layer),
                     sweep_batch=int(cfg.sweep.batch_size),
-                    train_batch=int(cfg.intervention.train.batch_size),
+                    train_batch=int(cfg.train.batch_size),
                 )
             )
     notes.add("AxBench A_n (the model's own answer, not generated yet) counted as long as A_p, at most max_new_tokens")

@@ -30,7 +30,7 @@ QUICK = [
     "dataset.n_train=18",
     "dataset.validation=6",
     "dataset.n_test=24",
-    "intervention.train.epochs=choice(1,2,3)",
+    "train.epochs=choice(1,2,3)",
     "fit.restarts=4",
 ]
 QUICK_GRID = {
@@ -56,13 +56,13 @@ def study_command(
     if data is not None and dataset in LOCAL_DATA:
         command.append(f"dataset.path={data / LOCAL_DATA[dataset]}")
     command.append(f"hydra.sweeper.n_trials={trials}")
-    if quick:  # QUICK's caps, each unless the caller's overrides set its key (e.g. intervention.train.epochs=...)
+    if quick:  # QUICK's caps, each unless the caller's overrides set its key (e.g. train.epochs=...)
         keys = {o.split("=", 1)[0] for o in overrides}
         grid = f"sweep.grid={QUICK_GRID['diffmean' if objective == 'diffmean' else form]}"
         command += [o for o in [grid, *QUICK] if o.split("=", 1)[0] not in keys]
     command += overrides
     if objective == "diffmean":  # nothing is trained: a training key would be refused as having no effect
-        command = [o for o in command if not o.startswith("intervention.train")]
+        command = [o for o in command if not o.startswith("train")]
     return command
 
 

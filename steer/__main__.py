@@ -52,7 +52,9 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "run": Command("a run: train -> sweep -> fit -> judge, from Hydra overrides (python run.py)", "run.py"),
+    "run": Command(
+        "a run: train -> sweep -> fit -> judge, from Hydra overrides (python run.py)", "steer.stages.command:main"
+    ),
     "report": Command(
         "paper tables, figures and the preference-utility front of finished runs", "steer.report.__main__:main"
     ),

@@ -21,7 +21,7 @@ COMMON = [
     "intervention=lora",
     "objective=split",
     "dataset.limit=2",
-    "intervention.train.epochs=2",
+    "train.epochs=2",
     "device=cpu",
     "progress=false",
     "tracking.wandb=false",
@@ -35,7 +35,7 @@ def test_two_cpu_processes_match_one(tmp_path):
     # one process, both pairs in one batch  vs  two processes, one pair each: DDP averages
     # the two gradients into the one-process gradient.
     subprocess.run(
-        [sys.executable, "run.py", *COMMON, "intervention.train.batch_size=2", f"hydra.run.dir={one}"],
+        [sys.executable, "run.py", *COMMON, "train.batch_size=2", f"hydra.run.dir={one}"],
         cwd=REPO,
         env=env,
         check=True,
@@ -43,7 +43,7 @@ def test_two_cpu_processes_match_one(tmp_path):
     launch = f"launch --multi_gpu --num_processes 2 --num_machines 1 --main_process_port {free_port()}".split()
     subprocess.run(
         [str(Path(sys.executable).parent / "accelerate"), *launch, "run.py", *COMMON]
-        + ["intervention.train.batch_size=1", f"hydra.run.dir={two}"],
+        + ["train.batch_size=1", f"hydra.run.dir={two}"],
         cwd=REPO,
         env=env,
         check=True,

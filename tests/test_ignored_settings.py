@@ -47,36 +47,42 @@ def psychopathy(path: str) -> list[str]:
 
 # (id, overrides, the key named, the fix named, an accepted variant)
 CASES = [
-    ("judge-off", ["judge.m=3"], "judge.m=3", "add judge to stages", [JUDGE, "judge.select=fixed", "judge.m=3"]),
+    (
+        "judge-off",
+        ["judge/select=fixed", "judge.select.m=3"],
+        "judge.select.m=3",
+        "add judge to stages",
+        [JUDGE, "judge/select=fixed", "judge.select.m=3"],
+    ),
     ("judge-group-off", ["judge=openai"], "judge=openai", "add judge to stages", [JUDGE, "judge=local"]),
-    ("m-with-fit", [JUDGE, "judge.m=3"], "judge.m=3", "judge.select=fixed", [JUDGE, "judge.select=fit"]),
+    ("m-with-fit", [JUDGE, "judge.select.m=3"], "judge.select.m=3", "judge/select=fixed", [JUDGE, "judge/select=fit"]),
     (
         "m-with-validation",
-        [JUDGE, "judge.select=validation", "judge.m=3"],
-        "judge.m=3",
-        "judge.select=fixed",
-        [JUDGE, "judge.select=validation", "judge.candidates=[2,4]"],
+        [JUDGE, "judge/select=validation", "judge.select.m=3"],
+        "judge.select.m=3",
+        "judge/select=fixed",
+        [JUDGE, "judge/select=validation", "judge.select.candidates=[2,4]"],
     ),
     (
         "candidates-with-fit",
-        [JUDGE, "judge.candidates=[2,4]"],
-        "judge.candidates",
-        "judge.select=validation",
-        [JUDGE, "judge.select=validation", "judge.candidates=[2,4]"],
+        [JUDGE, "judge.select.candidates=[2,4]"],
+        "judge.select.candidates",
+        "judge/select=validation",
+        [JUDGE, "judge/select=validation", "judge.select.candidates=[2,4]"],
     ),
     (
         "candidates-with-fixed",
-        [JUDGE, "judge.select=fixed", "judge.m=2", "judge.candidates=[2,4]"],
-        "judge.candidates",
-        "judge.select=validation",
-        [JUDGE, "judge.select=fixed", "judge.m=2"],
+        [JUDGE, "judge/select=fixed", "judge.select.m=2", "judge.select.candidates=[2,4]"],
+        "judge.select.candidates",
+        "judge/select=validation",
+        [JUDGE, "judge/select=fixed", "judge.select.m=2"],
     ),
     (
         "util-drop-with-fixed",
-        [JUDGE, "judge.select=fixed", "judge.m=2", "judge.max_util_drop=0.5"],
-        "judge.max_util_drop",
-        "judge.select=fit",
-        [JUDGE, "judge.max_util_drop=0.5"],
+        [JUDGE, "judge/select=fixed", "judge.select.m=2", "judge.select.max_util_drop=0.5"],
+        "judge.select.max_util_drop",
+        "judge/select=fit",
+        [JUDGE, "judge.select.max_util_drop=0.5"],
     ),
     (
         "top-logprobs-parsed",
@@ -116,17 +122,17 @@ CASES = [
     ),
     (
         "train-keys-diffmean",
-        ["intervention.train.lr=0.1"],
-        "intervention.train.lr=0.1",
+        ["train.lr=0.1"],
+        "train.lr=0.1",
         "objective=sft|reps|split",
-        ["objective=sft", "intervention.train.lr=0.1"],
+        ["objective=sft", "train.lr=0.1"],
     ),
     (
         "init-scale-diffmean-init",
-        ["objective=sft", "intervention.train.init=diffmean", "intervention.train.init_scale=0.1"],
-        "intervention.train.init_scale=0.1",
-        "intervention.train.init=random",
-        ["objective=sft", "intervention.train.init_scale=0.1"],
+        ["objective=sft", "train.init=diffmean", "train.init_scale=0.1"],
+        "train.init_scale=0.1",
+        "train.init=random",
+        ["objective=sft", "train.init_scale=0.1"],
     ),
     ("rank-vector", ["intervention.rank=8"], "intervention.rank=8", "intervention=lora", []),
     (
@@ -170,16 +176,16 @@ CASES = [
         ["intervention.grid=[-4,-3,-2,-1,0,1,2,3,4]"],
         "intervention.grid",
         "sweep.grid",
-        ["objective=sft", "intervention.grid=[-4,-3,-2,-1,0,1,2,3,4]"],
+        ["objective=sft", "sweep.grid=[-4,-3,-2,-1,0,1,2,3,4]"],
     ),
     (
         "objective-grid-under-sweep-grid",
         ["sweep.grid=[-4,-3,-2,-1,0,1,2,3,4]", "objective.grid=[-2,-1,0,1,2,3,4,5,6]"],
         "objective.grid",
         "sweep.grid",
-        ["objective.grid=[-2,-1,0,1,2,3,4,5,6]"],
+        ["sweep.grid=[-2,-1,0,1,2,3,4,5,6]"],
     ),
-    ("model-layer-under-layer", ["layer=4", "model.layer=3"], "model.layer=3", "layer=", ["model.layer=3"]),
+    ("model-layer-under-layer", ["layer=4", "model.layer=3"], "model.layer=3", "layer=", ["layer=3"]),
     (
         "model-precision-under-precision",
         ["precision=fp32", "model.precision=bf16"],
@@ -217,7 +223,7 @@ PSYCHOPATHY_CASES = [
         [JUDGE, "judge.max_tokens=8"],
         "judge.max_tokens=8",
         "judge.rubrics=",
-        [JUDGE, "judge.select=fixed", "judge.m=1"],
+        [JUDGE, "judge/select=fixed", "judge.select.m=1"],
     ),
     ("revision-with-path", ["dataset.revision=main"], "dataset.revision=main", "dataset.path=null", []),
     ("file-with-file-path", ["dataset.file=x/y.jsonl"], "dataset.file=x/y.jsonl", "folder", []),
@@ -232,9 +238,8 @@ PSYCHOPATHY_CASES = [
 
 
 def refused(overrides: list[str], run_dir: Path, key: str, fix: str) -> None:
-    cfg = compose_config(overrides)
-    with pytest.raises(ConfigError) as caught:
-        run(cfg, run_dir, overrides=overrides)
+    with pytest.raises(ConfigError) as caught:  # by composition (the schema) or by the run's check
+        run(compose_config(overrides), run_dir, overrides=overrides)
     text = str(caught.value)
     assert f"{key}" in text and "has no effect" in text and fix in text, text
     assert not run_dir.exists()
@@ -260,43 +265,45 @@ def test_every_rule_has_a_case():
     """Each rule of the table is exercised by a case above (a rule without a test is not a rule)."""
     named = {c[2].split("=")[0] for c in CASES + PSYCHOPATHY_CASES}
     for rule in RULES:
-        assert any(any(n == k or n.startswith(k + ".") for k in rule.keys) for n in named), rule.keys
+        assert any(any(n == k or n.startswith(k + ".") for k in rule.keys.split()) for n in named), rule.keys
 
 
 def test_preset_values_are_not_explicit(tmp_path):
-    """experiment=smoke sets intervention.train.* for a DiffMean default: its values are the
+    """experiment=smoke sets train.* for a DiffMean default: its values are the
     preset's, not the user's, and trip nothing; the same key on the command line does."""
     check(compose_config(["experiment=smoke"]), overrides=["experiment=smoke"])
     refused(
-        ["experiment=smoke", "intervention.train.epochs=2"],
+        ["experiment=smoke", "train.epochs=2"],
         tmp_path / "run",
-        "intervention.train.epochs=2",
+        "train.epochs=2",
         "objective=",
     )
 
 
 def test_several_ignored_keys_are_listed_together(tmp_path):
-    overrides = ["judge.m=3", "fit.restarts=2", "stages=[train,sweep]"]
+    overrides = ["judge/select=fixed", "judge.select.m=3", "fit.restarts=2", "stages=[train,sweep]"]
     with pytest.raises(ConfigError) as caught:
         run(compose_config(overrides), tmp_path / "run", overrides=overrides)
-    assert "2 settings have no effect" in str(caught.value)
-    assert "judge.m=3" in str(caught.value) and "fit.restarts=2" in str(caught.value)
+    assert "3 settings have no effect" in str(caught.value)
+    assert "judge.select.m=3" in str(caught.value) and "fit.restarts=2" in str(caught.value)
 
 
 def test_explicit_settings_skip_deletions_nulls_and_hydra():
-    settings = explicit_settings(["judge.m=3", "~judge.x", "judge.candidates=null", "hydra.verbose=true", "+a.b=1"])
-    assert [(s.key, s.text) for s in settings] == [("judge.m", "3"), ("a.b", "1")]
+    settings = explicit_settings(
+        ["judge.select.m=3", "~judge.x", "judge.select.candidates=null", "hydra.verbose=true", "+a.b=1"]
+    )
+    assert settings == [("judge.select.m", "3"), ("a.b", "1")]
 
 
 def test_multirun_warns_when_the_reason_may_be_swept(caplog):
-    """-m objective=diffmean,sft intervention.train.lr=...: the DiffMean job warns, it does not fail;
-    a reason no override touches still fails the job."""
-    overrides = ["objective=diffmean", "intervention.train.lr=0.1"]
+    """-m tracking.wandb=true,false tracking.project=...: the job without W&B warns, it does not
+    fail; a reason no override touches still fails the job."""
+    overrides = ["tracking.wandb=false", "tracking.project=mine"]
     with caplog.at_level(logging.WARNING, logger="steer"):
         check_ignored(compose_config(overrides), overrides, multirun=True)
-    assert "intervention.train.lr=0.1 has no effect" in caplog.text
-    overrides = ["layer=5", "judge.m=3"]
-    with pytest.raises(ConfigError, match="judge.m=3"):
+    assert "tracking.project=mine has no effect" in caplog.text
+    overrides = ["layer=5", "node.devices=[0]"]
+    with pytest.raises(ConfigError, match="node.devices=\\[0\\]"):
         check_ignored(compose_config(overrides), overrides, multirun=True)
 
 
@@ -311,9 +318,9 @@ def run_py(*args: str) -> subprocess.CompletedProcess:
 def test_run_py_exits_2_and_writes_nothing(tmp_path):
     """Through Hydra's command line: the override is found in HydraConfig, exit 2, no folder left."""
     root = tmp_path / "outputs"
-    done = run_py("judge.m=3", f"output_root={root}")
+    done = run_py("judge.select.m=3", f"output_root={root}")
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "judge.m=3 has no effect" in done.stdout + done.stderr
+    assert "judge.select.m=3 has no effect" in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     assert not root.exists() or not any(root.iterdir())
 
@@ -321,8 +328,19 @@ def test_run_py_exits_2_and_writes_nothing(tmp_path):
 def test_a_refused_multirun_job_is_one_line_not_a_traceback(tmp_path):
     """In a multirun the refused job is a failed row of the jobs table and one line on stderr."""
     root = tmp_path / "outputs"
-    done = run_py("-m", "intervention.rank=2", "stages=[train]", f"output_root={root}")
+    done = run_py("-m", "node.devices=[0]", "stages=[train]", f"output_root={root}")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
-    assert "ConfigError: intervention.rank=2 has no effect" in done.stderr
+    assert "ConfigError: node.devices=[0] has no effect" in done.stderr
     assert "1 job(s), 1 failed" in done.stdout
+
+
+def test_a_multirun_the_schema_refuses_runs_no_job(tmp_path):
+    """A key no option of a swept job has fails composition: exit 2, one line, before any job."""
+    root = tmp_path / "outputs"
+    done = run_py("-m", "objective=sft,diffmean", "train.lr=0.05", "stages=[train]", f"output_root={root}")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "has no effect" in line]
+    assert len(lines) == 1 and "train.lr=0.05" in lines[0] and "objective=sft|reps|split" in lines[0], done.stderr
+    assert not root.exists() or not any(root.rglob("*.parquet"))

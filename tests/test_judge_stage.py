@@ -25,8 +25,8 @@ GRID = "[-4,-3,-2,-1,0,1,2,3,4]"
 BASE = ["dataset.limit=2", f"sweep.grid={GRID}", "tracking.wandb=false", "progress=false"]
 # Tiny judge work: one rubric, 2 test prompts x (m = 0, m = 2), short answers and replies.
 JUDGE = [
-    "judge.select=fixed",
-    "judge.m=2",
+    "judge/select=fixed",
+    "judge.select.m=2",
     "judge.rubrics=[fluency]",
     "judge.max_tokens=4",
     "judge.generation.max_new_tokens=8",
@@ -56,14 +56,14 @@ def copy_run(trained: Path, target: Path) -> Path:
     "override, message",
     [
         ("judge.rubrics=[fluency,vibes]", r"judge\.rubrics: unknown rubric 'vibes'"),
-        ("judge.select=best", r"judge\.select='best'"),
+        ("judge/select=best", r"judge\.select='best'"),
         ("judge.scoring=maybe", r"judge\.scoring='maybe'"),
-        ("judge.m=null", r"judge\.select=fixed needs judge\.m"),
+        ("judge.select.m=null", r"judge\.select=fixed needs judge\.m"),
         ("judge.concurrency=0", r"judge\.concurrency must be a positive integer"),
     ],
 )
 def test_bad_judge_config_fails_before_anything_runs(tmp_path, override, message):
-    cfg = config("stages=[train,sweep,fit,judge]", "judge.select=fixed", "judge.m=2", override)
+    cfg = config("stages=[train,sweep,fit,judge]", "judge/select=fixed", "judge.select.m=2", override)
     assert_refused(cfg, tmp_path / "run", message)
 
 
@@ -152,7 +152,7 @@ def test_accuracy_with_m_chosen_on_validation_and_by_the_fit(trained, tmp_path):
     ids = sorted(test["example_id"].unique(), key=list(test["example_id"]).index)
     validation, report = ids[:1], ids[1:]
     run_dir = copy_run(trained, tmp_path / "validation")
-    cfg = config("stages=[judge]", "judge.rubrics=[]", "judge.select=validation", "judge.candidates=[-4,4]")
+    cfg = config("stages=[judge]", "judge.rubrics=[]", "judge/select=validation", "judge.select.candidates=[-4,4]")
     assert run(cfg, run_dir).ran == ["judge"]
     metrics = json.loads((run_dir / "metrics.json").read_text())["judge"]
     assert metrics["prompts"] == {"validation": 1, "report": 1}
@@ -175,7 +175,7 @@ def test_accuracy_with_m_chosen_on_validation_and_by_the_fit(trained, tmp_path):
         assert float((rows["pref_odds"] > 0).mean()) == metrics["steered" if m else "vanilla"]["accuracy"]
 
     run_dir = copy_run(trained, tmp_path / "fit")
-    assert run(config("stages=[judge]", "judge.rubrics=[]", "judge.select=fit"), run_dir).ran == ["judge"]
+    assert run(config("stages=[judge]", "judge.rubrics=[]", "judge/select=fit"), run_dir).ran == ["judge"]
     metrics = json.loads((run_dir / "metrics.json").read_text())["judge"]
     expected = by_fit(json.loads((trained / "fit.json").read_text()), (-4, 4), 1.0)
     assert metrics["select"] == "fit" and metrics["m"] == expected.m and metrics["reason"] == expected.reason

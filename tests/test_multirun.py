@@ -20,7 +20,7 @@ TINY = [
     "experiment=smoke",
     "progress=false",
     "dataset.limit=2",
-    "intervention.train.batch_size=2",
+    "train.batch_size=2",
 ]
 
 
@@ -122,7 +122,7 @@ def test_multirun_under_accelerate_launch(tmp_path):
     accelerate = str(Path(sys.executable).parent / "accelerate")
     launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
     launch += ["--main_process_port", str(free_port())]
-    args = ["-m", *TINY, "device=cpu", "stages=[train,sweep]", "sweep.grid=[-1,0,1]", "intervention.train.batch_size=1"]
+    args = ["-m", *TINY, "device=cpu", "stages=[train,sweep]", "sweep.grid=[-1,0,1]", "train.batch_size=1"]
     done = run_py(
         [*args, "objective=diffmean,sft", "layer=14,15", "tracking.wandb=false", f"output_root={root}"], launcher=launch
     )

@@ -102,7 +102,7 @@ def test_toy_form_and_objective_train_sweep_fit_through_run(registered, tmp_path
     model, tok = smol
     grid = "[-8,-4,-2,-1,0,1,2,4,8]"  # nine multipliers: as many as the preference model's parameters
     cfg = compose_config(
-        [*FAST, *TOY, f"sweep.grid={grid}", "intervention.train.epochs=2", "intervention.train.batch_size=2"]
+        [*FAST, *TOY, f"sweep.grid={grid}", "train.epochs=2", "train.batch_size=2"]
     )
     run_dir = tmp_path / "run"
     assert run(cfg, run_dir).ran == ["data", "train", "sweep", "fit"]

@@ -92,11 +92,11 @@ BAD_INPUTS = [
     ([*persona(Path("{tmp}/data/bad.jsonl"))], "{tmp}/data/bad.jsonl:line 1: not valid JSON"),
     (["stages=[train,sweep,fit]", "fit.restarts=0"], "fit.restarts must be a positive integer, got 0"),
     (
-        ["objective=sft", "intervention.train.epochs=0"],
-        "intervention.train.epochs=0 is not valid: it must be a positive integer",
+        ["objective=sft", "train.epochs=0"],
+        "train.epochs=0 is not valid: it must be a positive integer",
     ),
-    (["objective=sft", "intervention.train.lr=x"], "intervention.train.lr='x': 'x' is not a number"),
-    (["objective=sft", "intervention.train.lr=nan"], "intervention.train.lr=nan is not valid: it must be a finite"),
+    (["objective=sft", "train.lr=x"], "train.lr='x': 'x' is not a number"),
+    (["objective=sft", "train.lr=nan"], "train.lr=nan is not valid: it must be a finite"),
     (["intervention=lora", "intervention.rank=0"], "intervention.rank must be a positive integer"),
 ]
 
@@ -239,7 +239,7 @@ def test_a_rerun_sweep_removes_the_stale_fit_and_figure(finished, tmp_path):
 
 @pytest.mark.slow  # a train → sweep (→ fit) run: a minute or more on a busy CPU
 def test_the_same_seed_twice_gives_bitwise_identical_files(tmp_path, smol):
-    trained = ["objective=sft", "intervention.train.epochs=1", "intervention.train.batch_size=2"]
+    trained = ["objective=sft", "train.epochs=1", "train.batch_size=2"]
     for name in ("a", "b"):
         assert run(config(*trained), tmp_path / name).ran == ["data", "train", "sweep"]
     for file in ("intervention.safetensors", "sweep.parquet", "pairs.jsonl"):

@@ -37,9 +37,9 @@ def test_the_default_job_keeps_its_run_directory():
 
 
 def test_a_fingerprinted_override_gets_its_own_directory():
-    a = compose_config(["intervention.train.lr=0.01", "dataset.limit=4"], return_hydra_config=True)
-    b = compose_config(["intervention.train.lr=0.02", "dataset.limit=4"], return_hydra_config=True)
-    assert a.hydra.run.dir == f"outputs/{a.run_id}/dataset.limit=4,intervention.train.lr=0.01"
+    a = compose_config(["train.lr=0.01", "dataset.limit=4"], return_hydra_config=True)
+    b = compose_config(["train.lr=0.02", "dataset.limit=4"], return_hydra_config=True)
+    assert a.hydra.run.dir == f"outputs/{a.run_id}/dataset.limit=4,train.lr=0.01"
     assert a.hydra.run.dir != b.hydra.run.dir and a.hydra.sweep.subdir != b.hydra.sweep.subdir
 
 
@@ -57,8 +57,8 @@ def test_variant_names():
 
 def multirun(tmp_path: Path, *extra: str) -> list[Path]:
     out = tmp_path / "out"
-    args = ["objective=sft", "intervention.train.lr=0.01,0.02", "dataset.limit=2", "stages=[train]"]
-    args += ["intervention.train.epochs=1", f"output_root={out}", "progress=false", "tracking.wandb=false"]
+    args = ["objective=sft", "train.lr=0.01,0.02", "dataset.limit=2", "stages=[train]"]
+    args += ["train.epochs=1", f"output_root={out}", "progress=false", "tracking.wandb=false"]
     proc = subprocess.run(
         [sys.executable, "run.py", "-m", *args, *extra], cwd=REPO, capture_output=True, text=True, timeout=900
     )
@@ -71,11 +71,11 @@ def multirun(tmp_path: Path, *extra: str) -> list[Path]:
 def test_a_multirun_over_the_learning_rate_keeps_both_jobs(tmp_path, launcher):
     runs = multirun(tmp_path, *launcher)
     assert [p.name for p in runs] == [
-        "dataset.limit=2,intervention.train.epochs=1,intervention.train.lr=0.01",
-        "dataset.limit=2,intervention.train.epochs=1,intervention.train.lr=0.02",
+        "dataset.limit=2,train.epochs=1,train.lr=0.01",
+        "dataset.limit=2,train.epochs=1,train.lr=0.02",
     ]
     for run, lr in zip(runs, ("0.01", "0.02"), strict=True):
-        assert rundir.read_overrides(run)["intervention.train.lr"] == lr
+        assert rundir.read_overrides(run)["train.lr"] == lr
         assert rundir.read_config(run)["intervention"]["train"]["lr"] == float(lr)
     a, b = (load_file(run / rundir.WEIGHTS)["delta_b"] for run in runs)
     assert (a - b).abs().max() > 0  # two trainings, not one file written twice
@@ -90,8 +90,8 @@ def test_reports_label_two_runs_of_one_cell_by_the_keys_that_differ(tmp_path):
     for lr in ("0.01", "0.02"):
         run_dir = tmp_path / "sentiment" / f"lr{lr}"
         write_run(run_dir)
-        rundir.write_overrides(run_dir, {"dataset.limit": "4", "intervention.train.lr": lr})
+        rundir.write_overrides(run_dir, {"dataset.limit": "4", "train.lr": lr})
     build_front(tmp_path, deltas=[0.5])
     table = pd.read_csv(tmp_path / "reports" / "front.csv")
-    assert sorted(table["variant"]) == ["intervention.train.lr=0.01", "intervention.train.lr=0.02"]
-    assert "| intervention.train.lr=0.02 |" in (tmp_path / "reports" / "front.md").read_text().replace("  ", "")
+    assert sorted(table["variant"]) == ["train.lr=0.01", "train.lr=0.02"]
+    assert "| train.lr=0.02 |" in (tmp_path / "reports" / "front.md").read_text().replace("  ", "")

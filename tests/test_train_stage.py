@@ -26,12 +26,12 @@ def config(*overrides: str):
         (["objective=split", "+objective.gama=1"], "objective.gama is not an option of split"),
         (["objective=sft", "objective.per_token=maybe"], "objective.per_token='maybe' must be a bool"),
         (["objective=reps", "objective.length=tokens"], "objective.length='tokens' is not one of sequence, answer"),
-        (["objective=sft", "intervention.train.lr=-1"], "train.lr=-1.0 is not valid"),
-        (["objective=sft", "intervention.train.train_factors=[]"], "train.train_factors=() is not valid"),
-        (["objective=sft", "intervention.train.epochs=0"], "train.epochs=0 is not valid"),
-        (["objective=sft", "intervention.train.train_factors=2/x"], "train_factors='2/x': 'x' is not"),
-        (["objective=sft", "intervention.train.train_factors=2/-4"], "train.train_factors=(2.0, -4.0) is not valid"),
-        (["objective=sft", "intervention.train.init=zeros"], "intervention.train.init='zeros' is not one of"),
+        (["objective=sft", "train.lr=-1"], "train.lr=-1.0 is not valid"),
+        (["objective=sft", "train.factors=[]"], "train.train_factors=() is not valid"),
+        (["objective=sft", "train.epochs=0"], "train.epochs=0 is not valid"),
+        (["objective=sft", "train.factors=2/x"], "train_factors='2/x': 'x' is not"),
+        (["objective=sft", "train.factors=2/-4"], "train.train_factors=(2.0, -4.0) is not valid"),
+        (["objective=sft", "train.init=zeros"], "train.init='zeros' is not one of"),
     ],
 )
 def test_bad_training_config_fails_before_anything_is_written(tmp_path, overrides, message):
@@ -40,14 +40,14 @@ def test_bad_training_config_fails_before_anything_is_written(tmp_path, override
 
 def test_train_factors_as_one_string_are_the_list():
     """A tuning study's categorical choice holds the factors as "2/4/8": the same settings as [2,4,8]."""
-    joined = train_settings(config("objective=sft", "intervention.train.train_factors=2/4/8"))
-    listed = train_settings(config("objective=sft", "intervention.train.train_factors=[2,4,8]"))
+    joined = train_settings(config("objective=sft", "train.factors=2/4/8"))
+    listed = train_settings(config("objective=sft", "train.factors=[2,4,8]"))
     assert joined.train_factors == listed.train_factors == (2.0, 4.0, 8.0)
 
 
 def test_trained_run_writes_log_and_training_record(tmp_path, smol):
     run_dir = tmp_path / "run"
-    cfg = config("objective=split", "intervention=lora", "intervention.train.epochs=2")
+    cfg = config("objective=split", "intervention=lora", "train.epochs=2")
     assert run(cfg, run_dir).ran == ["data", "train"]
     log = pd.read_csv(run_dir / "train_log.csv")
     assert list(log.columns) == LOG_COLUMNS and log["step"].tolist() == [1, 2]
@@ -61,8 +61,8 @@ def test_trained_run_writes_log_and_training_record(tmp_path, smol):
 
 def test_vector_can_start_from_diffmean(tmp_path, smol):
     run(config(), tmp_path / "diffmean")  # objective=diffmean by default
-    tiny_step = ["objective=sft", "intervention.train.init=diffmean", "intervention.train.lr=1e-9"]
-    run(config(*tiny_step, "intervention.train.epochs=1"), tmp_path / "sft")
+    tiny_step = ["objective=sft", "train.init=diffmean", "train.lr=1e-9"]
+    run(config(*tiny_step, "train.epochs=1"), tmp_path / "sft")
     start = DynamicAffine.load(tmp_path / "diffmean").delta_b
     trained = DynamicAffine.load(tmp_path / "sft").delta_b
     assert start.norm() > 1.0

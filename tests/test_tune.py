@@ -140,7 +140,7 @@ def test_campaign_commands(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "experiments"))
     campaign = importlib.import_module("tune")
     assert campaign.studies(["vector", "lora"])[-1] == ("vector", "diffmean") and len(campaign.studies(["lora"])) == 3
-    longer = "intervention.train.epochs=choice(8,16)"
+    longer = "train.epochs=choice(8,16)"
     command = campaign.study_command("psychopathy", "vector", "split", 6, Path("/d"), True, [longer, "seed=1"])
     assert command[command.index("-m") + 1 :][:4] == [
         "experiment=tune_vector_split",
@@ -148,10 +148,10 @@ def test_campaign_commands(monkeypatch):
         "dataset.path=/d/anthropic-evals/persona/psychopathy.jsonl",
         "hydra.sweeper.n_trials=6",
     ]
-    assert command[-2:] == [longer, "seed=1"] and "intervention.train.epochs=choice(1,2,3)" not in command
+    assert command[-2:] == [longer, "seed=1"] and "train.epochs=choice(1,2,3)" not in command
     assert "dataset.n_test=24" in command and f"sweep.grid={campaign.QUICK_GRID['vector']}" in command
     diffmean = campaign.study_command("sentiment", "vector", "diffmean", 6, None, True, [longer])
-    assert not [o for o in diffmean if o.startswith("intervention.train")]
+    assert not [o for o in diffmean if o.startswith("train")]
     assert f"sweep.grid={campaign.QUICK_GRID['diffmean']}" in diffmean and "dataset=sentiment" in diffmean
 
 

@@ -45,7 +45,7 @@ def split_records(records: list[PairRecord], select: str) -> tuple[list[PairReco
 
 
 def fixed(m: float) -> Choice:
-    return Choice(float(m), "fixed", f"m={float(m):g} fixed by judge.m")
+    return Choice(float(m), "fixed", f"m={float(m):g} fixed by judge.select.m")
 
 
 def _order(m: float) -> tuple[float, float]:
@@ -72,7 +72,7 @@ def by_fit(fit_json: Mapping, m_range: tuple[float, float], max_util_drop: float
     """The m maximising the fitted train PrefOdds with fitted UtilOdds ≥ its value at 0 − ``max_util_drop``."""
     lo, hi = float(min(m_range)), float(max(m_range))
     if max_util_drop < 0:
-        raise ValueError(f"judge.max_util_drop must be >= 0, got {max_util_drop!r}")
+        raise ValueError(f"judge.select.max_util_drop must be >= 0, got {max_util_drop!r}")
     pref_params = fit_json["pref"]["train"]["params"]
     util_params = fit_json["util"]["train"]["params"]
     grid = np.unique(np.concatenate([np.linspace(lo, hi, FIT_POINTS), [lo, 0.0, hi]]))
@@ -88,7 +88,7 @@ def by_fit(fit_json: Mapping, m_range: tuple[float, float], max_util_drop: float
         m,
         "fit",
         f"m={m:g} maximises the fitted train PrefOdds ({best:.3f}, {pref0:.3f} at m=0) over [{lo:g}, {hi:g}] "
-        f"while the fitted UtilOdds ({at:.3f}) stays within judge.max_util_drop={max_util_drop:g} of its "
+        f"while the fitted UtilOdds ({at:.3f}) stays within judge.select.max_util_drop={max_util_drop:g} of its "
         f"value at m=0 ({util0:.3f})",
         {"pred_pref": best, "pred_pref_at_0": pref0, "pred_util": at, "pred_util_at_0": util0},
     )

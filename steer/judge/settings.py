@@ -105,22 +105,23 @@ def _rubrics(j: dict, protocol: Protocol, loader: str) -> tuple[tuple[Rubric, ..
 
 
 def _selection(j: dict, grid: Sequence) -> tuple[str, float | None, tuple[float, ...], float]:
-    """(select, m, candidates, max_util_drop): how the judged m is chosen."""
-    select = j.get("select")
+    """(method, m, candidates, max_util_drop) from ``judge.select`` (``method`` and the option's own key)."""
+    sel = j.get("select") or {}
+    select = sel.get("method")
     if select not in METHODS:
-        raise ValueError(f"judge.select={select!r} is not one of {', '.join(METHODS)}")
-    m = None if j.get("m") is None else finite(j["m"], "judge.m")
+        raise ValueError(f"judge/select={select!r} is not one of {', '.join(METHODS)}")
+    m = None if sel.get("m") is None else finite(sel["m"], "judge.select.m")
     if select == "fixed" and m is None:
-        raise ValueError("judge.select=fixed needs judge.m (the multiplier to judge), e.g. judge.m=8")
-    raw = j.get("candidates")
+        raise ValueError("judge/select=fixed needs judge.select.m (the multiplier to judge), e.g. judge.select.m=8")
+    raw = sel.get("candidates")
     if raw is None:
         raw = [x for x in grid or [] if isinstance(x, numbers.Real) and not isinstance(x, bool) and x > 0]
-    candidates = tuple(sorted({finite(x, "judge.candidates") for x in raw}))
+    candidates = tuple(sorted({finite(x, "judge.select.candidates") for x in raw}))
     if select == "validation" and not candidates:
-        raise ValueError("judge.select=validation needs judge.candidates (multipliers to try), e.g. [2,4,8]")
-    drop = finite(j.get("max_util_drop"), "judge.max_util_drop")
+        raise ValueError("judge/select=validation needs judge.select.candidates (multipliers to try), e.g. [2,4,8]")
+    drop = finite(sel.get("max_util_drop", 1.0), "judge.select.max_util_drop")
     if drop < 0:
-        raise ValueError(f"judge.max_util_drop must be >= 0, got {drop!r}")
+        raise ValueError(f"judge.select.max_util_drop must be >= 0, got {drop!r}")
     return select, m, candidates, drop
 
 

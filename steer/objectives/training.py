@@ -73,7 +73,8 @@ class TrainSettings:
         }
         for key, (ok, allowed) in checks.items():
             if not ok:
-                raise ValueError(f"intervention.train.{key}={getattr(self, key)!r} is not valid: it must be {allowed}")
+                name = "factors" if key == "train_factors" else key  # the config's train.factors
+                raise ValueError(f"train.{name}={getattr(self, key)!r} is not valid: it must be {allowed}")
 
 
 class Diverged(Exception):
@@ -104,7 +105,7 @@ class NonFiniteLoss(RuntimeError):
         )
         super().__init__(
             f"train: step {step} (epoch {epoch}) is not finite ({value}) at lr {lr:g}: training diverged. "
-            f"Lower intervention.train.lr or check the objective's options and the data; {kept}."
+            f"Lower train.lr or check the objective's options and the data; {kept}."
         )
 
 

@@ -72,7 +72,7 @@ class JudgedRun:
 
 def run_examples(run: JudgedRun) -> dict[str, pd.DataFrame]:
     """Per condition, one row per report prompt of the run (the test pairs, less the validation half
-    under ``judge.select=validation``): ``accuracy`` (1/0, PrefOdds > 0) where the protocol has it,
+    under ``judge/select=validation``): ``accuracy`` (1/0, PrefOdds > 0) where the protocol has it,
     each rubric's score and ``hm``. The mean of a column is that metric of ``metrics.json``."""
     path = run.run.path
     _, report = split_records(rundir.read_pairs(path, "test"), run.judge.get("select", "fit"))

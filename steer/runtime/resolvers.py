@@ -8,7 +8,7 @@ directory, W&B group, figure title and table column.
 ``${run_variant:${hydra.overrides.task},${hydra.runtime.choices}}`` is the part of a run directory
 after the run id: empty for a job whose command line changes no key that enters a stage's
 fingerprint (so ``make run`` writes where it always did), else ``/`` and the changed keys in Hydra's
-``override_dirname`` form (``dataset.limit=4,intervention.train.lr=0.01``), or ``/h-<hash>`` when
+``override_dirname`` form (``dataset.limit=4,train.lr=0.01``), or ``/h-<hash>`` when
 that would be longer than ``MAX_VARIANT`` characters. Two jobs of a multirun that differ in such a
 key (a learning rate, a limit, a seed, an Optuna trial's parameters) never share a run directory,
 whichever launcher runs them; ``overrides.yaml`` beside the run says which keys made it a variant.

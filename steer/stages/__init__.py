@@ -30,11 +30,15 @@ from steer.stages.base import ConfigError, Stage
 from steer.stages.context import RunContext
 from steer.stages.data import DataStage
 from steer.stages.fit import FitStage
-from steer.stages.ignored import check_ignored, hydra_overrides
+from steer.stages.ignored import check_ignored, composition_error, failing_key
 from steer.stages.judge import JudgeStage
 from steer.stages.runner import Fingerprints, fingerprinted, kept, plan, run_stage_list
+from steer.stages.schema import choices
+from steer.stages.schema import register as register_schema
+from steer.stages.slots import node_slot
 from steer.stages.sweep import SweepStage
 from steer.stages.train import TrainStage
+from steer.stages.tune import check_tune
 
 __all__ = [
     "STAGES",
@@ -51,8 +55,9 @@ __all__ = [
 
 log = logging.getLogger("steer")
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 STAGES: tuple[Stage, ...] = (DataStage(), TrainStage(), SweepStage(), FitStage(), JudgeStage())
+register_schema()
 
 
 @dataclass(frozen=True)
@@ -63,14 +68,29 @@ class RunResult:
 
 def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
     """The repo's Hydra config with ``overrides``, as ``run.py`` would see it, for entry points
-    other than ``run.py`` (data-check) and for tests."""
+    other than ``run.py`` (data-check) and for tests. A setting the schema refuses is a
+    ``ConfigError`` naming the key (``steer.stages.ignored.composition_error``)."""
     from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
 
     from steer.runtime.resolvers import register
 
     register(fingerprinted(STAGES))
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+        try:
+            return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+        except HydraException as err:
+            raise ConfigError(refusal(err, overrides, lambda o: compose("config", overrides=o))) from None
+
+
+def refusal(err: Exception, overrides: Sequence[str], compose) -> str:
+    """One line for a composition error; the group choices from composing the overrides without the failing one."""
+    key = failing_key(err)
+    try:
+        found = choices(compose([o for o in overrides if key is None or o.split("=")[0].lstrip("+~") != key]))
+    except Exception:  # the rest does not compose either (a sweep, another error): say it without the choices
+        found = {}
+    return composition_error(err, overrides, found)
 
 
 def check_stage_list(cfg: DictConfig, stages: Sequence[Stage]) -> None:
@@ -127,6 +147,7 @@ def check(cfg: DictConfig, stages: Sequence[Stage] = STAGES, overrides: Sequence
     requested ones and the implicit ones), and any of the ``overrides`` (default: Hydra's, when
     Hydra runs the job) that the config makes ineffective (``steer.stages.ignored``)."""
     check_stage_list(cfg, stages)
+    check_tune(cfg)
     check_seed(cfg.seed)
     check_device(cfg.device)
     if cfg.precision not in PRECISIONS:
@@ -147,7 +168,17 @@ def check(cfg: DictConfig, stages: Sequence[Stage] = STAGES, overrides: Sequence
     multirun = False
     if overrides is None:
         overrides, multirun = hydra_overrides()
-    check_ignored(cfg, overrides, multirun)
+    check_ignored(cfg, overrides, multirun, stages, choices(cfg))
+
+
+def hydra_overrides() -> tuple[list[str], bool]:
+    """(the command line's overrides, whether this is a multirun job) when Hydra runs the job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return [], False
+    return list(HydraConfig.get().overrides.task), HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def run(
@@ -164,6 +195,11 @@ def run(
     """
     run_dir = Path(run_dir)
     check(cfg, stages, overrides)
+    with node_slot(cfg):
+        return _run(cfg, run_dir, stages)
+
+
+def _run(cfg: DictConfig, run_dir: Path, stages: Sequence[Stage]) -> RunResult:
     prints = Fingerprints(cfg, run_dir, stages)  # the model and data digests are taken once per run
     plan(stages, list(cfg.stages), cfg, run_dir, bool(cfg.force), prints)
     ctx = RunContext(cfg, run_dir)

@@ -41,7 +41,7 @@ def run_panels(result: SweepFit) -> list[Panel]:
 
 class FitStage(Stage):
     name = "fit"
-    keys = ("fit",)
+    keys = ("fit", "sweep.grid", "model.name", "layer", "intervention.form", "objective.name", "dataset.name")
     outputs = (rundir.FIT, rundir.FIGURE, rundir.FIGURE_PDF)
     after = ("sweep",)
 

@@ -3,7 +3,7 @@
 Glue only: settings, protocols, rubrics, cache, client, local server, the choice of m and the
 metrics live in ``steer.judge``. Per run:
 
-1. choose m (``judge.select``: fixed, validation on half of the test prompts, or fit);
+1. choose m (``judge/select``: fixed, validation on half of the test prompts, or fit);
 2. generate under the intervention at m = 0 (Vanilla) and the chosen m on the report prompts, all
    multipliers of a prompt in one batch, the prompts sharded over the processes when launched as
    several;
@@ -53,20 +53,23 @@ from steer.judge.settings import Settings, make_client, parse_settings
 from steer.pairs import PairRecord, render_prompt
 from steer.stages.base import Stage
 from steer.stages.context import RunContext
+from steer.stages.schema import choices
 
 log = logging.getLogger("steer")
 
 
 def judge_settings(cfg: DictConfig) -> Settings:
-    return parse_settings(
-        OmegaConf.to_container(cfg.judge, resolve=True), cfg.dataset.loader, list(cfg.sweep.grid or [])
-    )
+    """The checked settings; ``judge.select`` carries its option's name (``judge/select=...``) as ``method``."""
+    judge = OmegaConf.to_container(cfg.judge, resolve=True)
+    judge["select"] = {**judge["select"], "method": choices(cfg)["judge/select"]}
+    return parse_settings(judge, cfg.dataset.loader, list(cfg.sweep.grid or []))
 
 
 class JudgeStage(Stage):
     name = "judge"
-    keys = ("judge",)
+    keys = ("judge", "sweep.grid", "sweep.batch_size", "dataset.loader", "dataset.instruction")
     ignore = (
+        "sweep.batch_size",
         "judge.concurrency",
         "judge.max_retries",
         "judge.timeout",

@@ -37,7 +37,7 @@ def check_batch_size(value, key: str = "sweep.batch_size") -> int:
 
 class SweepStage(Stage):
     name = "sweep"
-    keys = ("sweep",)
+    keys = ("sweep", "model.name", "layer", "intervention", "objective.name")
     ignore = ("sweep.batch_size",)
     outputs = (rundir.SWEEP,)
     after = ("train",)

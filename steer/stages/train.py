@@ -1,9 +1,9 @@
 """The train stage: obtain the intervention's Δ with the configured objective and save it.
 
 An ``Estimator`` objective (DiffMean) computes Δ in one pass; a ``Loss`` objective runs
-``steer.objectives.training`` with the form's ``intervention.train`` settings, starting from the form's random
-init or (``intervention.train.init=diffmean``) from the DiffMean estimate. Every process of an
-``accelerate launch`` runs this stage (data-parallel); only the main process writes
+``steer.objectives.training`` with the ``train`` settings (the form's defaults), starting from the form's
+random init or (``train.init=diffmean``) from the DiffMean estimate in batches of ``train.batch_size``.
+Every process of an ``accelerate launch`` runs this stage (data-parallel); only the main process writes
 ``train_log.csv``, the end-of-epoch checkpoint ``train_checkpoint.pt`` (resumed from after an
 interruption, deleted once the stage is done) and the intervention files.
 """
@@ -27,44 +27,38 @@ from steer.stages.context import RunContext
 
 log = logging.getLogger("steer")
 
-# intervention.train.init of a trained objective: the form's random init, or any registered estimator's estimate.
+# train.init of a trained objective: the form's random init, or any registered estimator's estimate.
 RANDOM_INIT = "random"
 # objective.* keys that are not options of the objective.
 NOT_OPTIONS = ("name", "grid")
-# intervention.train.train_factors may also be one string of factors joined by this ("2/4/8"): the
+# train.factors may also be one string of factors joined by this ("2/4/8"): the
 # form a tuning study's categorical choice can hold (Optuna's choices cannot be lists, and a comma
 # would make the job's override a sweep).
 FACTOR_SEPARATOR = "/"
 
 
 def factor_list(value) -> list:
-    """``train_factors`` as a list: a list as it is, a ``FACTOR_SEPARATOR``-joined string split."""
+    """``train.factors`` as a list: a list as it is, a ``FACTOR_SEPARATOR``-joined string split."""
     if isinstance(value, str):
         return [part.strip() for part in value.split(FACTOR_SEPARATOR)]
     return list(value)
 
 
 def train_settings(cfg: DictConfig) -> TrainSettings:
-    """``intervention.train`` as checked settings (a bad value raises, naming its key)."""
-    train = cfg.intervention.train
-
-    def number(key: str, value=None) -> float:
-        value = train[key] if value is None else value
-        if isinstance(value, bool):
-            value = None
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"intervention.train.{key}={train[key]!r}: {value!r} is not a number") from None
-
+    """``train`` as settings: the schema types every key but ``factors`` (a list or an 'a/b/c' string)."""
+    train = cfg.train
+    try:
+        factors = tuple(float(m) for m in factor_list(train.factors))
+    except (TypeError, ValueError):
+        raise ValueError(f"train.factors={train.factors!r}: the factors must be numbers") from None
     return TrainSettings(
-        lr=number("lr"),
+        lr=train.lr,
         epochs=train.epochs,
         batch_size=train.batch_size,
-        train_factors=tuple(number("train_factors", m) for m in factor_list(train.train_factors)),
+        train_factors=factors,
         grad_accum=train.grad_accum,
-        weight_decay=number("weight_decay"),
-        grad_clip=number("grad_clip"),
+        weight_decay=train.weight_decay,
+        grad_clip=train.grad_clip,
         seed=cfg.seed,
     )
 
@@ -75,11 +69,11 @@ def objective_from_config(cfg: DictConfig) -> Objective:
 
 
 def train_init(cfg: DictConfig) -> str:
-    """``intervention.train.init`` (random unless set), checked against the form."""
-    init = cfg.intervention.train.get("init", RANDOM_INIT)
+    """``train.init`` (random unless the form has the key), checked against the form."""
+    init = cfg.train.get("init", RANDOM_INIT)
     inits = [RANDOM_INIT, *(name for name, cls in OBJECTIVES.items() if issubclass(cls, Estimator))]
     if init not in inits:
-        raise ValueError(f"intervention.train.init={init!r} is not one of {', '.join(inits)}")
+        raise ValueError(f"train.init={init!r} is not one of {', '.join(inits)}")
     if init != RANDOM_INIT:
         OBJECTIVES[init].check_form(cfg.intervention.form)
     return init
@@ -87,13 +81,13 @@ def train_init(cfg: DictConfig) -> str:
 
 def starting_estimate(cfg: DictConfig, objective: Objective) -> Estimator | None:
     """What fills Δ before training (or instead of it): the objective itself when it is an
-    estimator, the estimator named by ``intervention.train.init``, else nothing (the form's random init)."""
+    estimator, the estimator named by ``train.init``, else nothing (the form's random init)."""
     if isinstance(objective, Estimator):
         return objective
     init = train_init(cfg)
     if init == RANDOM_INIT:
         return None
-    return OBJECTIVES[init](batch_size=cfg.objective.get("batch_size", cfg.sweep.batch_size))
+    return OBJECTIVES[init](batch_size=cfg.train.batch_size)
 
 
 def expected_intervention(cfg: DictConfig, model: nn.Module | None = None) -> dict:
@@ -105,7 +99,7 @@ def expected_intervention(cfg: DictConfig, model: nn.Module | None = None) -> di
         "layer": cfg.layer,
         "model": cfg.model.name,
         "objective": cfg.objective.name,
-        "rank": cfg.intervention.rank if form.uses_rank else None,
+        "rank": cfg.intervention.get("rank") if form.uses_rank else None,
     }
     if model is not None:
         expected["d_in"], expected["d_out"] = form.dims(model, cfg.layer)
@@ -114,8 +108,8 @@ def expected_intervention(cfg: DictConfig, model: nn.Module | None = None) -> di
 
 class TrainStage(Stage):
     name = "train"
-    keys = ("model", "precision", "layer", "intervention", "objective", "seed")
-    ignore = ("intervention.grid", "objective.grid", "objective.batch_size")
+    keys = ("model", "precision", "layer", "intervention", "train", "objective", "seed")
+    ignore = ("objective.batch_size",)
     outputs = (rundir.WEIGHTS, rundir.META)
     after = ("data",)
     reads = ("model",)
@@ -124,7 +118,7 @@ class TrainStage(Stage):
     def check(self, cfg: DictConfig) -> None:
         """The form, the objective and its options, and the training settings; no model needed."""
         form = get_form(cfg.intervention.form)
-        form.check(cfg.intervention.rank)
+        form.check(cfg.intervention.get("rank"))
         objective = objective_from_config(cfg)
         objective.check_form(form.name)
         if objective.trains:
@@ -139,8 +133,8 @@ class TrainStage(Stage):
             ctx.model,
             cfg.intervention.form,
             cfg.layer,
-            rank=cfg.intervention.rank,
-            init_scale=float(cfg.intervention.train.get("init_scale", 0.0)) if start is None else 0.0,
+            rank=cfg.intervention.get("rank"),
+            init_scale=cfg.train.get("init_scale", 0.0) if start is None else 0.0,
             seed=cfg.seed,
             model_name=cfg.model.name,
             objective=objective.name,
