@@ -5,7 +5,7 @@
     make TARGET [DATASETS=...] [ARGS="overrides"]
 
 Every target uses the same runs: Hydra multiruns of ``run.py`` over the preset's experiments
-(``dynamics``: the intervention forms × trained objectives of ``conf/experiment/dynamics.yaml`` and
+(``dynamics``: the intervention forms × trained objectives of ``steer/conf/experiment/dynamics.yaml`` and
 DiffMean on vectors, ``dynamics_diffmean.yaml``; ``paper``: the same at the paper's scale for both
 paper models, ``paper.yaml`` and ``paper_diffmean.yaml``; ``smoke``: ``smoke.yaml``) for each data
 set of ``--datasets``, with stages train → sweep → fit (table3 and all: then judge, ``judge=local``
@@ -202,7 +202,7 @@ def plan_text(runs: list[tuple[str, list[str]]], overrides: list[str], judge_mul
 
 
 def size_of(model_cfg):
-    """The model's ``ModelSize`` from ``model.shapes`` (conf/model/*.yaml) or, without them, its own
+    """The model's ``ModelSize`` from ``model.shapes`` (steer/conf/model/*.yaml) or, without them, its own
     config (local or embedded): nothing is downloaded."""
     from omegaconf import OmegaConf
 
@@ -261,8 +261,11 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argp
 
 
 def compose_choices(group: str) -> list[str]:
-    """The options of a config group: the file names under conf/<group>/."""
-    return [p.stem for p in (REPO / "conf" / group).glob("*.yaml")]
+    """The options of a config group: the file names under steer/conf/<group>/ and the schemas
+    (``steer.stages.schema``) of that group."""
+    from steer.stages.schema import groups
+
+    return [p.stem for p in (REPO / "steer" / "conf" / group).glob("*.yaml")] + list(groups().get(group, {}))
 
 
 def run_plan(args: argparse.Namespace, overrides: list[str]) -> int:

@@ -3,7 +3,7 @@
     make tune DATASETS=sentiment,psychopathy TRIALS=20 [FORMS=vector,lora] [ARGS="overrides"]
     python experiments/tune.py --datasets sentiment,psychopathy --trials 6 --data ../shared/data --quick
 
-One study per data set x form x objective (``conf/experiment/tune_<form>_<objective>.yaml``; DiffMean
+One study per data set x form x objective (``steer/conf/experiment/tune_<form>_<objective>.yaml``; DiffMean
 over the layer, vector form only), each run as ``python run.py -m experiment=tune_...``. Studies are
 filled in rounds (``--rounds``: every study to 2 finished trials, then 4, ... up to ``--trials``), so
 an interrupted campaign has every cell early; a study resumes where it stopped and never re-runs a
@@ -68,7 +68,7 @@ def study_command(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", default="sentiment", help="comma-separated data sets (conf/dataset)")
+    parser.add_argument("--datasets", default="sentiment", help="comma-separated data sets (steer/conf/dataset)")
     parser.add_argument("--forms", default="vector,lora", help="comma-separated intervention forms")
     parser.add_argument("--trials", type=int, default=20, help="finished trials per study")
     parser.add_argument("--rounds", type=int, default=2, help="trials added to every study per round")

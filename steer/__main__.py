@@ -25,7 +25,7 @@ class Command:
     summary: str
     # "package.module:function" or "path/of/script.py:function" (relative to the checkout): its
     # main(argv) -> int; or "path/of/script.py" alone: the script run as __main__ with the arguments
-    # in sys.argv (a Hydra entry point, which finds its conf/ beside it).
+    # in sys.argv (a Hydra entry point, which finds its steer/conf/ beside it).
     target: str
 
     @property

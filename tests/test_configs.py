@@ -8,17 +8,23 @@ import pytest
 from omegaconf import OmegaConf
 
 from steer.stages import CONF, compose_config
+from steer.stages.schema import groups
 
+# The YAML options (steer/conf/<group>/) and the schemas' (steer/stages/schema.py).
 GROUP_OPTIONS = sorted(
-    (path.parent.relative_to(CONF).as_posix(), path.stem)
-    for path in CONF.rglob("*.yaml")
-    if path.parent != CONF and not path.parent.relative_to(CONF).as_posix().startswith("hydra/")
+    [
+        (path.parent.relative_to(CONF).as_posix(), path.stem)
+        for path in CONF.rglob("*.yaml")
+        if path.parent != CONF and not path.parent.relative_to(CONF).as_posix().startswith("hydra/")
+    ]
+    + [(group, name) for group, options in groups().items() for name in options]
 )
 
 
 def test_every_group_is_covered():
-    groups = {group for group, _ in GROUP_OPTIONS}
-    assert groups == {"dataset", "experiment", "intervention", "judge", "model", "objective"}
+    covered = {group for group, _ in GROUP_OPTIONS}
+    assert covered == {"dataset", "experiment", "intervention", "judge", "judge/select", "model", "objective", "sweep",
+                       "train"}  # fmt: skip
 
 
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])

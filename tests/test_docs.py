@@ -26,7 +26,7 @@ README_LIMIT = 12 * 1024  # bytes: a README read in two minutes
 PAGES = sorted((REPO / "docs").glob("*.md"))
 BASH_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.MULTILINE | re.DOTALL)
 FENCED = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
-# A repository path inside an inline code span: steer/..., conf/..., experiments/..., tests/..., docs/...
+# A repository path inside an inline code span: steer/..., steer/conf/..., experiments/..., tests/..., docs/...
 CITED = re.compile(r"(?:^|[\s(])((?:steer|conf|experiments|tests|docs)/[\w./-]*)")
 
 
@@ -108,9 +108,9 @@ def test_readme_shows_the_two_commands_and_links_every_page():
 def test_path_check_reads_spans_not_examples(tmp_path):
     page = tmp_path / "page.md"
     page.write_text(
-        "See `steer/nope.py` and (`conf/config.yaml`).\n\n```python\n# steer/example.py\n```\n`steer/NAME.py`\n"
+        "See `steer/nope.py` and (`steer/conf/config.yaml`).\n\n```python\n# steer/example.py\n```\n`steer/NAME.py`\n"
     )
-    assert cited_paths(page) == ["steer/nope.py", "conf/config.yaml"]
+    assert cited_paths(page) == ["steer/nope.py", "steer/conf/config.yaml"]
 
 
 def test_command_check_catches_a_wrong_target_file_and_module():

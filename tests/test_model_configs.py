@@ -1,4 +1,4 @@
-"""Every conf/model entry composes, names its architecture's shapes, and its layer lies within its depth."""
+"""Every steer/conf/model entry composes, names its architecture's shapes, and its layer lies within its depth."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ ACTIVE = {"mixtral-8x7b-instruct": 12.9, "qwen3-30b-a3b": 3.3}  # billions per t
 
 
 def architecture_config(model):
-    """The config of a conf/model entry: from its ``shapes`` (no download), else its own (embedded)."""
+    """The config of a steer/conf/model entry: from its ``shapes`` (no download), else its own (embedded)."""
     if model.get("shapes") is not None:
         return config_from_shapes(OmegaConf.to_container(model.shapes))
     return load_config(model.source)

@@ -1,6 +1,6 @@
 """A form and an objective registered from outside the package, in this file alone, work like
 the built-in ones: checked before the run, hooked at their site, trained, swept and fitted
-through ``steer.stages.run`` (what ``run.py`` calls) with no edit to steer/ or conf/."""
+through ``steer.stages.run`` (what ``run.py`` calls) with no edit to steer/ or steer/conf/."""
 
 from __future__ import annotations
 

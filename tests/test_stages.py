@@ -30,7 +30,7 @@ def config(*overrides: str):
         (["dataset.n_train=0"], "dataset=sentiment: the train split is empty"),
         (["dataset.limit=0"], "dataset.limit must be a positive integer or null, got 0"),
         (["+dataset.colour=red"], "dataset.colour is not an option of the sentiment loader"),
-        (["stages=[judge]", "judge/select=best"], "judge/select='best' is not one of fixed, validation, fit"),
+        (["stages=[judge]", "judge/select=best"], "judge/select=best is not one of fit, fixed, validation"),
         (["stages=[evaluate]"], "unknown stage 'evaluate'"),
         (["stages=[]"], "stages is empty"),
         (["sweep.grid=[]"], "sweep.grid is empty"),

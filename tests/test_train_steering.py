@@ -15,16 +15,16 @@ from steer.datasets.sentiment import load
 from steer.objectives import make_objective
 from steer.objectives.training import TrainSettings, train_intervention
 from steer.pairs import apply_limit, to_records
-from tests.conftest import REPO
+from steer.stages import compose_config
 
 LAYER = 15
 TABLE_M = {"vector": 8.0, "lora": 1.0, "local_weight": 1.0}
 
 
 def defaults(form: str, objective: str):
-    """The form's ``train`` section and the objective's options, as shipped in conf/."""
-    train = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "intervention" / f"{form}.yaml").train)
-    options = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "objective" / f"{objective}.yaml"))
+    """The form's ``train`` settings and the objective's options, as the schema defaults them."""
+    cfg = compose_config([f"intervention={form}", f"objective={objective}"])
+    train, options = OmegaConf.to_container(cfg.train), OmegaConf.to_container(cfg.objective)
     options.pop("name")
     return train, make_objective(objective, options)
 
@@ -41,7 +41,7 @@ def pref_after_training(smol, form: str, objective: str, limit: int, epochs: int
         lr=train["lr"],
         epochs=epochs,
         batch_size=min(train["batch_size"], limit),
-        train_factors=tuple(train["train_factors"]),
+        train_factors=tuple(train["factors"]),
         grad_accum=train["grad_accum"],
         weight_decay=train["weight_decay"],
         grad_clip=train["grad_clip"],

@@ -236,7 +236,7 @@ def site_path(config, site: str) -> str:
 
 def config_from_shapes(shapes: Mapping):
     """A config built from an architecture's shapes (``model_type`` and config.json keys), as
-    ``conf/model/*.yaml`` records them: plans and checks without downloading the checkpoint."""
+    ``steer/conf/model/*.yaml`` records them: plans and checks without downloading the checkpoint."""
     from transformers import AutoConfig
 
     shapes = dict(shapes)

@@ -1,6 +1,6 @@
 """``python -m steer.datacheck [overrides]``: a data set as the unsteered model sees it.
 
-An entry point like ``run.py``: it composes the same Hydra config (``conf/``, same overrides,
+An entry point like ``run.py``: it composes the same Hydra config (``steer/conf/``, same overrides,
 e.g. ``dataset=psychopathy dataset.path=...``) and prints, for the chosen data set and model:
 the pairs per split, a sample pair, answer lengths in tokens, and the unsteered model's
 P(A_p|q) + P(A_n|q), UtilOdds and PrefOdds — once with the bare chat template and once with

@@ -1,6 +1,6 @@
 """The end of a multirun: one table of every job, printed and written as CSV beside the jobs.
 
-A Hydra callback (registered in ``conf/config.yaml`` under ``hydra.callbacks``). Each job, in
+A Hydra callback (registered in ``steer/conf/config.yaml`` under ``hydra.callbacks``). Each job, in
 whatever process the launcher ran it (in-process, a joblib worker, a submitit/SLURM job), writes
 one record when it ends: its choices, status, error and seconds. When the multirun ends, the
 launching process reads every record and the jobs' ``fit.json``/``metrics.json`` and writes

@@ -1,4 +1,4 @@
-"""OmegaConf resolvers that the configs in ``conf/`` use; ``run.py`` and ``compose_config`` register
+"""OmegaConf resolvers that the configs in ``steer/conf/`` use; ``run.py`` and ``compose_config`` register
 them before Hydra composes a config.
 
 ``${dataset_name:}`` is a data set's default ``dataset.name``: derived by its loader from what it

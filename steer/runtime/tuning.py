@@ -1,6 +1,6 @@
 """Hydra's Optuna sweeper (``hydra-optuna-sweeper``) made resumable, and the best trial written down.
 
-``conf/experiment/tune.yaml`` selects ``hydra_plugins.steer_tuning.ResumableOptunaSweeper`` as
+``steer/conf/experiment/tune.yaml`` selects ``hydra_plugins.steer_tuning.ResumableOptunaSweeper`` as
 ``hydra.sweeper._target_`` (Hydra loads plugins only from the ``hydra_plugins`` package); it is the
 plugin's ``OptunaSweeper`` with the three additions below, whose code lives here:
 

@@ -6,7 +6,6 @@ preset's; in a multirun job a reason reading a key the overrides set (maybe swep
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -58,7 +57,9 @@ def composition_error(err: Exception, overrides: Sequence[str], choices: dict) -
     key, given = failing_key(err), dict(explicit_settings(overrides))
     if key and "To append" in str(err):
         return unknown_key(key, given.get(key, "?"), choices)
-    first = str(err.__cause__ or err).strip().splitlines()[0]
+    first, missing = str(err.__cause__ or err).strip().splitlines()[0], re.search(r"find '(.+)/([^/']+)'", str(err))
+    if missing:  # an unknown option: Hydra lists the group's options one per line
+        first = f"{missing[1]}={missing[2]} is not one of " + ", ".join(re.findall(r"^\t(\S+)$", str(err), re.M))
     return f"{key}={given.get(key, '?')}: {first}" if key else first
 
 
@@ -75,11 +76,6 @@ class Rule(NamedTuple):
 def unset(cfg: DictConfig, key: str, attribute: str):  # the value, or when null the data set protocol's
     value, found = OmegaConf.select(cfg, key), PROTOCOLS.get(cfg.dataset.get("loader"))
     return value if value is not None else getattr(found, attribute, None)
-
-
-def own_answers(cfg: DictConfig) -> bool:
-    with contextlib.suppress(ValueError, OSError):  # the data stage's check reports a data set that does not load
-        return not needs_own_answers(load_dataset(cfg))
 
 
 JUDGE = "model base_url api_key_env device startup_timeout concurrency max_retries timeout cache_dir temperature "
@@ -106,8 +102,9 @@ RULES: tuple[Rule, ...] = (
     Rule("dataset.answer_format", lambda c: "answer_format" not in str(c.dataset._get_node("instruction")._value()),
          "a run appends dataset.instruction; steer.datacheck compares dataset.answer_format",
          "dataset.instruction='${dataset.answer_format}' to run with it", "dataset.instruction"),
-    Rule("dataset.generation", own_answers, "every pair of dataset={cfg.dataset.name} has its A_n",
-         "dataset=axbench (A_n is the model's own answer)", "dataset"),
+    Rule("dataset.generation", lambda c: not needs_own_answers(load_dataset(c)),
+         "every pair of dataset={cfg.dataset.name} has its A_n", "dataset=axbench (A_n is the model's own answer)",
+         "dataset"),
     Rule("tracking.project tracking.entity tracking.group", lambda c: not c.tracking.wandb, "tracking.wandb=false",
          "tracking.wandb=true", "tracking.wandb"),
     Rule("node.devices", lambda c: c.device == "cpu" or c.node.jobs == 1, "each job runs alone on the run's device",

@@ -6,16 +6,16 @@ which is all the schema needs. Each group option carries only its own keys, so a
 cannot take effect fails composition naming the key (``steer.stages.ignored.composition_error``):
 
 * ``intervention=vector|lora|local_weight``: only lora has ``rank``;
-* ``train``: chosen by the form (``train: ${intervention}`` in conf/config.yaml), present only
+* ``train``: chosen by the form (``train: ${intervention}`` in steer/conf/config.yaml), present only
   when the objective trains (an ``Estimator`` objective overrides it to null);
 * ``sweep``: the form's grid, or the estimator's (DiffMean's -4..4);
 * ``objective``: each objective's dataclass fields (``steer.objectives``), so a new option there
   is a key here;
 * ``judge=local|openai`` and ``judge/select=fixed|validation|fit``.
 
-``layer`` and ``precision`` are top-level keys set by the model's option (conf/model/*.yaml,
+``layer`` and ``precision`` are top-level keys set by the model's option (steer/conf/model/*.yaml,
 ``@package _global_``): the model's paper layer is the default and ``model`` has no ``layer``.
-docs/configuration.md is generated from this module (``python -m steer.stages.keys``).
+docs/configuration.md is generated from this module (``python -m steer.stages.reference``).
 """
 
 from __future__ import annotations
@@ -239,7 +239,7 @@ class Node:
     devices: list[int] | None = None
 
 
-# The top-level keys (conf/config.yaml adds the groups and Hydra's settings).
+# The top-level keys (steer/conf/config.yaml adds the groups and Hydra's settings).
 BASE = {
     "stages": ["train", "sweep", "fit"],  # run in the order train -> sweep -> fit -> judge
     "force": False,  # re-run stages even when their outputs exist for the same config
@@ -254,7 +254,7 @@ BASE = {
     "node": Node,
 }
 
-# Top-level keys each model's option sets (conf/model/*.yaml): its paper layer and precision.
+# Top-level keys each model's option sets (steer/conf/model/*.yaml): its paper layer and precision.
 MODEL_KEYS = ("layer", "precision")
 INTERVENTIONS = {"vector": Vector, "lora": Lora, "local_weight": LocalWeight}
 TRAINS = {"vector": TrainVector, "lora": TrainLora, "local_weight": Train}
@@ -273,6 +273,7 @@ def objective_schema(cls: type) -> type:
     return make_dataclass(
         f"{cls.__name__}Options",
         [("defaults", list[Any], field(default_factory=lambda: list(defaults))), ("name", str, cls.name), *own],
+        namespace={"__doc__": cls.__doc__},
     )
 
 
@@ -290,7 +291,7 @@ def groups() -> dict[str, dict[str, Any]]:
 
 
 def register() -> None:
-    """Store the schemas in Hydra's ConfigStore (conf/config.yaml's defaults list picks them)."""
+    """Store the schemas in Hydra's ConfigStore (steer/conf/config.yaml's defaults list picks them)."""
     store = ConfigStore.instance()
     store.store(name="steer", node=BASE)
     for group, options in groups().items():

@@ -1,6 +1,6 @@
 """What a tuning trial returns: its front value on the validation split (``tune.*`` keys).
 
-Hydra's Optuna sweeper (``hydra/sweeper=optuna``, ``conf/experiment/tune_*.yaml``) maximises the
+Hydra's Optuna sweeper (``hydra/sweeper=optuna``, ``steer/conf/experiment/tune_*.yaml``) maximises the
 value ``run.py`` returns. With ``tune.split`` set, that is the best PrefOdds the run reaches on that
 split while UtilOdds stays within ``tune.delta`` of its value at m = 0 (``steer.analysis.front``),
 from the fitted curves or the swept points (``tune.value``). The test split is refused here, so a
