@@ -172,7 +172,9 @@ def test_command_line_in_a_subprocess(args, message):
 def test_steer_run_is_run_py(tmp_path):
     """`steer run OVERRIDES` runs run.py as its own script (Hydra finds steer/conf/ from any directory)."""
     root = tmp_path / "outputs"
-    assert_clean_failure(cli("-m", "steer", "run", "judge.select.m=3", f"output_root={root}", cwd=tmp_path), "judge.select.m=3")
+    assert_clean_failure(
+        cli("-m", "steer", "run", "judge.select.m=3", f"output_root={root}", cwd=tmp_path), "judge.select.m=3"
+    )
     assert not any(root.rglob("*"))
     done = cli("-m", "steer", "run", "--help", cwd=tmp_path)
     assert done.returncode == 0 and "Configuration groups" in done.stdout

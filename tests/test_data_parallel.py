@@ -178,7 +178,12 @@ def test_judge_stage_under_two_processes_generates_what_one_process_does(tmp_pat
     fitted = ["objective=diffmean", "intervention=vector", "dataset.limit=5", grid]
     run_job([*fitted, "stages=[train,sweep,fit]", f"hydra.run.dir={base}"], 1)
     judge = ["stages=[judge]", "judge=openai", f"judge.base_url={flaky_endpoint.url}"]
-    judge += ["judge.api_key_env=STEER_TEST_JUDGE_KEY", "judge/select=fixed", "judge.select.m=4", "judge.rubrics=[fluency]"]
+    judge += [
+        "judge.api_key_env=STEER_TEST_JUDGE_KEY",
+        "judge/select=fixed",
+        "judge.select.m=4",
+        "judge.rubrics=[fluency]",
+    ]
     judge += ["judge.generation.max_new_tokens=10", "judge.generation.batch_size=4"]
     frames = {}
     for processes in (1, 2):

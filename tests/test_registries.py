@@ -101,9 +101,7 @@ def test_unregistered_names_are_refused(tmp_path):
 def test_toy_form_and_objective_train_sweep_fit_through_run(registered, tmp_path, smol):
     model, tok = smol
     grid = "[-8,-4,-2,-1,0,1,2,4,8]"  # nine multipliers: as many as the preference model's parameters
-    cfg = compose_config(
-        [*FAST, *TOY, f"sweep.grid={grid}", "train.epochs=2", "train.batch_size=2"]
-    )
+    cfg = compose_config([*FAST, *TOY, f"sweep.grid={grid}", "train.epochs=2", "train.batch_size=2"])
     run_dir = tmp_path / "run"
     assert run(cfg, run_dir).ran == ["data", "train", "sweep", "fit"]
     meta = read_meta(run_dir)

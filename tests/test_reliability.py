@@ -16,7 +16,7 @@ import torch
 
 from steer.io.artifacts import CorruptArtifact
 from steer.stages import ConfigError, compose_config, run
-from tests.conftest import REPO, assert_refused
+from tests.conftest import REPO
 
 FAST = ["dataset.limit=2", "sweep.grid=[-1,1]", "stages=[train,sweep]", "tracking.wandb=false", "progress=false"]
 # Nine multipliers (the fit's minimum) and one restart keep a full train → sweep → fit run short.
