@@ -14,6 +14,7 @@ finished trial, so the same command continues it. ``--quick`` caps the work per 
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import time
@@ -61,9 +62,16 @@ def study_command(
         grid = f"sweep.grid={QUICK_GRID['diffmean' if objective == 'diffmean' else form]}"
         command += [o for o in [grid, *QUICK] if o.split("=", 1)[0] not in keys]
     command += overrides
-    if objective == "diffmean":  # nothing is trained: a training key would be refused as having no effect
-        command = [o for o in command if not o.startswith("train")]
-    return command
+    return command[:5] + applicable(command[5:], f"experiment=tune_{form}_{objective}")
+
+
+def applicable(overrides: list[str], study: str) -> list[str]:
+    """The overrides whose top-level node the study's composed config has (Hydra's own always):
+    DiffMean's config has no ``train``, so the campaign's training keys reach the trained studies only."""
+    from steer.stages import compose_config
+
+    cfg = compose_config([study])
+    return [o for o in overrides if (top := re.split(r"[./=]", o.lstrip("+~"), maxsplit=1)[0]) == "hydra" or top in cfg]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,6 +49,10 @@ class Splits:
         return ((name, pairs) for name, pairs in named if pairs or name != "validation")
 
 
+# The key of a record's raw prompt (before the chat template and the instruction) in pairs.jsonl.
+QUERY = "query"
+
+
 @dataclass(frozen=True)
 class PairRecord:
     """A line of ``pairs.jsonl``: a pair as it is scored, with the rendered prompt."""
@@ -172,7 +176,7 @@ def to_records(tokenizer, splits: Splits, instruction: str | None = None) -> lis
     records = []
     for split, pairs in splits.items():
         for pair in pairs:
-            meta = dict(pair.meta)
+            meta = {**pair.meta, QUERY: pair.prompt}  # the raw prompt: the judge asks about it
             if splits.source:
                 meta.update(source=splits.source, source_sha256=splits.digest)
             if instruction:

@@ -327,7 +327,8 @@ def test_axbench_run_generates_and_caches_negatives(smol, tmp_path, monkeypatch)
     expected = [a.strip() for a in greedy_generate(model, tok, prompts, 5, progress=False)]
     assert [r.negative for r in records] == expected
     source = {"source": str(path), "source_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    assert all(r.meta == {"concept_id": 4, "concept": "items", **source} for r in records)
+    queries = [rows[int(r.example_id.split("-")[1])]["input"] for r in records]
+    assert [r.meta for r in records] == [{"concept_id": 4, "concept": "items", "query": q, **source} for q in queries]
     assert (run_dir / "sweep.parquet").is_file()
     assert len(list((tmp_path / "cache" / "own_answers").iterdir())) == 1
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["models", "own_answers"]

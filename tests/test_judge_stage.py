@@ -120,6 +120,9 @@ def test_local_judge_over_http_then_cached(trained, tmp_path):
     assert len(cache) == 4
     cache.close()
     assert {p.pid for p in serve_processes()} <= before  # no server left behind
+    # A batch size is not part of the judge's fingerprint (at any depth): nothing re-runs.
+    same = config("stages=[judge]", *SAMPLED, f"judge.cache_dir={cache_dir}", "judge.generation.batch_size=1")
+    assert run(same, run_dir).ran == []
 
     # The re-run (forced) answers everything from the cache: no server, no HTTP call.
     rerun_cfg = config("stages=[judge]", *SAMPLED, f"judge.cache_dir={cache_dir}", "force=true")

@@ -4,6 +4,7 @@ paired bootstrap and the comparison report."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -316,3 +317,17 @@ def test_a_resumed_study_draws_new_parameters():
     assert reseeded(config, "the sampler", 5, 2)._rng.rand() == pytest.approx(np.random.RandomState(7).rand())
     grid = OmegaConf.create({"_target_": "optuna.samplers.GridSampler", "_partial_": True})
     assert reseeded(grid, "the sampler", 5, 2) == "the sampler"
+
+
+def test_a_sweeper_with_no_target_is_refused_before_the_first_trial(tmp_path):
+    """hydra/sweeper=optuna without a tune_* preset: no trial could return a value. Exit 2, one
+    line naming tune.split and the presets, before anything is trained or written."""
+    root = tmp_path / "outputs"
+    args = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "objective=sft", "dataset.limit=8"]
+    args += ["dataset.validation=4", f"output_root={root}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    done = subprocess.run([sys.executable, "run.py", *args], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "tune.split" in lines[0] and "experiment=tune_" in lines[0], done.stderr
+    assert not root.exists()

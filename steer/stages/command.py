@@ -26,7 +26,7 @@ from steer.io.artifacts import CorruptArtifact
 from steer.runtime.resolvers import register, variant_overrides
 from steer.stages import CONF, STAGES, ConfigError, compose_config, refusal, remove_empty_run_dir, run
 from steer.stages.runner import fingerprinted
-from steer.stages.tune import trial_target
+from steer.stages.tune import check_sweeper, trial_target
 
 log = logging.getLogger("steer")
 
@@ -64,6 +64,21 @@ def job(cfg: DictConfig) -> float | None:
         sys.exit(2)
 
 
+def check_multirun(overrides: Sequence[str]) -> None:
+    """Before any job: the sweeper gets a value to maximise. Composed from the overrides less the
+    sweeps (``a=1,2``, ``choice(...)``); if that does not compose, the jobs' own composition says why."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    plain = [
+        o.input_line for o in OverridesParser.create().parse_overrides(list(overrides)) if not o.is_sweep_override()
+    ]
+    try:
+        cfg = compose_config(plain, return_hydra_config=True)
+    except ConfigError:
+        return
+    check_sweeper(cfg)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``run.py``'s one call: Hydra's command line with ``argv`` (default: ``sys.argv[1:]``). Hydra's
     own errors are raised to here (HYDRA_FULL_ERROR) so a composition error is one line naming the key."""
@@ -71,6 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
+    if {"-m", "--multirun"} & set(sys.argv[1:]):
+        try:
+            check_multirun(overrides)
+        except ConfigError as err:
+            print(f"config error: {err}", file=sys.stderr)
+            return 2
     full = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:

@@ -50,8 +50,8 @@ from steer.judge.evaluate import (
 )
 from steer.judge.select import Choice, by_fit, by_validation, fixed, split_records
 from steer.judge.settings import Settings, make_client, parse_settings
-from steer.pairs import PairRecord, render_prompt
-from steer.stages.base import Stage
+from steer.pairs import QUERY, PairRecord, render_prompt
+from steer.stages.base import ConfigError, Stage
 from steer.stages.context import RunContext
 from steer.stages.schema import choices
 
@@ -119,13 +119,13 @@ class Job:
     """One run of the judge stage: the records, prompts and queries, and what has been done so far."""
 
     def __init__(self, ctx: RunContext, s: Settings) -> None:
-        from steer.stages.data import load_dataset
-
         self.ctx, self.s = ctx, s
         self.records = ctx.records("test")
         self.by_id = {r.example_id: r for r in self.records}
-        splits = load_dataset(ctx.cfg)
-        self.queries = {pair.id: pair.prompt for _, pairs in splits.items() for pair in pairs}
+        if any(QUERY not in r.meta for r in self.records):
+            raise ConfigError(f"{rundir.PAIRS} holds no raw prompts ({QUERY}), which the judge asks about: an older "
+                              "steer wrote it; run the data stage again with force=true")  # fmt: skip
+        self.queries = {r.example_id: r.meta[QUERY] for r in self.records}
         self.validation, self.report = split_records(self.records, s.select)
         self.iv = DynamicAffine.load(ctx.run_dir)
         self.client: JudgeClient | None = None

@@ -43,7 +43,8 @@ log = logging.getLogger("steer")
 
 
 def config_subset(cfg: DictConfig, keys: Sequence[str], ignore: Sequence[str] = ()) -> dict:
-    """The resolved values of ``keys`` (dotted paths) minus ``ignore``: what a stage depends on."""
+    """The resolved values of ``keys`` (dotted paths) minus ``ignore`` (dotted paths at any depth
+    under a key, e.g. ``judge.generation.batch_size`` under ``judge``): what a stage depends on."""
     subset = {}
     for key in keys:
         value = OmegaConf.select(cfg, key, default=None)
@@ -51,11 +52,15 @@ def config_subset(cfg: DictConfig, keys: Sequence[str], ignore: Sequence[str] = 
             value = OmegaConf.to_container(value, resolve=True)
         subset[key] = value
     for key in ignore:
-        head, _, tail = key.partition(".")
-        if tail and isinstance(subset.get(head), dict):
-            subset[head].pop(tail, None)
-        else:
-            subset.pop(key, None)
+        if key in subset:
+            subset.pop(key)
+            continue
+        head = next((k for k in keys if key.startswith(k + ".")), None)
+        node, path = subset.get(head), key[len(head or "") + 1 :].split(".")
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
     return subset
 
 

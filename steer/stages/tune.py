@@ -56,6 +56,22 @@ def check_tune(cfg: DictConfig) -> None:
         raise ConfigError(f"tune.value={tune.get('value')} reads the {needed} stage: add it to stages")
 
 
+# Hydra's sweeper that maximises nothing; every other one (Optuna, Nevergrad, Ax) needs each job's value.
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def check_sweeper(cfg: DictConfig) -> None:
+    """A sweeper that optimises a value gets one: ``tune.split`` must be set (a ``tune_*`` preset sets it),
+    or every trial would run in full and return None. ``cfg`` holds Hydra's config."""
+    sweeper = str(cfg.hydra.sweeper.get("_target_"))
+    if sweeper != BASIC_SWEEPER and cfg.tune.get("split") is None:
+        raise ConfigError(
+            f"hydra/sweeper={sweeper.rsplit('.', 1)[-1]} maximises each trial's value, but tune.split is null, so a "
+            "trial returns none: choose a tuning preset, e.g. experiment=tune_vector_split (steer/conf/experiment/"
+            "tune_*.yaml, docs/tuning.md), or set tune.split=validation with dataset.validation > 0"
+        )
+
+
 def target_of(cfg: DictConfig, run_dir: Path) -> Best:
     """The front value of the run in ``run_dir`` on ``tune.split`` (rows of that split only)."""
     fit_json = rundir.read_fit(run_dir) if cfg.tune.value == "fit" else {}
