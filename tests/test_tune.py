@@ -328,6 +328,7 @@ def test_a_sweeper_with_no_target_is_refused_before_the_first_trial(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     done = subprocess.run([sys.executable, "run.py", *args], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 2, done.stdout + done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    lines = [line for line in done.stderr.splitlines() if "config error" in line]
     assert len(lines) == 1 and "tune.split" in lines[0] and "experiment=tune_" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
     assert not root.exists()
