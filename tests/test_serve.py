@@ -51,7 +51,8 @@ def diffmean_run(model, tok, run_dir: Path, layer: int) -> Path:
     rundir.write_config(
         run_dir,
         {
-            "model": {"name": "smollm2-135m", "source": EMBEDDED_SOURCE, "precision": "fp32"},
+            "model": {"name": "smollm2-135m", "source": EMBEDDED_SOURCE},
+            "precision": "fp32",
             "dataset": {"name": "sentiment"},
             "objective": {"name": "diffmean"},
             "run_id": f"sentiment/smollm2-135m/vector-diffmean/layer{layer}",
@@ -376,7 +377,7 @@ def test_runs_of_different_base_models_are_refused_before_loading(runs, tmp_path
     for name in (rundir.META, rundir.WEIGHTS):
         (other / name).write_bytes((runs["pos10"] / name).read_bytes())
     config = rundir.read_config(runs["pos10"])
-    config["model"] = {"name": "qwen", "source": "Qwen/Qwen2.5-7B-Instruct", "precision": "bf16"}
+    config["model"], config["precision"] = {"name": "qwen", "source": "Qwen/Qwen2.5-7B-Instruct"}, "bf16"
     rundir.write_config(other, config)
     command = [sys.executable, "-m", "steer.serve", str(runs["pos15"]), str(other), "--port", str(free_port())]
     done = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)

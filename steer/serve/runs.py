@@ -1,6 +1,6 @@
 """The runs a server serves: what each run directory says about itself, read before any weights load.
 
-A run directory names its base model in ``config.yaml`` (``model.source``, ``model.precision``) and
+A run directory names its base model in ``config.yaml`` (``model.source``, ``precision``) and
 its Δ in ``intervention.json`` (form, layer, objective). One server holds one base model: runs of
 different base models are refused with both sources named, before the model loads.
 """
@@ -63,7 +63,7 @@ def read_run(run_dir: str | Path, name: str | None = None) -> RunInfo:
         dataset=str((config.get("dataset") or {}).get("name", "")),
         model=str(model.get("name") or model["source"]),
         source=str(model["source"]),
-        precision=str(model.get("precision") or config.get("precision") or "fp32"),
+        precision=str(config.get("precision") or "fp32"),
     )
 
 
