@@ -107,8 +107,8 @@ def test_export_failures(tmp_path, runs, capsys):
 
 
 DATACHECK = [
-    ("unknown-key", ["foo=1"], "Could not override 'foo'"),
-    ("unknown-group", ["dataset=nosuch"], "Could not find 'dataset/nosuch'"),
+    ("unknown-key", ["foo=1"], "foo=1: no such key"),
+    ("unknown-group", ["dataset=nosuch"], "dataset=nosuch is not one of axbench, powerseeking"),
     ("bad-grammar", ["sweep.grid=[1,2"], "data-check:"),
     ("bad-model", ["model.source=/no/such/model"], "model.source='/no/such/model'"),
 ]
@@ -127,7 +127,7 @@ def test_paper_recipe_failures(tmp_path, capsys):
     fails(capsys, "paper", ["table2", "--data", str(tmp_path / "none")], "no such folder")
     fails(capsys, "paper", ["table2", "--datasets", "nosuch"], "unknown data set 'nosuch'")
     fails(capsys, "paper", ["table2", "--bogus"], "not a Hydra override")
-    fails(capsys, "plan", ["foo=1"], "Could not override 'foo'")
+    fails(capsys, "plan", ["foo=1"], "foo=1: no such key")
 
 
 def test_train_matrix_report_without_runs(tmp_path, capsys):
@@ -154,9 +154,9 @@ def test_bench_arguments(capsys):
 # One failure per command line, as a user runs it (each starts Python and imports torch: slow suite).
 SUBPROCESS = [
     ("export", ["-m", "steer.export", "/no/such/run", "--m", "1", "--to", "gguf", "--out", "/tmp/x"], "config.yaml"),
-    ("datacheck", ["-m", "steer.datacheck", "foo=1"], "Could not override 'foo'"),
+    ("datacheck", ["-m", "steer.datacheck", "foo=1"], "foo=1: no such key"),
     ("paper", ["experiments/paper.py", "table2", "--datasets", "nosuch"], "unknown data set"),
-    ("plan", ["-m", "steer", "plan", "foo=1"], "Could not override 'foo'"),
+    ("plan", ["-m", "steer", "plan", "foo=1"], "foo=1: no such key"),
     ("train_matrix", ["experiments/train_matrix.py", "--report-only", "--output-root", "/no/such"], "no finished"),
     ("bench", ["experiments/bench.py", "--pairs", "0"], "--pairs must be a positive integer"),
 ]
@@ -170,7 +170,7 @@ def test_command_line_in_a_subprocess(args, message):
 
 @pytest.mark.slow
 def test_steer_run_is_run_py(tmp_path):
-    """`steer run OVERRIDES` runs run.py as its own script (Hydra finds steer/conf/ from any directory)."""
+    """`steer run OVERRIDES` is run.py (steer.stages.command.main; Hydra finds steer/conf/ from any directory)."""
     root = tmp_path / "outputs"
     assert_clean_failure(
         cli("-m", "steer", "run", "judge.select.m=3", f"output_root={root}", cwd=tmp_path), "judge.select.m=3"

@@ -111,7 +111,7 @@ def test_settings_follow_the_protocol_and_sampling_is_checked():
     sampling at temperature 0 or top_p outside (0, 1] is refused naming the key."""
     from steer.judge.settings import parse_settings
 
-    judge = {"backend": "local", "model": "embedded:smollm2-135m", "select": "fit", "max_util_drop": 1.0}
+    judge = {"backend": "local", "model": "embedded:smollm2-135m", "select": {"method": "fit", "max_util_drop": 1.0}}
     judge |= {"scoring": "parsed", "temperature": 0.0, "concurrency": 2, "max_retries": 1, "timeout": 5.0}
     judge["generation"] = {"batch_size": 4}
     axbench = parse_settings(judge, "axbench", [-2, 0, 2]).generation

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from steer.judge.cache import CACHE_FILE, AnswerCache
-from steer.stages import compose_config, run
+from steer.stages import ConfigError, compose_config, run
 from tests.conftest import assert_refused
 
 GRID = "[-4,-3,-2,-1,0,1,2,3,4]"
@@ -56,15 +56,19 @@ def copy_run(trained: Path, target: Path) -> Path:
     "override, message",
     [
         ("judge.rubrics=[fluency,vibes]", r"judge\.rubrics: unknown rubric 'vibes'"),
-        ("judge/select=best", r"judge\.select='best'"),
+        ("judge/select=best", r"judge/select=best is not one of fit, fixed, validation"),
         ("judge.scoring=maybe", r"judge\.scoring='maybe'"),
-        ("judge.select.m=null", r"judge\.select=fixed needs judge\.m"),
+        ("judge.select.m=null", r"judge/select=fixed needs judge\.select\.m"),
         ("judge.concurrency=0", r"judge\.concurrency must be a positive integer"),
     ],
 )
 def test_bad_judge_config_fails_before_anything_runs(tmp_path, override, message):
-    cfg = config("stages=[train,sweep,fit,judge]", "judge/select=fixed", "judge.select.m=2", override)
-    assert_refused(cfg, tmp_path / "run", message)
+    with pytest.raises(ConfigError, match=message):  # by composition (the schema) or the run's check
+        run(
+            config("stages=[train,sweep,fit,judge]", "judge/select=fixed", "judge.select.m=2", override),
+            tmp_path / "run",
+        )
+    assert not (tmp_path / "run").exists()
 
 
 def test_data_set_without_protocol_and_unset_key_fail_before_anything_runs(tmp_path, monkeypatch):

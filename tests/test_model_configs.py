@@ -55,17 +55,16 @@ def test_every_model_has_a_card_count():
 @pytest.mark.parametrize("name", MODELS)
 def test_model_entry_composes_and_its_layer_is_within_its_depth(name, sizes):
     model, config = sizes(name)
-    cfg = compose_config([f"model={name}"])
-    assert cfg.model.name == name and cfg.layer == model.layer and cfg.precision == model.precision
-    assert set(model) >= {"name", "source", "precision", "layer"}
+    cfg = compose_config([f"model={name}"])  # the model's option sets the top-level layer and precision
+    assert cfg.model.name == name and set(model) >= {"name", "source"} and "layer" not in model
     depth = num_layers(config)
-    assert 0 < model.layer < depth
+    assert 0 < cfg.layer < depth
     # the paper's choices: layer 20 of 42 (Gemma-2-9B), 14 of 28 (Qwen-2.5-7B) -- about half depth
-    assert abs(model.layer / depth - 0.5) <= 0.05, f"{name}: layer {model.layer} of {depth}"
+    assert abs(cfg.layer / depth - 0.5) <= 0.05, f"{name}: layer {cfg.layer} of {depth}"
     if model.source.startswith("embedded:"):
-        assert model.precision == "fp32"  # the CPU default model
+        assert cfg.precision == "fp32"  # the CPU default model
     else:
-        assert model.precision == "bf16" and model.get("shapes") is not None
+        assert cfg.precision == "bf16" and model.get("shapes") is not None
         assert config.model_type in ARCHITECTURES, f"{name}: {config.model_type} has no site data"
 
 

@@ -37,8 +37,8 @@ def test_the_default_job_keeps_its_run_directory():
 
 
 def test_a_fingerprinted_override_gets_its_own_directory():
-    a = compose_config(["train.lr=0.01", "dataset.limit=4"], return_hydra_config=True)
-    b = compose_config(["train.lr=0.02", "dataset.limit=4"], return_hydra_config=True)
+    a = compose_config(["objective=sft", "train.lr=0.01", "dataset.limit=4"], return_hydra_config=True)
+    b = compose_config(["objective=sft", "train.lr=0.02", "dataset.limit=4"], return_hydra_config=True)
     assert a.hydra.run.dir == f"outputs/{a.run_id}/dataset.limit=4,train.lr=0.01"
     assert a.hydra.run.dir != b.hydra.run.dir and a.hydra.sweep.subdir != b.hydra.sweep.subdir
 

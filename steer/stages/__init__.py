@@ -76,6 +76,7 @@ def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = Fa
     from steer.runtime.resolvers import register
 
     register(fingerprinted(STAGES))
+    register_schema()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         try:
             return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)

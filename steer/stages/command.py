@@ -26,6 +26,7 @@ from steer.io.artifacts import CorruptArtifact
 from steer.runtime.resolvers import register, variant_overrides
 from steer.stages import CONF, STAGES, ConfigError, compose_config, refusal, remove_empty_run_dir, run
 from steer.stages.runner import fingerprinted
+from steer.stages.schema import register as register_schema
 from steer.stages.tune import check_sweeper, trial_target
 
 log = logging.getLogger("steer")
@@ -83,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``run.py``'s one call: Hydra's command line with ``argv`` (default: ``sys.argv[1:]``). Hydra's
     own errors are raised to here (HYDRA_FULL_ERROR) so a composition error is one line naming the key."""
     register(fingerprinted(STAGES))
+    register_schema()
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     overrides = [a for a in sys.argv[1:] if not a.startswith("-")]

@@ -43,7 +43,9 @@ def unknown_key(key: str, text: str, choices: dict) -> str:
     why = f"{owner} has no key {leaf}"
     if group == "train" and choices.get("train") is None:  # an estimator drops the node
         why, fix = f"objective={choices.get('objective') or 'diffmean'} trains nothing (no train settings)", [TRAINED]
-    return f"{key}={text} has no effect: {why}. To use it: {' or '.join(fix) or 'see docs/configuration.md'}"
+    if not fix:
+        return f"{key}={text}: no such key ({why}; docs/configuration.md lists every key)"
+    return f"{key}={text} has no effect: {why}. To use it: {' or '.join(fix)}"
 
 
 def failing_key(err: Exception) -> str | None:

@@ -262,6 +262,7 @@ SWEEPS = {"vector": Sweep, "lora": SweepWeight, "local_weight": SweepWeight, "es
 JUDGES = {"local": LocalJudge, "openai": OpenAIJudge}
 
 
+@functools.cache  # one schema per class: a composed node's type names its option (``choices``)
 def objective_schema(cls: type) -> type:
     """The ``objective=NAME`` node: ``name`` and the objective's own dataclass fields; an estimator
     has no ``train`` node and the estimator's sweep grid."""
@@ -277,7 +278,6 @@ def objective_schema(cls: type) -> type:
     )
 
 
-@functools.cache
 def groups() -> dict[str, dict[str, Any]]:
     """Every config group (Hydra's path, e.g. judge/select) and its options' schemas."""
     return {
