@@ -177,7 +177,7 @@ def test_checkpoint_of_another_configuration_is_ignored(tmp_path):
 
 
 def test_bad_settings_name_their_key():
-    with pytest.raises(ValueError, match=r"train.train_factors=\(\) is not valid"):
+    with pytest.raises(ValueError, match=r"train.factors=\(\) is not valid"):
         settings(train_factors=())
     with pytest.raises(ValueError, match="train.epochs=0 is not valid"):
         settings(epochs=0)
