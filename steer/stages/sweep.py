@@ -29,12 +29,6 @@ from steer.stages.train import expected_intervention
 log = logging.getLogger("steer")
 
 
-def check_batch_size(value, key: str = "sweep.batch_size") -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{key} must be a positive integer (pairs per forward pass), got {value!r}")
-    return value
-
-
 class SweepStage(Stage):
     name = "sweep"
     keys = ("sweep", "model.name", "layer", "intervention", "objective.name")
@@ -46,7 +40,10 @@ class SweepStage(Stage):
 
     def check(self, cfg: DictConfig) -> None:
         check_grid(cfg.sweep.grid)
-        check_batch_size(cfg.sweep.batch_size)
+        if cfg.sweep.batch_size < 1:  # an int: the schema types it
+            raise ConfigError(
+                f"sweep.batch_size must be a positive integer (pairs per forward pass), got {cfg.sweep.batch_size}"
+            )
 
     def run(self, ctx: RunContext) -> None:
         cfg = ctx.cfg

@@ -40,7 +40,7 @@ def check_tune(cfg: DictConfig) -> None:
     if tune.get("value") not in VALUES:
         raise ConfigError(f"tune.value={tune.get('value')!r} is not one of {', '.join(VALUES)}")
     delta = tune.get("delta")
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or delta < 0:
+    if delta < 0:  # a float: the schema types it
         raise ConfigError(f"tune.delta must be a number >= 0 (nats of UtilOdds), got {delta!r}")
     if split == "validation":
         try:
