@@ -20,7 +20,7 @@ Seeded: the same ``seed`` and ``n`` give the same replicates. Off by default in 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -138,10 +138,31 @@ def fit_intervals(
     """Percentile intervals of every parameter (and peak width) of the train and test fits of
     ``result`` and of the train preference fit's regions, from ``n`` replicates of ``frame``'s examples.
 
-    Returns ``{(kind, split): {"intervals": {name: [lo, hi]}, "bootstrap": {"n", "missing",
+    Returns ``{(kind, split): {"intervals": {name: [lo, hi]}, "bootstrap": {"n", "missing", "level",
     "at_bound": {coordinate: replicates}}}, "regions": {side: {"linear_end_interval": [lo, hi],
     "linear_end_reached": k, ...}}}`` (a region is "reached" in k replicates; its interval is over those)."""
-    keys = [(kind, split) for kind in COLUMNS for split in SPLITS if not result.fits[kind, split].degenerate]
+    return summarise(result, fit_replicates(frame, result, n, seed, restarts, progress))
+
+
+def bootstrapped(result: SweepFit) -> list[tuple[str, str]]:
+    """The fits a bootstrap refits: every train and test fit that is not degenerate."""
+    return [(kind, split) for kind in COLUMNS for split in SPLITS if not result.fits[kind, split].degenerate]
+
+
+def fit_replicates(
+    frame: pd.DataFrame,
+    result: SweepFit,
+    n: int,
+    seed: int = 0,
+    restarts: int = RESTARTS,
+    progress: bool = False,
+    keys: Sequence[tuple[str, str]] | None = None,
+) -> dict[str, np.ndarray]:
+    """The refitted parameters of ``n`` replicates, one array per ``"kind.split.name"`` (and
+    ``"kind.split.bound.coordinate"``: 1 where that replicate's refit ends on the bound, and
+    ``"regions.side.name"``): each of the ``keys`` fits (default ``bootstrapped``) refitted from its
+    point fit plus ``restarts`` screened starts."""
+    keys = bootstrapped(result) if keys is None else list(keys)
 
     def statistic(curves: Curves) -> dict[str, float]:
         out = {}
@@ -160,14 +181,23 @@ def fit_intervals(
                         out[f"regions.{side}.{name}"] = float("nan") if value is None else value
         return out
 
-    samples = replicate(frame, statistic, n, seed, progress)
+    return replicate(frame, statistic, n, seed, progress)
+
+
+def summarise(
+    result: SweepFit,
+    samples: dict[str, np.ndarray],
+    level: float = LEVEL,
+    keys: Sequence[tuple[str, str]] | None = None,
+) -> dict:
+    """``fit_intervals``'s summary of ``fit_replicates`` samples at ``level``."""
+    n = len(next(iter(samples.values()))) if samples else 0
+    nothing = np.full(n, np.nan)
     out: dict = {}
-    for kind, split in keys:
+    for kind, split in bootstrapped(result) if keys is None else keys:
         prefix = f"{kind}.{split}."
         names = [*result.fits[kind, split].params, "width_pos", "width_neg"]
-        intervals = {name: percentile_interval(samples.get(prefix + name, np.full(n, np.nan))) for name in names}
-        first = samples.get(prefix + names[0], np.full(n, np.nan))
-        missing = int(np.sum(~np.isfinite(first)))
+        intervals = {name: percentile_interval(samples.get(prefix + name, nothing), level) for name in names}
         bound = {
             key.removeprefix(prefix + "bound."): int(np.nansum(values))
             for key, values in samples.items()
@@ -175,14 +205,19 @@ def fit_intervals(
         }
         out[kind, split] = {
             "intervals": {name: None if iv is None else [iv.lo, iv.hi] for name, iv in intervals.items()},
-            "bootstrap": {"n": n, "missing": missing, "level": LEVEL, "at_bound": bound},
+            "bootstrap": {
+                "n": n,
+                "missing": int(np.sum(~np.isfinite(samples.get(prefix + names[0], nothing)))),
+                "level": level,
+                "at_bound": bound,
+            },
         }
     out["regions"] = {}
     for side in ("positive", "negative"):
         entry = {}
         for name in ("linear_end", "convergence_start"):
-            values = samples.get(f"regions.{side}.{name}", np.full(n, np.nan))
-            interval = percentile_interval(values)
+            values = samples.get(f"regions.{side}.{name}", nothing)
+            interval = percentile_interval(values, level)
             entry[f"{name}_interval"] = None if interval is None else [interval.lo, interval.hi]
             entry[f"{name}_reached"] = int(np.sum(np.isfinite(values)))
         out["regions"][side] = entry

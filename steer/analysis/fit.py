@@ -206,7 +206,8 @@ def fit_curve(
     """Fit the ``kind`` model ("pref" or "util") to points (m, y), usually the mean curve over examples.
     ``progress``: a bar over the SLSQP restarts (``label`` names the curve in it); ``start``: the
     parameters of a previous fit (e.g. of the full data, for a bootstrap refit) as one more start;
-    ``screen``: how many candidate decays are ranked for the restarts."""
+    ``screen``: how many candidate decays are ranked for the restarts (0: none, only the neutral
+    decay and ``start``)."""
     # The linear algebra here is tiny: BLAS threads only add wake-up overhead (4x slower on a busy CPU).
     with threadpool_limits(limits=1):
         fit = _fit_curve(kind, m, y, restarts, seed, progress, label, start, screen)
@@ -418,6 +419,10 @@ def _starting_decays(
     the negative branch's width is solved from the continuity constraint.
     """
     low, high = bounds[-6:].T
+    neutral = np.array([min(_NEAR_ZERO, high[0]), max(-_NEAR_ZERO, low[1]), 0.0, 0.0, 0.0, 0.0])
+    neutral[2:4] = np.clip(np.log(0.5), low[2], high[2])
+    if screen == 0:
+        return [neutral]
     rng = np.random.default_rng(seed)
     n = screen
     centre = np.column_stack([rng.uniform(low[0], high[0], n), rng.uniform(low[1], high[1], n)])
@@ -436,8 +441,6 @@ def _starting_decays(
     for row in u:
         coef = np.clip(_linear_fit(kind, x, t, row), *lin_bounds.T)
         errors.append(np.mean((_design(kind, x, row) @ coef - t) ** 2))
-    neutral = np.array([min(_NEAR_ZERO, high[0]), max(-_NEAR_ZERO, low[1]), 0.0, 0.0, 0.0, 0.0])
-    neutral[2:4] = np.clip(np.log(0.5), low[2], high[2])
     starts = [neutral]
     for i in np.argsort(errors):
         if len(starts) > restarts:
@@ -566,9 +569,10 @@ def example_matrix(frame: pd.DataFrame, split: str, column: str) -> tuple[np.nda
     return table.index.to_numpy(), table.columns.to_numpy(dtype=np.float64), table.to_numpy(dtype=np.float64)
 
 
-# Restarts (plus the full fit as a start) and screen of each leave-one-m-out refit.
-CV_RESTARTS = 2
-CV_SCREEN = 400
+# Each leave-one-m-out refit starts from the full fit and the neutral decay only (screen 0): one
+# refit per swept m, and the full fit is already the best of the stage's restarts.
+CV_RESTARTS = 1
+CV_SCREEN = 0
 
 
 def form_test(fit: Fit, m: np.ndarray, y: np.ndarray, values: np.ndarray | None, seed: int = 0) -> dict:
