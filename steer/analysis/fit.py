@@ -600,7 +600,6 @@ def form_test(fit: Fit, m: np.ndarray, y: np.ndarray, values: np.ndarray | None,
     return {"paper": paper, "alternatives": alternatives, "best": best or None, "verdict": words}
 
 
-
 @dataclass(frozen=True)
 class SweepFit:
     """The fits of one run's sweep: mean curves and fits per (kind, split), kind "pref" or "util";

@@ -6,7 +6,8 @@ UtilOdds (dashed) over the examples of one split (train by default), a ± 1 s.d.
 validity-decay fits of those mean curves: a panel of one run draws the fits its fit stage stored
 in ``fit.json`` (the fits the tables score); runs of one family are pooled and the pooled curves
 fitted with the library defaults. A one-run panel also draws, thin, the simpler curve its fit.json's
-form test prefers to the paper's form (AICc), and marks a fit with parameters on a bound (†). fig2, fig4 and fig5 default to the paper's data sets (psychopathy,
+form test prefers to the paper's form (AICc), and marks a fit with parameters on a bound (†).
+fig2, fig4 and fig5 default to the paper's data sets (psychopathy,
 powerseeking, axbench); ``datasets`` names others (a family or a ``dataset.name``).
 """
 
