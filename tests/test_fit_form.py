@@ -172,3 +172,26 @@ def test_fit_json_form_entry_has_every_number():
     # per-example R² is below the mean curve's: examples scatter around the mean
     assert form["paper"]["example_r2"] < form["paper"]["r2"]
     assert set(out["pref"]["transfer"]["alternatives"]) == set(form["alternatives"])
+
+
+def test_figure_marks_a_fit_on_a_bound_and_draws_the_preferred_alternative():
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from steer.analysis.plots import Panel, draw_dynamics
+
+    m = np.linspace(-4, 4, 13)
+    y = 0.4 * m**3 - 2.0 * m
+    points = pd.DataFrame({"m": m, "mean": y, "std": np.zeros_like(m)})
+    fit = F.Fit("pref", dict(PREF_TRUTH), 0.9, at_bound={"p_pos": "upper"})
+    cubic = forms.fit_alternative("poly3", m, y)
+    panel = Panel("train split", {"pref": points}, {"pref": fit}, alternatives={"pref": ("poly3", cubic)})
+    ax = Figure().subplots()
+    draw_dynamics(ax, panel)
+    assert "pref 0.900†" in ax.get_title()
+    notes = " ".join(t.get_text() for t in ax.texts)
+    assert "p_pos" in notes and "poly3" in notes
+    thin = [line for line in ax.lines if line.get_linewidth() == 0.6]
+    assert len(thin) == 1
+    x, drawn = thin[0].get_data()
+    np.testing.assert_allclose(drawn, 0.4 * x**3 - 2.0 * x, atol=1e-9)  # the cubic, exactly
