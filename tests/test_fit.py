@@ -88,9 +88,10 @@ def test_gradients_match_finite_differences():
         np.testing.assert_allclose(
             F._continuity_jac(theta), approx_fprime(theta, F._continuity, 1e-7), rtol=1e-4, atol=1e-6
         )
-        for branch in (0, 1):
-            numeric = approx_fprime(theta, lambda th, b=branch: F._log_widths(th)[b], 1e-7)
-            np.testing.assert_allclose(F._log_widths_jac(theta)[branch], numeric, rtol=1e-4, atol=1e-6)
+        # the optimised coordinates map to the paper's parameters and back
+        params = F._denormalise(kind, theta, 4.0, -1.0, 2.5)
+        np.testing.assert_allclose(F._normalise(kind, params, 4.0, -1.0, 2.5), theta, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(F.curve(kind, 4.0 * x, params), -1.0 + 2.5 * F._model(kind, x, theta)[0])
 
 
 def assert_recovered(fit: F.Fit, truth: dict) -> None:
@@ -165,9 +166,9 @@ def test_too_few_points_is_a_clear_error():
         F.fit_curve("util", repeated, F.curve("util", repeated, UTIL_TRUTH))
     with pytest.raises(F.FitError, match="shapes"):
         F.fit_curve("util", m, m[:-1])
-    # the utility model has 8 parameters: 8 points are enough
+    # the utility model has 8 parameters: 8 points are enough to fit, not to score (R² withheld)
     fit = F.fit_curve("util", m, F.curve("util", m, UTIL_TRUTH), restarts=2)
-    assert fit.r2 > 0.99
+    assert np.isnan(fit.r2) and "R² needs at least 10" in fit.withheld
 
 
 def test_regions_match_the_closed_form():
@@ -259,7 +260,9 @@ SENTIMENT = {
 def test_fit_stays_near_the_data_between_points(kind):
     y = np.array(SENTIMENT[kind])
     fit = F.fit_curve(kind, SENTIMENT_M, y)
-    assert fit.r2 > 0.9
+    # held to its meaning (m_pos within the grid; unbounded, the fit put m_pos at 8) the preference
+    # model follows this curve less well: R² 0.86 (docs/fit-and-reports.md)
+    assert fit.r2 > 0.8
     margin = F.ENVELOPE * np.ptp(y) + 1e-6 * np.ptp(y)
     at = fit.predict(SENTIMENT_M)
     for k in range(len(y) - 1):

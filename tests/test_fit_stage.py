@@ -14,7 +14,7 @@ from steer.stages import compose_config, run
 from tests.conftest import assert_refused
 from tests.test_fit import decay_at_zero
 
-GRID = "[-4,-3,-2,-1,0,1,2,3,4]"
+GRID = "[-4,-3,-2,-1.5,-1,-0.5,0,0.5,1,1.5,2,3,4]"  # 13 m: R² needs parameters + 2 points
 BASE = ["dataset.limit=1", f"sweep.grid={GRID}", "tracking.wandb=false", "progress=false"]
 
 
@@ -36,12 +36,18 @@ def test_fit_json_has_the_documented_shape(finished):
     for kind in ("pref", "util"):
         assert set(out[kind]) == {"train", "test", "transfer"}
         for split in ("train", "test"):
-            assert tuple(out[kind][split]["params"]) == F.PARAMS[kind]
-            assert isinstance(out[kind][split]["r2"], float)
+            entry = out[kind][split]
+            assert tuple(entry["params"]) == F.PARAMS[kind]
+            assert isinstance(entry["r2"], float) and entry["points"] == 13
+            assert set(entry["at_bound"]) <= set(F.COORDS[kind])
+            F.assert_meaningful(F.fit_from_json(kind, entry))  # m_pos >= 0 >= m_neg, beta_u >= 0
+            assert entry["form"]["paper"]["r2"] == pytest.approx(entry["r2"])
+            assert entry["form"]["verdict"]
         assert isinstance(out[kind]["transfer"]["r2"], float)
     assert tuple(F.PREF_PARAMS) == ("alpha", "beta", "b", "m_pos", "m_neg", "L_pos", "L_neg", "p_pos", "p_neg")
     for side in ("positive", "negative"):
         assert set(out["regions"][side]) == {"slope_at_0", "linear_end", "convergence_start"}
+    assert ("withheld" in out["regions"]) == bool(out["pref"]["train"]["at_bound"])
 
 
 def test_fit_json_agrees_with_the_sweep_file(finished):
@@ -76,9 +82,15 @@ def test_dynamics_figure_is_a_png_and_a_pdf(finished):
 def test_fit_reruns_alone_when_its_config_changes(finished):
     before = (finished / "sweep.parquet").stat().st_mtime_ns
     assert run(config("stages=[fit]"), finished).ran == []
-    assert run(config("stages=[fit]", "fit.restarts=2"), finished).ran == ["fit"]
+    assert run(config("stages=[fit]", "fit.restarts=2", "fit.bootstrap=3"), finished).ran == ["fit"]
     assert (finished / "sweep.parquet").stat().st_mtime_ns == before
     assert json.loads((finished / "stages.json").read_text())["fit"]["config"]["fit"]["restarts"] == 2
+    out = json.loads((finished / "fit.json").read_text())
+    for kind in ("pref", "util"):
+        entry = out[kind]["train"]
+        assert entry["bootstrap"]["n"] == 3 and set(entry["intervals"]) == {*F.PARAMS[kind], "width_pos", "width_neg"}
+        assert all(lo <= hi for lo, hi in filter(None, entry["intervals"].values()))
+    assert {"linear_end_interval", "linear_end_reached"} <= set(out["regions"]["positive"])
 
 
 @pytest.mark.parametrize(
@@ -86,6 +98,7 @@ def test_fit_reruns_alone_when_its_config_changes(finished):
     [
         ("sweep.grid=[-2,-1,0,1,2]", "5 distinct multipliers; the fit stage needs at least 9"),
         ("fit.restarts=0", "fit.restarts must be a positive integer"),
+        ("fit.bootstrap=-1", "fit.bootstrap must be a whole number >= 0"),
     ],
 )
 def test_bad_fit_config_fails_before_anything_runs(tmp_path, override, message):

@@ -113,8 +113,9 @@ def test_bootstrap_of_r2_refits_reproducibly(tmp_path):
     m, y = mean_curves(frame)["pref", "train"]
     point = fit_curve("pref", m, y).r2
     interval = percentile_interval(samples["pref"])
-    # R² of a resampled (noisier) mean curve is biased low: the spread sits just under the point.
-    assert interval.missing == 0 and 0.99 < interval.lo <= interval.hi <= point + 1e-6
+    # R² of a resampled (noisier) mean curve is biased low: the spread sits under the point, within
+    # the few 1e-5 a single replicate can fit better by
+    assert interval.missing == 0 and 0.99 < interval.lo <= interval.hi <= point + 1e-4
     assert fmt_interval(0.95, interval).startswith("0.950 [0.99")
 
 
@@ -132,3 +133,54 @@ def test_table_bootstrap_shows_intervals_in_md_and_csv_columns(tmp_path):
     assert "0.900 [" in md and "3 replicates per run" in md
     assert {"pref_sentiment_lo", "pref_sentiment_hi", "util_Avg_lo"} <= set(csv.columns)
     assert csv["pref_sentiment_lo"].iloc[0] <= csv["pref_sentiment_hi"].iloc[0]
+
+
+# ---------------------------------------------------------------- intervals of the fit's parameters
+
+COVERAGE_M = np.linspace(-4, 4, 13)
+
+
+def model_sweep(seed: int, n: int = 30, sigma: float = 0.3) -> pd.DataFrame:
+    """Examples drawn from Eq. 15 (PREF_TRUTH of test_fit) plus independent noise at every point."""
+    from tests.test_fit import PREF_TRUTH, UTIL_TRUTH
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for split in ("train", "test"):
+        for i in range(n):
+            pref = curve("pref", COVERAGE_M, PREF_TRUTH) + rng.normal(0, sigma, COVERAGE_M.shape)
+            util = curve("util", COVERAGE_M, UTIL_TRUTH) + rng.normal(0, sigma, COVERAGE_M.shape)
+            rows += [
+                {"split": split, "example_id": f"{split}{i}", "m": m, "pref_odds": p, "util_odds": u}
+                for m, p, u in zip(COVERAGE_M, pref, util, strict=True)
+            ]
+    return pd.DataFrame(rows)
+
+
+def test_parameter_intervals_cover_the_truth_at_their_nominal_rate():
+    """Repeated draws from the model: the 95 % intervals hold the true parameters about 95 % of the
+    time and the 50 % intervals about half the time. Too narrow an interval (e.g. resampling points
+    instead of examples) fails the first, too wide a one the second."""
+    from steer.analysis.bootstrap import fit_replicates, summarise
+    from steer.analysis.fit import SweepFit, mean_curve, width
+    from tests.test_fit import PREF_TRUTH
+
+    truth = dict(PREF_TRUTH)
+    truth |= {f"width_{s}": width(truth[f"L_{s}"], truth[f"p_{s}"]) for s in ("pos", "neg")}
+    key = [("pref", "train")]
+    hits = {0.95: [], 0.5: []}
+    for draw in range(6):
+        frame = model_sweep(draw)
+        points = mean_curve(frame, "train", "pref_odds")
+        fit = fit_curve("pref", points["m"], points["mean"], restarts=4)
+        result = SweepFit({key[0]: points}, {key[0]: fit})
+        samples = fit_replicates(frame, result, 20, seed=draw, restarts=1, keys=key)
+        for level in hits:
+            summary = summarise(result, samples, level, keys=key)[key[0]]
+            assert summary["bootstrap"]["missing"] == 0 and summary["bootstrap"]["n"] == 20
+            for name, (lo, hi) in summary["intervals"].items():
+                hits[level].append(lo <= truth[name] <= hi)
+                if level == 0.95 and name in fit.params:
+                    assert lo <= fit.params[name] <= hi, name  # the point estimate inside its own interval
+    assert np.mean(hits[0.95]) >= 0.8, np.mean(hits[0.95])
+    assert 0.3 <= np.mean(hits[0.5]) <= 0.75, np.mean(hits[0.5])

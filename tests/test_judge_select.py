@@ -198,3 +198,29 @@ def test_table3_bootstrap_intervals_over_test_examples(tmp_path):
     plain = build_table3(tmp_path, bootstrap=100)[0].read_text()
     assert ["Vector", "SPLIT", "0.500", "1.429", "1.571"] in [row[2:] for row in markdown_rows(plain)]
     assert "0 of 1 runs" in plain
+
+
+def test_judge_tuning_and_front_give_one_best_m_on_a_utility_trough():
+    """A fitted utility that dips below the budget at m ≈ 2 and recovers by m = 4 (an inverted fit,
+    β_u < 0, as fits made before the bound had): pref rises all the way to m = 4. The old judge
+    rule (best anywhere with utility in budget) took m = 4, beyond the trough; the front's walk from
+    m = 0 stops at the trough. One function (front.best_fitted) now answers for the judge too."""
+    from steer.analysis.front import best_fitted, front_value
+
+    pref = {"alpha": 1.0, "beta": 0.0, "b": 0.0, **NEUTRAL, "p_pos": 0.0, "p_neg": 0.0}  # PrefOdds = m
+    util = {"beta": -3.0, "b": 0.0, **NEUTRAL, "m_pos": 2.0, "m_neg": -2.0, "L_pos": 0.25, "L_neg": 0.25}
+    fit_json = {"pref": {"train": {"params": pref}}, "util": {"train": {"params": util}}}
+    drop = 1.0
+    # by hand: U(m) = -3 (1 + 4 (m - 2)²)^-1, U(0) = -3/17; U ≥ U(0) - 1 until (1 + 4 (m - 2)²) = 3 / (1 + 3/17)
+    u0 = -3 / 17
+    edge = 2 - np.sqrt((3 / (1 - u0) - 1) / 4)
+    judge = by_fit(fit_json, (-4, 4), drop)
+    front = best_fitted(pref, util, -4.0, 4.0, drop)
+    assert judge.m == front.m == pytest.approx(edge, abs=2e-3)
+    assert judge.m < 2.0  # not the m = 4 beyond the trough
+    # tuning's front value on a split reads the same function
+    import pandas as pd
+
+    m = np.linspace(-4, 4, 9)
+    rows = pd.DataFrame({"split": "train", "example_id": "a", "m": m, "pref_odds": m, "util_odds": 0.0})
+    assert front_value(rows, fit_json, "train", drop).m == pytest.approx(edge, abs=2e-3)

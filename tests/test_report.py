@@ -80,7 +80,8 @@ def test_table2_averages_families_and_shows_missing_cells(outputs):
     # the same cells as the Markdown, under spanning Pref/Util headers with booktabs rules
     assert "smollm2-135m & 15 & Vector & DiffMean & 0.900 & 0.700 & 0.850 (n=3) & 0.990 & 0.860 &" in tex
     assert "LoRA & SFT & 0.500 & --- & 0.300 &" in tex
-    assert "\\multicolumn{4}{c}{} & \\multicolumn{5}{c}{Pref} & \\multicolumn{5}{c}{Util} \\\\" in tex
+    assert "\\multicolumn{4}{c}{} & \\multicolumn{5}{c}{Pref} & \\multicolumn{5}{c}{Util} & " in tex
+    assert "\\multicolumn{5}{c}{Pref form} & \\multicolumn{5}{c}{Util form} \\\\" in tex
     assert "\\toprule" in tex and "\\bottomrule" in tex and "\\label{tab:table2}" in tex
 
 
@@ -167,6 +168,23 @@ def test_fit_json_from_the_stage_is_read(tmp_path):
     csv = pd.read_csv(tmp_path / "outputs" / "reports" / "table6.csv")
     assert csv.loc[0, "util_sentiment"] == pytest.approx(summary["util"]["transfer"]["r2"], abs=1e-6)
     assert csv.loc[0, "layer"] == 3 and csv.loc[0, "model"] == "m"
+    transfer = {k: v for k, v in summary["pref"]["transfer"]["alternatives"].items() if v is not None}
+    assert csv.loc[0, "pref_form_alt R²"] == pytest.approx(max(transfer.values()), abs=1e-6)
+
+    # Table 2's form columns are the train fit's form test, a fit on a bound is marked
+    summary["util"]["train"]["at_bound"] = {"p_pos": "upper"}
+    (run_dir / "fit.json").write_text(json.dumps(summary))
+    build_table("table2", tmp_path / "outputs")
+    csv = pd.read_csv(tmp_path / "outputs" / "reports" / "table2.csv")
+    form = summary["pref"]["train"]["form"]
+    assert csv.loc[0, "pref_form_CV R²"] == pytest.approx(form["paper"]["cv_r2"], abs=1e-6)
+    assert csv.loc[0, "pref_form_ex R²"] == pytest.approx(form["paper"]["example_r2"], abs=1e-6)
+    aicc = {k: v["aicc"] for k, v in form["alternatives"].items()}
+    assert csv.loc[0, "pref_form_ΔAICc"] == pytest.approx(form["paper"]["aicc"] - min(aicc.values()), abs=1e-6)
+    assert csv.loc[0, "pref_form_alt"] == min(aicc, key=aicc.get)
+    assert csv.loc[0, "util_sentiment_mark"] == "†"
+    md = (tmp_path / "outputs" / "reports" / "table2.md").read_text()
+    assert "p_pos (upper)" in md and form["verdict"] in md
 
 
 def test_a_single_run_panel_draws_the_fit_of_its_fit_stage(tmp_path):

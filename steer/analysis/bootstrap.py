@@ -1,13 +1,18 @@
 """Bootstrap confidence intervals over examples: resample pairs, recompute the mean curve, refit.
 
-A run's numbers (R² of a fit, the best preference within a utility budget) come from mean curves
-over the examples of a split. One bootstrap replicate draws the examples of each split with
-replacement (a pair is drawn whole: its PrefOdds and UtilOdds at every m together), recomputes the
-mean curves from the draw and recomputes the number from them, refitting the validity-decay model.
-The interval is the percentile interval of the replicates (``LEVEL`` = 95 %). For R² near 1 it
-can sit below the point estimate: a resampled mean curve repeats examples, so it is noisier than the
-original one and fits a little worse (R² is biased low under resampling); read it as the spread. Replicates whose
-refit fails count as missing and are reported, never silently dropped into a narrower interval.
+A run's numbers (the fit's parameters and regions, R² of a fit, the best preference within a utility
+budget) come from mean curves over the examples of a split. One bootstrap replicate draws the examples
+of each split with replacement (a pair is drawn whole: its PrefOdds and UtilOdds at every m together),
+recomputes the mean curves from the draw and recomputes the number from them, refitting the
+validity-decay model with restarts. The interval is the percentile interval of the replicates
+(``LEVEL`` = 95 %). For R² near 1 it can sit below the point estimate: a resampled mean curve repeats
+examples, so it is noisier than the original one and fits a little worse (R² is biased low under
+resampling); read it as the spread. Replicates whose refit fails count as missing and are reported,
+never silently dropped into a narrower interval.
+
+``fit_intervals`` (the fit stage's ``fit.bootstrap``) gives an interval for every parameter of every
+train and test fit, for the peak widths √(L/2p), and for the regions, and counts the replicates whose
+refit ends on a bound. Each refit starts from the point fit and ``RESTARTS`` screened decays.
 
 Seeded: the same ``seed`` and ``n`` give the same replicates. Off by default in the reports
 (``--bootstrap N``): every replicate refits, so it costs about N × the fit stage per run.
@@ -15,33 +20,22 @@ Seeded: the same ``seed`` and ``n`` give the same replicates. Off by default in 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from steer.analysis.fit import COLUMNS, SPLITS, FitError, fit_curve
+from steer.analysis.fit import COLUMNS, SPLITS, FitError, SweepFit, example_matrix, fit_curve, regions, width
 
 LEVEL = 0.95
-# Restarts of each bootstrap refit: one, against the fit stage's 16, since N refits follow (a refit
-# costs ~1 s per restart plus ~2 s of screening on a busy CPU; on the test sweeps 1 and 16 restarts
-# reach the same R² to 1e-9).
-RESTARTS = 1
+# Restarts of each bootstrap refit (plus the point fit as a start, where there is one) and the
+# candidate decays screened for them: N refits follow, so fewer than the fit stage's 16 and 2000.
+RESTARTS = 2
+SCREEN = 400
 
 Curves = dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]  # (kind, split) -> (m, mean over examples)
-
-
-def example_matrix(frame: pd.DataFrame, split: str, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(example ids, m, values [examples, m]) of one split and column of a ``sweep.parquet`` frame."""
-    rows = frame[frame["split"] == split]
-    if rows.empty:
-        raise ValueError(f"no rows of split {split!r} in the sweep")
-    table = rows.pivot_table(index="example_id", columns="m", values=column, aggfunc="mean")
-    if table.isna().any().any():
-        raise ValueError(f"sweep: some examples of split {split!r} lack some m; every example needs the full grid")
-    return table.index.to_numpy(), table.columns.to_numpy(dtype=np.float64), table.to_numpy(dtype=np.float64)
 
 
 def mean_curves(frame: pd.DataFrame) -> Curves:
@@ -104,7 +98,7 @@ def r2_statistic(which: str, restarts: int = RESTARTS, seed: int = 0) -> Callabl
         for kind in COLUMNS:
             fit_split = "train" if which == "transfer" else which
             m, y = curves[kind, fit_split]
-            fit = fit_curve(kind, m, y, restarts=restarts, seed=seed)
+            fit = fit_curve(kind, m, y, restarts=restarts, seed=seed, screen=SCREEN)
             out[kind] = fit.score(*curves[kind, "test"]) if which == "transfer" else fit.r2
         return out
 
@@ -136,3 +130,95 @@ def fmt_interval(value: float, interval: Interval | None, digits: int = 3) -> st
     """``0.950 [0.920, 0.970]`` (the value alone without an interval)."""
     text = f"{value:.{digits}f}"
     return text if interval is None else f"{text} [{interval.lo:.{digits}f}, {interval.hi:.{digits}f}]"
+
+
+def fit_intervals(
+    frame: pd.DataFrame, result: SweepFit, n: int, seed: int = 0, restarts: int = RESTARTS, progress: bool = False
+) -> dict:
+    """Percentile intervals of every parameter (and peak width) of the train and test fits of
+    ``result`` and of the train preference fit's regions, from ``n`` replicates of ``frame``'s examples.
+
+    Returns ``{(kind, split): {"intervals": {name: [lo, hi]}, "bootstrap": {"n", "missing", "level",
+    "at_bound": {coordinate: replicates}}}, "regions": {side: {"linear_end_interval": [lo, hi],
+    "linear_end_reached": k, ...}}}`` (a region is "reached" in k replicates; its interval is over those)."""
+    return summarise(result, fit_replicates(frame, result, n, seed, restarts, progress))
+
+
+def bootstrapped(result: SweepFit) -> list[tuple[str, str]]:
+    """The fits a bootstrap refits: every train and test fit that is not degenerate."""
+    return [(kind, split) for kind in COLUMNS for split in SPLITS if not result.fits[kind, split].degenerate]
+
+
+def fit_replicates(
+    frame: pd.DataFrame,
+    result: SweepFit,
+    n: int,
+    seed: int = 0,
+    restarts: int = RESTARTS,
+    progress: bool = False,
+    keys: Sequence[tuple[str, str]] | None = None,
+) -> dict[str, np.ndarray]:
+    """The refitted parameters of ``n`` replicates, one array per ``"kind.split.name"`` (and
+    ``"kind.split.bound.coordinate"``: 1 where that replicate's refit ends on the bound, and
+    ``"regions.side.name"``): each of the ``keys`` fits (default ``bootstrapped``) refitted from its
+    point fit plus ``restarts`` screened starts."""
+    keys = bootstrapped(result) if keys is None else list(keys)
+
+    def statistic(curves: Curves) -> dict[str, float]:
+        out = {}
+        for kind, split in keys:
+            point = result.fits[kind, split]
+            fit = fit_curve(kind, *curves[kind, split], restarts, seed, start=point.params, screen=SCREEN)
+            out.update({f"{kind}.{split}.{k}": v for k, v in fit.params.items()})
+            for side in ("pos", "neg"):
+                out[f"{kind}.{split}.width_{side}"] = width(fit.params[f"L_{side}"], fit.params[f"p_{side}"])
+            out.update({f"{kind}.{split}.bound.{k}": 1.0 for k in fit.at_bound})
+            if (kind, split) == ("pref", "train"):
+                found = regions(fit.params, result.m_max)
+                for side in ("positive", "negative"):
+                    for name in ("linear_end", "convergence_start"):
+                        value = found[side][name]
+                        out[f"regions.{side}.{name}"] = float("nan") if value is None else value
+        return out
+
+    return replicate(frame, statistic, n, seed, progress)
+
+
+def summarise(
+    result: SweepFit,
+    samples: dict[str, np.ndarray],
+    level: float = LEVEL,
+    keys: Sequence[tuple[str, str]] | None = None,
+) -> dict:
+    """``fit_intervals``'s summary of ``fit_replicates`` samples at ``level``."""
+    n = len(next(iter(samples.values()))) if samples else 0
+    nothing = np.full(n, np.nan)
+    out: dict = {}
+    for kind, split in bootstrapped(result) if keys is None else keys:
+        prefix = f"{kind}.{split}."
+        names = [*result.fits[kind, split].params, "width_pos", "width_neg"]
+        intervals = {name: percentile_interval(samples.get(prefix + name, nothing), level) for name in names}
+        bound = {
+            key.removeprefix(prefix + "bound."): int(np.nansum(values))
+            for key, values in samples.items()
+            if key.startswith(prefix + "bound.")
+        }
+        out[kind, split] = {
+            "intervals": {name: None if iv is None else [iv.lo, iv.hi] for name, iv in intervals.items()},
+            "bootstrap": {
+                "n": n,
+                "missing": int(np.sum(~np.isfinite(samples.get(prefix + names[0], nothing)))),
+                "level": level,
+                "at_bound": bound,
+            },
+        }
+    out["regions"] = {}
+    for side in ("positive", "negative"):
+        entry = {}
+        for name in ("linear_end", "convergence_start"):
+            values = samples.get(f"regions.{side}.{name}", nothing)
+            interval = percentile_interval(values, level)
+            entry[f"{name}_interval"] = None if interval is None else [interval.lo, interval.hi]
+            entry[f"{name}_reached"] = int(np.sum(np.isfinite(values)))
+        out["regions"][side] = entry
+    return out

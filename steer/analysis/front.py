@@ -1,10 +1,14 @@
 """The preference–utility front of one run: the best PrefOdds reachable within a utility budget.
 
 Walking out from m = 0 in both directions, the largest PrefOdds before UtilOdds first drops below
-U(0) − δ (a loss of utility costs, a gain does not). ``steer.report`` reads it per run on the test
-split for its front table; a tuning trial (``run.py`` with ``tune.split``) returns it on the
-validation split as the number the sweeper maximises. ``front_value`` is that one number, computed
-from one split's rows only.
+U(0) − δ (a loss of utility costs, a gain does not); ties go to the smallest |m| (then the smaller m),
+the least steering that reaches it. A fitted utility that dips below the budget and recovers further
+out is not crossed: the recovery lies beyond a region the data say is broken, usually where the fit
+extrapolates its own shape. ``best_fitted`` is the one answer to "the best m within a utility
+budget" on fitted curves: ``steer.report`` reads it per run on the test split for its front table, a
+tuning trial (``run.py`` with ``tune.split``) returns it on the validation split as the number the
+sweeper maximises (``front_value``, from one split's rows only), and the judge's ``select=fit``
+(``steer.judge.select.by_fit``) takes its m on the train fits.
 """
 
 from __future__ import annotations
@@ -50,11 +54,14 @@ def best_within(m, pref, util, delta: float) -> Best:
     hi = z
     while hi < len(m) - 1 and ok[hi + 1]:
         hi += 1
-    k = lo + int(np.argmax(pref[lo : hi + 1]))
+    reach = np.arange(lo, hi + 1)
+    top = reach[pref[reach] == np.max(pref[reach])]
+    k = int(min(top, key=lambda i: (abs(m[i]), m[i])))
     return Best(float(pref[k]), float(m[k]), float(util[k]))
 
 
 def fine_grid(m_min: float, m_max: float, points: int = FINE) -> np.ndarray:
+    """``points`` evenly over [m_min, m_max] (ends included) and m = 0."""
     return np.union1d(np.linspace(m_min, m_max, points), [0.0])
 
 

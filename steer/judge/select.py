@@ -5,7 +5,8 @@
   half of the test prompts; the report uses the other half.
 - ``fit`` (steer's own): from the run's fitted train curves (fit.json), the m within the swept range
   that maximises predicted PrefOdds while predicted UtilOdds stays within ``max_util_drop`` of its
-  value at m = 0. No judge call is spent on the choice.
+  value at m = 0, walking out from m = 0 (``steer.analysis.front.best_fitted``: the same answer the
+  front report and tuning give). No judge call is spent on the choice.
 Ties go to the smallest |m| (then the smaller m): the least steering that reaches the best score.
 """
 
@@ -15,14 +16,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from steer.analysis.fit import curve
+from steer.analysis.front import best_fitted
 from steer.pairs import PairRecord
 
 METHODS = ("fixed", "validation", "fit")
-# Points of the dense grid the fitted curves are maximised over (plus the swept range's ends and 0).
-FIT_POINTS = 4001
 
 
 @dataclass(frozen=True)
@@ -69,26 +67,21 @@ def by_validation(scores: Mapping[float, float], metric: str) -> Choice:
 
 
 def by_fit(fit_json: Mapping, m_range: tuple[float, float], max_util_drop: float) -> Choice:
-    """The m maximising the fitted train PrefOdds with fitted UtilOdds ≥ its value at 0 − ``max_util_drop``."""
+    """The m maximising the fitted train PrefOdds with fitted UtilOdds ≥ its value at 0 − ``max_util_drop``,
+    walking out from m = 0 (``best_fitted``)."""
     lo, hi = float(min(m_range)), float(max(m_range))
     if max_util_drop < 0:
         raise ValueError(f"judge.select.max_util_drop must be >= 0, got {max_util_drop!r}")
     pref_params = fit_json["pref"]["train"]["params"]
     util_params = fit_json["util"]["train"]["params"]
-    grid = np.unique(np.concatenate([np.linspace(lo, hi, FIT_POINTS), [lo, 0.0, hi]]))
-    pref = curve("pref", grid, pref_params)
-    util = curve("util", grid, util_params)
+    best = best_fitted(pref_params, util_params, lo, hi, max_util_drop)
     util0 = float(curve("util", [0.0], util_params)[0])
     pref0 = float(curve("pref", [0.0], pref_params)[0])
-    ok = util >= util0 - max_util_drop
-    best = float(np.max(pref[ok]))
-    m = min((float(x) for x in grid[ok & (pref == best)]), key=_order)
-    at = float(curve("util", [m], util_params)[0])
     return Choice(
-        m,
+        best.m,
         "fit",
-        f"m={m:g} maximises the fitted train PrefOdds ({best:.3f}, {pref0:.3f} at m=0) over [{lo:g}, {hi:g}] "
-        f"while the fitted UtilOdds ({at:.3f}) stays within judge.select.max_util_drop={max_util_drop:g} of its "
-        f"value at m=0 ({util0:.3f})",
-        {"pred_pref": best, "pred_pref_at_0": pref0, "pred_util": at, "pred_util_at_0": util0},
+        f"m={best.m:g} maximises the fitted train PrefOdds ({best.pref:.3f}, {pref0:.3f} at m=0) over "
+        f"[{lo:g}, {hi:g}], walking out from m=0 while the fitted UtilOdds ({best.util:.3f}) stays within "
+        f"judge.select.max_util_drop={max_util_drop:g} of its value at m=0 ({util0:.3f})",
+        {"pred_pref": best.pref, "pred_pref_at_0": pref0, "pred_util": best.util, "pred_util_at_0": util0},
     )

@@ -5,7 +5,9 @@ top, then lora, local_weight) × objectives in columns, each with the mean PrefO
 UtilOdds (dashed) over the examples of one split (train by default), a ± 1 s.d. band, and the
 validity-decay fits of those mean curves: a panel of one run draws the fits its fit stage stored
 in ``fit.json`` (the fits the tables score); runs of one family are pooled and the pooled curves
-fitted with the library defaults. fig2, fig4 and fig5 default to the paper's data sets (psychopathy,
+fitted with the library defaults. A one-run panel also draws, thin, the simpler curve its fit.json's
+form test prefers to the paper's form (AICc), and marks a fit with parameters on a bound (†).
+fig2, fig4 and fig5 default to the paper's data sets (psychopathy,
 powerseeking, axbench); ``datasets`` names others (a family or a ``dataset.name``).
 """
 
@@ -18,6 +20,7 @@ import pandas as pd
 
 from steer import rundir
 from steer.analysis.fit import COLUMNS, FitError, fit_curve, fit_from_json, mean_curve
+from steer.analysis.forms import fit_alternative
 from steer.analysis.plots import Panel, save_dynamics_figure
 from steer.io.atomic import atomic_write_text
 from steer.report.runs import (
@@ -53,10 +56,14 @@ def figure_panel(runs: Sequence[Run], split: str) -> Panel:
     """One run's curves with the fits its fit stage made (those of the tables); several runs'
     pooled curves with fits of their own."""
     curves = pooled_curves(runs, split)
-    fits, notes = {}, []
+    fits, notes, alternatives = {}, [], {}
     for kind, curve in curves.items():
         if len(runs) == 1:
-            fits[kind] = fit_from_json(kind, runs[0].fit[kind][split])
+            entry = runs[0].fit[kind][split]
+            fits[kind] = fit_from_json(kind, entry)
+            best = (entry.get("form") or {}).get("best")
+            if best and best != "paper":
+                alternatives[kind] = (best, fit_alternative(best, curve["m"], curve["mean"]))
             continue
         try:
             fits[kind] = fit_curve(kind, curve["m"], curve["mean"])
@@ -67,7 +74,7 @@ def figure_panel(runs: Sequence[Run], split: str) -> Panel:
     title = f"{FORM_LABELS.get(run.form, run.form)} · {OBJECTIVE_LABELS.get(run.objective, run.objective)}"
     if len(runs) > 1:
         title += f" ({len(runs)} runs)"
-    return Panel(title=title, curves=curves, fits=fits, note="\n".join(notes))
+    return Panel(title=title, curves=curves, fits=fits, note="\n".join(notes), alternatives=alternatives)
 
 
 def build_figure(name: str, outputs: Path, datasets: Sequence[str] | None = None, split: str = "train") -> list[Path]:

@@ -7,8 +7,8 @@ empty group ``""``). Its cells are plain values (labels, numbers; None = missing
 (a number with its bootstrap interval and how many runs it averages). From that frame:
 
 - CSV (``DataFrame.to_csv``): the numbers: a column's key with its levels joined by ``_`` (``pref_Psy``),
-  a ``Cell`` column spread over ``key``, ``key_lo``, ``key_hi`` (when any cell has an interval) and
-  ``key_n`` (when its cells count runs);
+  a ``Cell`` column spread over ``key``, ``key_lo``, ``key_hi`` (when any cell has an interval),
+  ``key_n`` (when its cells count runs) and ``key_mark`` (when any cell is marked);
 - Markdown (``DataFrame.to_markdown``) and LaTeX (``Styler.to_latex``: booktabs rules, spanning group
   headers, caption and label) of one display frame: every cell as text (``Cell.text``), keys shown
   under their display names.
@@ -63,12 +63,18 @@ class Cell:
     n: int | None = None
     interval: Interval | None = None
     digits: int = 3
+    # A flag after the number (e.g. "†": a fit with parameters on a bound); CSV column ``key_mark``.
+    mark: str = ""
 
     def text(self) -> str:
-        """``0.850 [0.800, 0.900] (n=3)``: the interval where there is one, the count where it averages runs."""
+        """``0.850† [0.800, 0.900] (n=3)``: the mark, the interval where there is one, the count where
+        it averages runs."""
         if self.value is None:
-            return MISSING
+            return MISSING + self.mark
         text = fmt_interval(self.value, self.interval, self.digits)
+        if self.mark:
+            number, _, rest = text.partition(" ")
+            text = f"{number}{self.mark} {rest}".rstrip()
         return f"{text} (n={self.n})" if self.n is not None and self.n > 1 else text
 
 
@@ -113,6 +119,8 @@ def csv_frame(frame: pd.DataFrame) -> pd.DataFrame:
             out[f"{name}_hi"] = [None if c.interval is None else c.interval.hi for c in as_cell]
         if any(c.n is not None for c in cells):
             out[f"{name}_n"] = [c.n for c in as_cell]
+        if any(c.mark for c in cells):
+            out[f"{name}_mark"] = [c.mark for c in as_cell]
     return pd.DataFrame(out)
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig
 
 from steer import rundir
+from steer.analysis.bootstrap import fit_intervals
 from steer.analysis.fit import PREF_PARAMS, SPLITS, SweepFit, check_restarts, fit_sweep
+from steer.analysis.forms import fit_alternative
 from steer.analysis.plots import Panel, save_dynamics_figure
 from steer.core.sweep import check_grid
 from steer.runtime.tracking import log_fit
@@ -27,16 +30,51 @@ def r2_table(fit_json: dict) -> pd.DataFrame:
     )
 
 
+def form_lines(fit_json: dict) -> list[str]:
+    """Per train and test fit: the parameters at a bound, the withheld R², and the form test in words."""
+    lines = []
+    for kind in ("pref", "util"):
+        for split in SPLITS:
+            entry = fit_json[kind][split]
+            parts = []
+            if entry.get("at_bound"):
+                parts.append("at a bound: " + ", ".join(f"{k} ({v})" for k, v in entry["at_bound"].items()))
+            if entry.get("r2_withheld"):
+                parts.append("R² withheld: " + entry["r2_withheld"])
+            form = entry.get("form")
+            if form:
+                paper = form["paper"]
+                cv, ex = (paper.get(key) for key in ("cv_r2", "example_r2"))
+                parts.append(f"CV R² {cv:.3f}" if cv is not None else "CV R² n/a")
+                if ex is not None:
+                    parts.append(f"per-example R² {ex:.3f}")
+                parts.append(form["verdict"])
+            lines.append(f"{kind} {split}: " + ("; ".join(parts) or "no parameter at a bound"))
+    return lines
+
+
 def run_panels(result: SweepFit) -> list[Panel]:
-    """One panel per split, each with that split's own fits."""
+    """One panel per split, each with that split's own fits and the alternative AICc prefers to them."""
     return [
         Panel(
             title=f"{split} split",
             curves={kind: result.curves[kind, split] for kind in ("pref", "util")},
             fits={kind: result.fits[kind, split] for kind in ("pref", "util")},
+            alternatives=preferred_alternatives(result, split),
         )
         for split in result.splits
     ]
+
+
+def preferred_alternatives(result: SweepFit, split: str) -> dict:
+    """Per kind, (name, predictor) of the simpler curve AICc prefers to the paper's form on ``split``."""
+    out = {}
+    for kind in ("pref", "util"):
+        best = result.forms.get((kind, split), {}).get("best")
+        if best and best != "paper":
+            curve = result.curves[kind, split]
+            out[kind] = (best, fit_alternative(best, curve["m"], curve["mean"]))
+    return out
 
 
 class FitStage(Stage):
@@ -48,6 +86,8 @@ class FitStage(Stage):
     def check(self, cfg: DictConfig) -> None:
         """The fit needs at least as many distinct multipliers as the preference model has parameters."""
         check_restarts(cfg.fit.restarts)
+        if cfg.fit.bootstrap < 0:
+            raise ConfigError(f"fit.bootstrap must be >= 0 (replicates; 0 = off), got {cfg.fit.bootstrap}")
         distinct = len(check_grid(cfg.sweep.grid))  # finite and distinct: nine NaNs are not nine multipliers
         if distinct < len(PREF_PARAMS):
             raise ConfigError(
@@ -57,7 +97,11 @@ class FitStage(Stage):
 
     def run(self, ctx: RunContext) -> None:
         cfg = ctx.cfg
-        result = fit_sweep(rundir.read_sweep(ctx.run_dir), cfg.fit.restarts, cfg.fit.seed, ctx.progress)
+        frame = rundir.read_sweep(ctx.run_dir)
+        result = fit_sweep(frame, cfg.fit.restarts, cfg.fit.seed, ctx.progress)
+        if cfg.fit.bootstrap:
+            intervals = fit_intervals(frame, result, cfg.fit.bootstrap, cfg.fit.seed, progress=ctx.progress)
+            result = replace(result, intervals=intervals)
         summary = result.to_json()
         parts = (cfg.model.name, f"layer {cfg.layer}", cfg.intervention.form, cfg.objective.name, cfg.dataset.name)
         title = " · ".join(str(p) for p in parts)
@@ -65,6 +109,7 @@ class FitStage(Stage):
         rundir.write_fit(ctx.run_dir, summary)  # last: its presence marks a finished run for steer.report
         table = r2_table(summary)
         log.info("fit R² (train/test fits, train fit scored on test = transfer):\n%s", table.to_string())
+        log.info("fit form:\n%s", "\n".join(form_lines(summary)))
         log_fit(ctx.tracker, result, summary)
         ctx.tracker.image("fit/dynamics", figure)
         if cfg.get("tune", {}).get("split"):  # a tuning trial: its target beside its parameters in W&B
@@ -75,6 +120,6 @@ class FitStage(Stage):
         if not (run_dir / rundir.FIT).is_file():
             return None
         table = r2_table(rundir.read_fit(run_dir))
-        return "R² of the validity-decay fits (transfer = train fit scored on test):\n" + table.to_string(
-            float_format=lambda x: f"{x:8.4f}"
-        )
+        text = table.to_string(float_format=lambda x: f"{x:8.4f}")
+        lines = form_lines(rundir.read_fit(run_dir))
+        return "R² of the validity-decay fits (transfer = train fit scored on test):\n" + text + "\n" + "\n".join(lines)

@@ -119,6 +119,9 @@ class Fit:
 
     restarts: int = 16
     seed: int = "${seed}"  # type: ignore[assignment]
+    # Bootstrap replicates over examples for intervals on every parameter and region (0 = off; each
+    # replicate refits the train and test curves from the point fit plus 2 screened restarts).
+    bootstrap: int = 0
 
 
 @dataclass
