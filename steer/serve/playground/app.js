@@ -345,6 +345,7 @@ function renderSliders() {
     range.setAttribute("aria-valuetext", `m = ${fmt(state.m[name], 4)}`);
     const number = document.createElement("input");
     number.type = "number";
+    number.id = `m-${i}-number`;
     number.step = String(step);
     number.value = String(state.m[name]);
     number.className = "m-number";
