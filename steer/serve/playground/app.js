@@ -167,12 +167,13 @@ function shortName(name) {
 
 // The columns of a Run: the base model, and -m and +m when some m is not zero.
 function columns() {
-  const base = { key: "base", label: "base model · m = 0", m: 0, body: { model: state.base, messages: messages(), ...sampling() } };
+  const request = (model, m) => ({ model, messages: messages(), ...(m === undefined ? {} : { m }), ...sampling() });
+  const base = { key: "base", label: "base model · m = 0", m: 0, body: request(state.base) };
   const steered = state.selected.some((name) => state.m[name] !== 0);
   if (!steered) return [base];
   const column = (sign) => {
     const m = scaled(sign);
-    return { key: sign < 0 ? "minus" : "plus", label: columnLabel(m), m, body: { model: state.selected[0], messages: messages(), m, ...sampling() } };
+    return { key: sign < 0 ? "minus" : "plus", label: columnLabel(m), m, body: request(state.selected[0], m) };
   };
   const [low, high] = [column(-1), column(1)];
   // one run: order by the value of m; several: -m first
@@ -258,7 +259,8 @@ async function run() {
   state.controller = null;
   const failed = [...document.querySelectorAll(".column")].filter((c) => c.dataset.state === "error").length;
   const took = ((performance.now() - started) / 1000).toFixed(1);
-  $("status").textContent = controller.signal.aborted ? "Stopped." : failed ? `${failed} failed (see the columns), ${took} s.` : `Done in ${took} s.`;
+  const outcome = failed ? `${failed} failed (see the columns), ${took} s.` : `Done in ${took} s.`;
+  $("status").textContent = controller.signal.aborted ? "Stopped." : outcome;
 }
 
 function stop() {
@@ -285,19 +287,19 @@ function renderRunPicker() {
   state.runs.forEach((run, i) => {
     const label = document.createElement("label");
     label.className = "check run";
-    const box_ = document.createElement("input");
-    box_.type = "checkbox";
-    box_.id = `run-${i}`;
-    box_.value = run.id;
-    box_.checked = state.selected.includes(run.id);
-    box_.addEventListener("change", () => toggleRun(run.id, box_.checked));
+    const tick = document.createElement("input");
+    tick.type = "checkbox";
+    tick.id = `run-${i}`;
+    tick.value = run.id;
+    tick.checked = state.selected.includes(run.id);
+    tick.addEventListener("change", () => toggleRun(run.id, tick.checked));
     const name = document.createElement("span");
     name.className = "run-name";
     name.textContent = run.id;
     const card = document.createElement("span");
     card.className = "muted run-card";
     card.textContent = [run.form, run.objective, `layer ${run.layer}`, run.dataset].filter(Boolean).join(" · ");
-    label.append(box_, name, card);
+    label.append(tick, name, card);
     box.append(label);
   });
 }
@@ -448,7 +450,9 @@ function panel(name, kind, data) {
   const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, class: `chart chart-${kind}`, role: "img" });
   svg.dataset.run = name;
   svg.dataset.kind = kind;
-  Object.assign(svg.dataset, { mMin, mMax, xLeft: left, xRight: W - right, yMin, yMax, yTop: top, yBottom: H - bottom });
+  // the axes' mapping, for whoever reads the chart (the browser test): data range and pixel range
+  Object.assign(svg.dataset, { mMin, mMax, xLeft: left, xRight: W - right });
+  Object.assign(svg.dataset, { yMin, yMax, yTop: top, yBottom: H - bottom });
   const r2 = fitted && fitted.r2 !== null ? ` · fit R² ${fmt(fitted.r2, 3)}` : "";
   el("title", {}, svg).textContent = `${KINDS[kind]} against m for ${name} (${data.split})`;
   const title = el("text", { x: left, y: 18, class: "chart-title" }, svg);
@@ -456,7 +460,8 @@ function panel(name, kind, data) {
 
   if (data.budget) {
     const b = data.budget;
-    el("rect", { x: x(b.m_low), y: top, width: Math.max(0, x(b.m_high) - x(b.m_low)), height: H - top - bottom, class: "budget" }, svg).dataset.mLow = b.m_low;
+    const width = Math.max(0, x(b.m_high) - x(b.m_low));
+    el("rect", { x: x(b.m_low), y: top, width, height: H - top - bottom, class: "budget" }, svg);
   }
   for (const t of ticks(yMin, yMax, 5)) {
     el("line", { x1: left, x2: W - right, y1: y(t), y2: y(t), class: "grid" }, svg);
@@ -472,7 +477,8 @@ function panel(name, kind, data) {
   el("text", { x: (left + W - right) / 2, y: H - 6, class: "label", "text-anchor": "middle" }, svg).textContent = "m";
 
   if (fitted) {
-    const points = fitted.m.map((v, i) => (fitted.y[i] === null ? null : `${x(v).toFixed(2)},${y(fitted.y[i]).toFixed(2)}`));
+    const point = (v, i) => (fitted.y[i] === null ? null : `${x(v).toFixed(2)},${y(fitted.y[i]).toFixed(2)}`);
+    const points = fitted.m.map(point);
     const d = points.filter(Boolean).map((p, i) => (i ? "L" : "M") + p).join(" ");
     el("path", { d, class: `fit fit-${kind}` }, svg);
   }
@@ -490,7 +496,10 @@ function panel(name, kind, data) {
     const dot = el("circle", { cx: x(m), cy: y(at), r: 5.5, class: "marker" }, svg);
     dot.dataset.m = m;
     dot.dataset.y = at;
-    const label = el("text", { x: x(m) + (x(m) > W - 120 ? -8 : 8), y: top + 12, class: "marker-label", "text-anchor": x(m) > W - 120 ? "end" : "start" }, svg);
+    const flip = x(m) > W - 120; // near the right edge the label goes left of the line
+    const anchor = flip ? "end" : "start";
+    const attributes = { x: x(m) + (flip ? -8 : 8), y: top + 12, class: "marker-label", "text-anchor": anchor };
+    const label = el("text", attributes, svg);
     label.textContent = `m = ${fmt(m, 3)}: ${fmt(at, 2)}`;
   }
   return svg;
@@ -530,7 +539,9 @@ function drawCharts() {
       const facts = [];
       if (data.reason) facts.push(`No fitted curves: ${data.reason}.`);
       if (data.budget) {
-        facts.push(`UtilOdds stays within δ = ${fmt(data.budget.delta)} of m = 0 for m in [${fmt(data.budget.m_low)}, ${fmt(data.budget.m_high)}] (${data.budget.source}).`);
+        const { delta, m_low: low, m_high: high, source } = data.budget;
+        const region = `[${fmt(low)}, ${fmt(high)}]`;
+        facts.push(`UtilOdds stays within δ = ${fmt(delta)} of m = 0 for m in ${region} (${source}).`);
       }
       if (state.selected.length > 1) facts.push("Curves are this run's alone; the composed request adds the runs' Δ.");
       if (facts.length) figure.append(note(facts.join(" ")));
@@ -558,7 +569,8 @@ function pythonCode() {
   const several = state.selected.length > 1;
   const ms = state.selected.length ? columns().map((c) => (several && c.key === "base" ? scaled(0) : c.m)) : [0];
   const model = state.selected.length ? state.selected[0] : state.base;
-  const literal = (m) => (typeof m === "number" ? py(m) : `{${Object.entries(m).map(([k, v]) => `${py(k)}: ${py(v)}`).join(", ")}}`);
+  const entries = (m) => Object.entries(m).map(([k, v]) => `${py(k)}: ${py(v)}`);
+  const literal = (m) => (typeof m === "number" ? py(m) : `{${entries(m).join(", ")}}`);
   const lines = [
     "from openai import OpenAI",
     "",
@@ -620,7 +632,8 @@ async function start() {
     $("served").className = "error";
     return;
   }
-  $("served").textContent = `${state.runs.length} run${state.runs.length === 1 ? "" : "s"} of ${state.base} · ${window.location.origin}/v1`;
+  const count = `${state.runs.length} run${state.runs.length === 1 ? "" : "s"}`;
+  $("served").textContent = `${count} of ${state.base} · ${window.location.origin}/v1`;
   if (state.runs.length) state.selected = [state.runs[0].id];
   renderRunPicker();
   await refreshCurves(false);
