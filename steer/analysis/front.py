@@ -34,18 +34,19 @@ class Best:
     util: float
 
 
-def best_within(m, pref, util, delta: float) -> Best:
-    """Largest ``pref`` over the m connected to m = 0 where ``util`` ≥ util(0) − ``delta``.
+def budget_span(m, util, delta: float) -> tuple[int, int]:
+    """Indices (lo, hi) of the m connected to m = 0 where ``util`` ≥ util(0) − ``delta``: the
+    utility budget's region of m.
 
     ``m`` must be sorted and contain 0; the walk from 0 stops at the first m on each side whose
     utility has fallen more than ``delta`` below its value at 0.
     """
-    m, pref, util = (np.asarray(x, dtype=np.float64) for x in (m, pref, util))
+    m, util = np.asarray(m, dtype=np.float64), np.asarray(util, dtype=np.float64)
     if delta < 0:
         raise ValueError(f"delta must be >= 0, got {delta}")
     zero = np.flatnonzero(m == 0.0)
     if zero.size != 1 or np.any(np.diff(m) <= 0):
-        raise ValueError("best_within: m must be strictly increasing and contain 0 once")
+        raise ValueError("the utility budget: m must be strictly increasing and contain 0 once")
     z = int(zero[0])
     ok = util >= util[z] - delta
     lo = z
@@ -54,6 +55,14 @@ def best_within(m, pref, util, delta: float) -> Best:
     hi = z
     while hi < len(m) - 1 and ok[hi + 1]:
         hi += 1
+    return lo, hi
+
+
+def best_within(m, pref, util, delta: float) -> Best:
+    """Largest ``pref`` over the utility budget's region of m (``budget_span``); ties go to the
+    smallest |m| (then the smaller m)."""
+    m, pref, util = (np.asarray(x, dtype=np.float64) for x in (m, pref, util))
+    lo, hi = budget_span(m, util, delta)
     reach = np.arange(lo, hi + 1)
     top = reach[pref[reach] == np.max(pref[reach])]
     k = int(min(top, key=lambda i: (abs(m[i]), m[i])))

@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from steer.serve.engine import Engine, Job, QueueFull, ShuttingDown
+from steer.serve.playground import playground_router
 from steer.serve.runs import RunInfo
 
 DEFAULT_MAX_TOKENS = 256
@@ -258,6 +259,8 @@ def create_app(served: Served) -> FastAPI:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, err: HTTPException):
         return ApiError(err.status_code, str(err.detail)).response()
+
+    app.include_router(playground_router(served.runs))
 
     @app.get("/health")
     async def health():
