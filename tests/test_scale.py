@@ -194,22 +194,19 @@ def test_plan_counts_the_real_data(shared_data, capsys):
     assert "jobs: 20" in out and "0 calls" in out
 
 
-def test_paper_preset_commands(capsys):
+def test_paper_preset_commands(shared_data, capsys):
+    """Every multirun of the paper preset composes, and each names a data set and a local copy of
+    it that exists (the paper's 10 AxBench concepts as a multirun axis)."""
     paper = load_experiment("paper")
-    data = Path("/d")
-    runs = paper.multiruns(paper.PRESETS["paper"], "psychopathy,axbench", data)
-    assert runs == [
-        ("paper", ["dataset=psychopathy", "dataset.path=/d/anthropic-evals/persona/psychopathy.jsonl"]),
-        (
-            "paper",
-            ["dataset=axbench", "dataset.path=/d/axbench/concept10/prod_9b_l20_v1", "dataset.concept_id=range(10)"],
-        ),
-        ("paper_diffmean", ["dataset=psychopathy", "dataset.path=/d/anthropic-evals/persona/psychopathy.jsonl"]),
-        (
-            "paper_diffmean",
-            ["dataset=axbench", "dataset.path=/d/axbench/concept10/prod_9b_l20_v1", "dataset.concept_id=range(10)"],
-        ),
+    runs = paper.multiruns(paper.PRESETS["paper"], "psychopathy,axbench", shared_data)
+    assert sorted((e, o[0]) for e, o in runs) == [
+        (e, f"dataset={d}") for e in ("paper", "paper_diffmean") for d in ("axbench", "psychopathy")
     ]
+    for experiment, overrides in runs:
+        axes = [o for o in overrides if "range(" in o]
+        cfg = compose_config([f"experiment={experiment}", *(o for o in overrides if o not in axes)])
+        assert Path(cfg.dataset.path).exists() and Path(cfg.dataset.path).is_relative_to(shared_data)
+        assert axes == (["dataset.concept_id=range(10)"] if overrides[0] == "dataset=axbench" else [])
     jobs = paper.job_overrides("paper", ["dataset=axbench", "dataset.concept_id=range(10)"], [])
     assert len(jobs) == 2 * 3 * 3 * 10
     assert paper.main(["all", "--preset", "paper", "--dry-run", "--datasets", "psychopathy"]) == 0
