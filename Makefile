@@ -64,11 +64,12 @@ $(STAMP): pyproject.toml
 run: setup
 	$(PY) run.py $(ARGS)
 
+# Both print the 20 slowest tests (setup and call times), so a test that grows slow shows in CI's log.
 test: setup
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest --durations=20 $(ARGS)
 
 test-slow: setup
-	$(PY) -m pytest -m slow $(ARGS)
+	$(PY) -m pytest -m slow --durations=20 $(ARGS)
 
 # ruff, then the import contracts of pyproject.toml [tool.importlinter] (layers, torch-free readers).
 lint: setup

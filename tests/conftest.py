@@ -1,21 +1,113 @@
-"""Shared fixtures: the embedded model (loaded once per session), tiny models built from a config,
-and the shared data folder (tests that need it skip with a reason when it is absent)."""
+"""The one home of the tests' shared helpers: the repository and shared data paths, the embedded
+model (loaded once per session), tiny models built from a config (and saved as model folders), a
+fresh process run as a user runs steer (``python``, ``run_py``, ``start``, ``wait_for``), and the
+fake OpenAI-compatible judge endpoint. A test that starts a process carries ``@pytest.mark.e2e``."""
 
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
+if TYPE_CHECKING:
+    from steer.core.interventions import DynamicAffine
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def process_env(env: dict | None = None) -> dict:
+    """The environment of a process a test starts: steer importable from this checkout, the hub
+    offline (nothing is downloaded in tests), one OpenMP thread (2 cores shared); ``env`` on top."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+
+
+def python(
+    *args: str,
+    cwd: Path = REPO,
+    env: dict | None = None,
+    timeout: float = 600,
+    launcher: Sequence[str] | None = None,
+    check: bool = False,
+) -> subprocess.CompletedProcess:
+    """``python ARGS`` (or ``LAUNCHER ARGS``, e.g. ``accelerate_launch(2)``) in a fresh process, as
+    a user runs it, from ``cwd``; stdout and stderr captured as text. ``check``: a non-zero exit
+    fails the test, showing the end of both streams."""
+    command = [*(launcher or [sys.executable]), *args]
+    done = subprocess.run(command, cwd=cwd, env=process_env(env), capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        pytest.fail(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done
+
+
+def accelerate_launch(processes: int) -> list[str]:
+    """The ``accelerate launch`` prefix that runs a script in ``processes`` CPU processes (a free port)."""
+    from steer.judge.server import free_port
+
+    launch = f"launch --multi_gpu --num_processes {processes} --num_machines 1 --main_process_port {free_port()}"
+    return [str(Path(sys.executable).with_name("accelerate")), *launch.split()]
+
+
+def run_py(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    """``python run.py ARGS`` from the repository (``python``'s keywords)."""
+    return python("run.py", *args, **kwargs)
+
+
+def start(*args: str, cwd: Path = REPO, env: dict | None = None, **popen) -> subprocess.Popen:
+    """``python ARGS`` started in the background, stdout and stderr piped as text (``popen`` overrides)."""
+    options = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
+    return subprocess.Popen([sys.executable, *args], cwd=cwd, env=process_env(env), **options)
+
+
+def wait_for(done: Callable[[], bool], process: subprocess.Popen, what: str, timeout: float = 540) -> None:
+    """Return once ``done()`` holds (a file or state the running ``process`` writes); fail if the
+    process ends first or ``timeout`` seconds pass. The event, not a guessed sleep, sets the pace."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert process.poll() is None, f"the process ended (status {process.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.02)
+
+
+def assert_clean_failure(done: subprocess.CompletedProcess, message: str) -> None:
+    """A command line's refusal: exit 2, ``message`` in its output, no traceback."""
+    out = done.stdout + done.stderr
+    assert "Traceback" not in out, out
+    assert done.returncode == 2, out
+    assert message in out, out
+
+
+def load_experiment(name: str):
+    """``experiments/NAME.py`` imported as module ``NAME`` (the scripts are no package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny models (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    on a 2-core machine they otherwise spend most of their time in idle OpenMP workers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +162,78 @@ def tiny_model(arch: str, seed: int = 0, vocab_size: int = 128):
 @pytest.fixture(params=["llama", "qwen2", "gemma2"])
 def tiny(request):
     return tiny_model(request.param)
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    """The embedded SmolLM2's tokenizer alone (no weights loaded)."""
+    from steer.core.models import EMBEDDED_SOURCE, load_tokenizer
+
+    return load_tokenizer(EMBEDDED_SOURCE)
+
+
+@pytest.fixture
+def tiny_folder(tmp_path_factory, smol_tokenizer) -> Callable[[str], tuple[torch.nn.Module, str]]:
+    """``build(arch) -> (model, folder)``: ``tiny_model(arch)`` saved as a model folder with
+    SmolLM2's tokenizer, so anything that loads a model by path (exports, stages) can load it."""
+
+    def build(arch: str):
+        folder = tmp_path_factory.mktemp(f"tiny-{arch}")
+        model = tiny_model(arch)
+        model.save_pretrained(folder)
+        smol_tokenizer.save_pretrained(folder)
+        return model, str(folder)
+
+    return build
+
+
+# --- independent references: what a test compares steer's numbers with ---------------------------
+
+
+def randomised(model, form: str, layer: int, seed: int = 1, scale: float = 0.05) -> DynamicAffine:
+    """An intervention with every tensor non-zero, so a wrong formula shows in the logits."""
+    from steer.core.interventions import new_intervention
+
+    iv = new_intervention(model, form, layer, rank=4, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in iv.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * (scale if form != "vector" else 1.0))
+    return iv
+
+
+def hand_hook(model, form: str, layer: int, tensors: dict[str, torch.Tensor], m: float):
+    """An independent implementation of Δh from the saved tensors alone."""
+    from steer.core.models import decoder_layer, layer_linear
+
+    if form == "vector":
+        delta_b = tensors["delta_b"]
+
+        def add_vector(module, args, output):
+            return output + m * delta_b
+
+        return decoder_layer(model, layer).register_forward_hook(add_vector)
+    if form == "lora":  # B·(A·x), in the factored order, as a LoRA adapter computes it
+
+        def add_lora(module, args, output):
+            return output + m * (args[0] @ tensors["lora_A"].T @ tensors["lora_B"].T)
+
+        return layer_linear(model, layer, "mlp.down_proj").register_forward_hook(add_lora)
+    delta_w = tensors["delta_w"]
+    delta_b = tensors.get("delta_b", torch.zeros(delta_w.shape[0]))
+
+    def add_affine(module, args, output):
+        return output + m * (args[0] @ delta_w.T + delta_b)
+
+    return layer_linear(model, layer, "mlp.down_proj").register_forward_hook(add_affine)
+
+
+def reference_logprob(model, ids: list[int], n_prompt: int) -> float:
+    """Plain transformers: full logits of one unpadded sequence, summed over the answer."""
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].double()
+    logp = torch.log_softmax(logits, -1)
+    return sum(logp[t - 1, ids[t]].item() for t in range(n_prompt, len(ids)))
 
 
 class FlakyJudge(BaseHTTPRequestHandler):

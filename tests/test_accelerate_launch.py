@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from steer.judge.server import free_port
-from tests.conftest import REPO
+from tests.conftest import accelerate_launch, run_py
 
 COMMON = [
     "stages=[train]",
@@ -28,26 +23,15 @@ COMMON = [
 ]
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_two_cpu_processes_match_one(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
     # one process, both pairs in one batch  vs  two processes, one pair each: DDP averages
     # the two gradients into the one-process gradient.
-    subprocess.run(
-        [sys.executable, "run.py", *COMMON, "train.batch_size=2", f"hydra.run.dir={one}"],
-        cwd=REPO,
-        env=env,
-        check=True,
-    )
-    launch = f"launch --multi_gpu --num_processes 2 --num_machines 1 --main_process_port {free_port()}".split()
-    subprocess.run(
-        [str(Path(sys.executable).parent / "accelerate"), *launch, "run.py", *COMMON]
-        + ["train.batch_size=1", f"hydra.run.dir={two}"],
-        cwd=REPO,
-        env=env,
-        check=True,
-    )
+    run_py(*COMMON, "train.batch_size=2", f"hydra.run.dir={one}", check=True)
+    more = ["train.batch_size=1", f"hydra.run.dir={two}"]
+    run_py(*COMMON, *more, launcher=accelerate_launch(2), check=True)
     meta = json.loads((two / "intervention.json").read_text())
     assert meta["training"]["processes"] == 2 and meta["training"]["steps"] == 2
     assert json.loads((one / "intervention.json").read_text())["training"]["processes"] == 1

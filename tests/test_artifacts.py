@@ -4,8 +4,6 @@ from deep inside a library nor a silent reuse."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -15,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from steer.io.artifacts import CorruptArtifact, read_json, read_parquet, read_safetensors, verify_intervention
+from tests.conftest import python
 
 
 def truncate(path, keep: float = 0.5) -> None:
@@ -108,6 +107,7 @@ def test_read_json(tmp_path):
         read_json(path)
 
 
+@pytest.mark.e2e
 def test_a_corrupt_artifact_ends_a_program_in_one_line(weights):
     """What the user sees: the message alone carries file and remedy (the runner prints str(err))."""
     path, _ = weights
@@ -122,7 +122,7 @@ def test_a_corrupt_artifact_ends_a_program_in_one_line(weights):
             sys.exit(str(err))
         """
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = python("-c", code, timeout=120)
     assert done.returncode == 1
     assert done.stderr.strip().count("\n") == 0
     assert str(path) in done.stderr and "force=true" in done.stderr

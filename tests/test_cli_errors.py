@@ -10,7 +10,6 @@ message; one case per command line also runs as a subprocess (slow suite; the re
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -20,20 +19,14 @@ import pytest
 from synthetic_runs import VECTOR_GRID, write_config, write_fit, write_sweep
 
 from steer.__main__ import COMMANDS
+from tests.conftest import REPO, assert_clean_failure, python
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-
-
-def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+NO_WANDB = {"WANDB_MODE": "disabled"}
 
 
-def assert_clean_failure(done: subprocess.CompletedProcess, message: str) -> None:
-    out = done.stdout + done.stderr
-    assert "Traceback" not in out, out
-    assert done.returncode == 2, out
-    assert message in out, out
+def cli(*args: str, cwd: Path = REPO):
+    """``python ARGS`` as a user runs it, W&B off."""
+    return python(*args, cwd=cwd, env=NO_WANDB, timeout=300)
 
 
 def command(name: str) -> Callable[[list[str]], int]:
@@ -80,6 +73,7 @@ def test_report(tmp_path, capsys, args, message):
     fails(capsys, "report", [*args, "--outputs", str(tmp_path / "none")], message)
 
 
+@pytest.mark.e2e
 def test_report_front_without_runs_in_a_subprocess(tmp_path):
     """The issue's case: `python -m steer.report front` with no finished runs."""
     assert_clean_failure(cli("-m", "steer.report", "front", "--outputs", str(tmp_path)), "no finished runs under")
@@ -153,7 +147,7 @@ def test_bench_arguments(capsys):
 
 # One failure per command line, as a user runs it (each starts Python and imports torch: slow suite).
 SUBPROCESS = [
-    ("export", ["-m", "steer.export", "/no/such/run", "--m", "1", "--to", "gguf", "--out", "/tmp/x"], "config.yaml"),
+    ("export", ["-m", "steer.export", "/no/such/run", "--m", "1", "--to", "gguf", "--out", "/no/out"], "config.yaml"),
     ("datacheck", ["-m", "steer.datacheck", "foo=1"], "foo=1: no such key"),
     ("paper", ["experiments/paper.py", "table2", "--datasets", "nosuch"], "unknown data set"),
     ("plan", ["-m", "steer", "plan", "foo=1"], "foo=1: no such key"),
@@ -162,12 +156,14 @@ SUBPROCESS = [
 ]
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.parametrize(("args", "message"), [c[1:] for c in SUBPROCESS], ids=[c[0] for c in SUBPROCESS])
 def test_command_line_in_a_subprocess(args, message):
     assert_clean_failure(cli(*args), message)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_steer_run_is_run_py(tmp_path):
     """`steer run OVERRIDES` is run.py (steer.stages.command.main; Hydra finds steer/conf/ from any directory)."""
@@ -180,6 +176,7 @@ def test_steer_run_is_run_py(tmp_path):
     assert done.returncode == 0 and "Configuration groups" in done.stdout
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_run_py_bad_data_file(tmp_path):
     """A binary dataset.path: one line naming the file and line, exit 2, no run folder left."""
@@ -191,6 +188,7 @@ def test_run_py_bad_data_file(tmp_path):
     assert not any(root.rglob("*"))
 
 
+@pytest.mark.e2e
 def test_steer_help_lists_the_commands():
     done = cli("-m", "steer", "--help")
     assert done.returncode == 0, done.stderr
@@ -209,13 +207,20 @@ def test_each_subcommand_help(name, capsys):
     assert "usage:" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_steer_dispatches_with_arguments(tmp_path):
     """The subcommand gets the arguments after its name (here: report's own failure message)."""
     assert_clean_failure(cli("-m", "steer", "report", "front", "--outputs", str(tmp_path)), "no finished runs under")
     assert_clean_failure(cli("-m", "steer", "nosuch"), "unknown command 'nosuch'")
 
 
-def test_console_script_is_declared():
-    """``steer`` is the [project.scripts] entry that a fresh `make setup` installs."""
-    text = (REPO / "pyproject.toml").read_text()
-    assert '[project.scripts]\nsteer = "steer.__main__:main"\n' in text
+@pytest.mark.e2e
+def test_the_installed_steer_script_runs_the_same_main(tmp_path):
+    """The ``steer`` console script that `make setup` installs beside the venv's python dispatches
+    like ``python -m steer``, from any folder."""
+    script = Path(sys.executable).with_name("steer")
+    assert script.is_file(), f"{script} is missing: `make setup` installs the console script"
+    done = subprocess.run([str(script), "nosuch"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert_clean_failure(done, "unknown command 'nosuch'")
+    listed = subprocess.run([str(script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0 and "export" in listed.stdout and "report" in listed.stdout

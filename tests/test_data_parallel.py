@@ -5,10 +5,7 @@ the letter)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,10 +17,9 @@ from steer.core.generate import by_prompt, from_prompts, generate
 from steer.core.interventions import new_intervention
 from steer.core.sweep import by_record, from_records, sweep
 from steer.io.cache import cache_root
-from steer.judge.server import free_port
 from steer.pairs import render_prompt
 from steer.stages.context import interleave
-from tests.conftest import REPO, tiny_model
+from tests.conftest import accelerate_launch, run_py, tiny_model
 from tests.sweep_job import GRID, records
 
 
@@ -95,17 +91,14 @@ COMMON = ["device=cpu", "progress=false", "tracking.wandb=false"]
 def run_job(args: list[str], processes: int, cache: Path | None = None) -> float:
     """``run.py args`` in one process or under ``accelerate launch`` with ``processes`` CPU processes;
     its wall seconds. ``cache``: a fresh $STEER_CACHE that shares the converted models."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {}
     if cache is not None:
         cache.mkdir(parents=True)
         (cache / "models").symlink_to(cache_root() / "models", target_is_directory=True)
         env["STEER_CACHE"] = str(cache)
-    command = [sys.executable, "run.py"]
-    if processes > 1:
-        launch = f"launch --multi_gpu --num_processes {processes} --num_machines 1 --main_process_port {free_port()}"
-        command = [str(Path(sys.executable).parent / "accelerate"), *launch.split(), "run.py"]
+    launcher = accelerate_launch(processes) if processes > 1 else None
     start = time.perf_counter()
-    subprocess.run([*command, *COMMON, *args], cwd=REPO, env=env, check=True)
+    run_py(*COMMON, *args, env=env, launcher=launcher, timeout=1500, check=True)
     return time.perf_counter() - start
 
 
@@ -126,6 +119,7 @@ def sweep_args(run_dir: Path, stages: str) -> list[str]:
     return [*common, *sweeping, "sweep.batch_size=2", f"hydra.run.dir={run_dir}"]
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_sweep_under_two_processes_writes_the_one_process_parquet(tmp_path):
     base, one, two = tmp_path / "base", tmp_path / "one", tmp_path / "two"
@@ -140,6 +134,7 @@ def test_sweep_under_two_processes_writes_the_one_process_parquet(tmp_path):
     assert (two / "run.log").read_text().count("stage sweep: running") == 1  # one writer, one ledger entry
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_own_answers_under_two_processes_equal_one_process(tmp_path):
     rows = [
@@ -166,6 +161,7 @@ def test_own_answers_under_two_processes_equal_one_process(tmp_path):
     pd.testing.assert_frame_equal(pairs[2], pairs[1])
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_judge_stage_under_two_processes_generates_what_one_process_does(tmp_path, flaky_endpoint, monkeypatch):
     """The judge stage's steered generation sharded over two processes (prompts r, r + 2, ...) and

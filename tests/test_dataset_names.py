@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from steer.stages import compose_config
-from tests.conftest import REPO
+from tests.conftest import run_py
 
 GRID = "sweep.grid=[-4,-3,-2,-1,0,1,2,3,4]"
 
@@ -38,14 +36,13 @@ def name_of(*overrides: str) -> str:
     return cfg.dataset.name
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_two_persona_files_get_two_run_dirs_figures_and_columns(tmp_path):
     first = persona_file(tmp_path / "narcissism.jsonl", "vain")
     second = persona_file(tmp_path / "machiavellianism.jsonl", "scheming")
     out = tmp_path / "outputs"
-    cmd = [
-        sys.executable,
-        "run.py",
+    args = [
         "-m",
         "dataset=psychopathy",
         f"dataset.path={first},{second}",
@@ -56,7 +53,7 @@ def test_two_persona_files_get_two_run_dirs_figures_and_columns(tmp_path):
         "tracking.wandb=false",
         "progress=false",
     ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    proc = run_py(*args, timeout=1800)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run_dirs = {p.parent.relative_to(out).parts[0]: p.parent for p in out.rglob("fit.json")}
     assert set(run_dirs) == {"persona-narcissism", "persona-machiavellianism"}

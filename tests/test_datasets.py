@@ -7,10 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +18,7 @@ from steer.datasets.powerseeking import parse_choices
 from steer.io.cache import cache_root
 from steer.pairs import read_pairs, render_prompt
 from steer.stages import ConfigError, compose_config, data, run
-from tests.conftest import REPO, assert_refused
+from tests.conftest import assert_refused, python, run_py
 
 PSYCHOPATHY = "anthropic-evals/persona/psychopathy.jsonl"
 MC = "anthropic-evals/advanced-ai-risk/lm_generated_evals/power-seeking-inclination.jsonl"
@@ -261,29 +258,20 @@ def test_bad_csv_and_parquet_files_name_file_and_row(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.e2e
 def test_run_py_exits_2_on_a_bad_file_and_leaves_no_run_dir(tmp_path):
     path = write_psychopathy(tmp_path / "p.jsonl", [GOOD, {"question": "Q?"}])
     run_dir = tmp_path / "out"
-    result = subprocess.run(
-        [sys.executable, "run.py", "dataset=psychopathy", f"dataset.path={path}", f"hydra.run.dir={run_dir}", *QUIET],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
+    result = run_py("dataset=psychopathy", f"dataset.path={path}", f"hydra.run.dir={run_dir}", *QUIET)
     assert result.returncode == 2, result.stderr
     assert f"{path}:line 2: missing column 'answer_matching_behavior'" in result.stdout + result.stderr
     assert not run_dir.exists()
 
 
+@pytest.mark.e2e
 def test_hub_unreachable_names_dataset_path(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path), "HF_HOME": str(tmp_path)}
-    result = subprocess.run(
-        [sys.executable, "-m", "steer.datacheck", "dataset=psychopathy"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path), "HF_HOME": str(tmp_path)}
+    result = python("-m", "steer.datacheck", "dataset=psychopathy", env=env)
     assert result.returncode == 2
     assert "Anthropic/model-written-evals" in result.stderr
     assert "dataset.path=" in result.stderr

@@ -11,16 +11,14 @@ cites exists.
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO, python
+
 README = REPO / "README.md"
 README_LIMIT = 12 * 1024  # bytes: a README read in two minutes
 PAGES = sorted((REPO / "docs").glob("*.md"))
@@ -121,15 +119,11 @@ def test_command_check_catches_a_wrong_target_file_and_module():
     assert command_problem('make table2 ARGS="model=gemma-2-9b-it"', targets) is None
 
 
+@pytest.mark.e2e
 def test_site_builds_strict(tmp_path):
     """``make docs`` in a temporary folder: nav, links, anchors and the API reference all resolve."""
-    done = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
-    )
+    site = str(tmp_path / "site")
+    done = python("-m", "mkdocs", "build", "--strict", "--site-dir", site, env={"NO_MKDOCS_2_WARNING": "1"})
     assert done.returncode == 0, done.stderr[-4000:]
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     for name in (

@@ -30,7 +30,7 @@ from steer.export import EXPORTS, ExportError, export, load_steering_vector
 from steer.objectives import SFT
 from steer.objectives.training import TrainSettings, train_intervention
 from steer.stages import compose_config
-from tests.conftest import assert_refused
+from tests.conftest import REPO, assert_refused
 
 LAYER = 1
 VOCAB = 96
@@ -104,14 +104,8 @@ def word_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread: a 2-core CI machine otherwise spends most of its time
-    in idle OpenMP workers (measured: 106 s of CPU for this file with 2 threads, 9 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models run fastest on one thread (measured: 106 s of CPU for this file with 2 threads, 9 s with 1).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -414,8 +408,6 @@ def test_export_reloads_in_its_library_with_steers_losses(models, family, form, 
 
 def test_every_cell_of_the_docs_table_is_tested():
     """docs/models.md's family × form × stage/export table has one cell per tested combination."""
-    from tests.conftest import REPO
-
     text = (REPO / "docs" / "models.md").read_text()
     rows = [
         line for line in text.splitlines() if re.match(r"\| (" + "|".join(map(re.escape, FAMILIES)) + r") \|", line)

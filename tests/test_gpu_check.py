@@ -3,28 +3,19 @@ table prints, and the bf16/fp32 agreement and the multirun pass."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import load_experiment
 
 
-def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "experiments" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_gpu_check_cpu_path_writes_every_number(tmp_path, capsys):
     out = tmp_path / "gpu_check.json"
-    assert gpu_check().main(["--reduced", "--out", str(out)]) == 0
+    assert load_experiment("gpu_check").main(["--reduced", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     printed = capsys.readouterr().out
     if not torch.cuda.is_available():

@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import start
 
 JOB = textwrap.dedent(
     """
@@ -35,16 +33,11 @@ JOB = textwrap.dedent(
 )
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_ends_the_run_with_one_line(tmp_path, sig, code):
-    job = subprocess.Popen(
-        [sys.executable, "-c", JOB, str(tmp_path)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert job.stdout.readline().strip() == "ready"
+    job = start("-c", JOB, str(tmp_path))
+    assert job.stdout.readline().strip() == "ready"  # the signal comes only once batches are done
     job.send_signal(sig)
     _, err = job.communicate(timeout=60)
     assert job.returncode == code

@@ -5,33 +5,23 @@ run_info.json, the line in run.log and a failed W&B run."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, wandb_records
+from tests.conftest import start, wait_for, wandb_records
 
 # 16 pairs in batches of 2: 8 sweep batches of 5 multipliers each.
 ARGS = ["stages=[train,sweep]", "dataset.limit=8", "sweep.batch_size=2", "sweep.grid=[-8,-2,0,2,8]", "progress=false"]
 BATCHES = 8
 
 
-def start(run_dir: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same thread count in every run: the same bits
-    return subprocess.Popen(
-        [sys.executable, "run.py", *ARGS, *extra, f"hydra.run.dir={run_dir}"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def start_run(run_dir: Path, *extra: str) -> subprocess.Popen:
+    """``run.py`` in the background (one OpenMP thread in every run: the same bits)."""
+    return start("run.py", *ARGS, *extra, f"hydra.run.dir={run_dir}")
 
 
 def parts(run_dir: Path) -> list[Path]:
@@ -39,24 +29,21 @@ def parts(run_dir: Path) -> list[Path]:
 
 
 def wait_for_parts(proc: subprocess.Popen, run_dir: Path, n: int) -> None:
-    deadline = time.monotonic() + 540
-    while len(parts(run_dir)) < n:
-        assert proc.poll() is None, "the run ended before it could be interrupted"
-        assert time.monotonic() < deadline, "no sweep batches appeared"
-        time.sleep(0.02)
+    wait_for(lambda: len(parts(run_dir)) >= n, proc, f"{n} finished sweep batches")
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_a_sigkilled_run_resumes_its_sweep_and_ends_identical_to_an_uninterrupted_one(tmp_path):
     run_dir = tmp_path / "killed"
-    first = start(run_dir, "tracking.wandb=false")
+    first = start_run(run_dir, "tracking.wandb=false")
     wait_for_parts(first, run_dir, 3)
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=60)
     kept = len(parts(run_dir))
     assert 3 <= kept < BATCHES and not (run_dir / "sweep.parquet").exists()
 
-    second = start(run_dir, "tracking.wandb=false")
+    second = start_run(run_dir, "tracking.wandb=false")
     out, err = second.communicate(timeout=600)
     assert second.returncode == 0, out + err
     computed, total = map(int, re.search(r"sweep: computed (\d+) of (\d+) batches", out).groups())
@@ -65,19 +52,20 @@ def test_a_sigkilled_run_resumes_its_sweep_and_ends_identical_to_an_uninterrupte
     assert not (run_dir / "sweep.parts").exists()
     print(f"killed after {kept} of {BATCHES} sweep batches; the re-run computed {computed}")
 
-    plain = start(tmp_path / "plain", "tracking.wandb=false")
+    plain = start_run(tmp_path / "plain", "tracking.wandb=false")
     out, err = plain.communicate(timeout=600)
     assert plain.returncode == 0, out + err
     for name in ("sweep.parquet", "intervention.safetensors"):
         assert (run_dir / name).read_bytes() == (tmp_path / "plain" / name).read_bytes(), name
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_sigterm_ends_the_run_with_one_line_and_records_it(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_dir = tmp_path / "run"
-    proc = start(run_dir, "tracking.wandb=true")
+    proc = start_run(run_dir, "tracking.wandb=true")
     wait_for_parts(proc, run_dir, 2)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)

@@ -10,22 +10,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from steer.core.interventions import DynamicAffine, new_intervention
-from steer.core.models import decoder_layer, layer_linear
 from steer.rundir import META, WEIGHTS
-from tests.conftest import tiny_model
+from tests.conftest import hand_hook, randomised, tiny_model
 
 FORMS = ["local_weight", "lora", "vector"]
 LAYER = 15
-
-
-def randomised(model, form: str, layer: int, seed: int = 1, scale: float = 0.05) -> DynamicAffine:
-    """An intervention with every tensor non-zero, so a wrong formula shows in the logits."""
-    iv = new_intervention(model, form, layer, rank=4, seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in iv.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * (scale if form != "vector" else 1.0))
-    return iv
 
 
 def prompt_ids(tok, text="Tell me about your favourite film.") -> torch.Tensor:
@@ -36,30 +25,6 @@ def prompt_ids(tok, text="Tell me about your favourite film.") -> torch.Tensor:
 def logits(model, ids) -> torch.Tensor:
     with torch.no_grad():
         return model(ids).logits
-
-
-def hand_hook(model, form: str, layer: int, tensors: dict[str, torch.Tensor], m: float):
-    """An independent implementation of Δh from the saved tensors alone."""
-    if form == "vector":
-        delta_b = tensors["delta_b"]
-
-        def add_vector(module, args, output):
-            return output + m * delta_b
-
-        return decoder_layer(model, layer).register_forward_hook(add_vector)
-    if form == "lora":  # B·(A·x), in the factored order, as a LoRA adapter computes it
-
-        def add_lora(module, args, output):
-            return output + m * (args[0] @ tensors["lora_A"].T @ tensors["lora_B"].T)
-
-        return layer_linear(model, layer, "mlp.down_proj").register_forward_hook(add_lora)
-    delta_w = tensors["delta_w"]
-    delta_b = tensors.get("delta_b", torch.zeros(delta_w.shape[0]))
-
-    def add_affine(module, args, output):
-        return output + m * (args[0] @ delta_w.T + delta_b)
-
-    return layer_linear(model, layer, "mlp.down_proj").register_forward_hook(add_affine)
 
 
 @pytest.mark.parametrize("form", FORMS)

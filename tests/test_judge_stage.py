@@ -19,7 +19,7 @@ import pytest
 
 from steer.judge.cache import CACHE_FILE, AnswerCache
 from steer.stages import ConfigError, compose_config, run
-from tests.conftest import assert_refused
+from tests.conftest import assert_refused, start
 
 GRID = "[-4,-3,-2,-1,0,1,2,3,4]"
 BASE = ["dataset.limit=2", f"sweep.grid={GRID}", "tracking.wandb=false", "progress=false"]
@@ -97,6 +97,7 @@ def serve_processes() -> list[psutil.Process]:
     return found
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_local_judge_over_http_then_cached(trained, tmp_path):
     before = {p.pid for p in serve_processes()}
@@ -246,6 +247,7 @@ def test_endpoint_failing_mid_stage_keeps_judgments_and_rerun_completes(
         assert secret.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_local_server_that_cannot_start_fails_clearly_and_leaves_nothing(tmp_path):
     from steer.judge.server import ServerError, local_server
@@ -261,32 +263,23 @@ def test_local_server_that_cannot_start_fails_clearly_and_leaves_nothing(tmp_pat
 
 
 SERVE_UNTIL_KILLED = """
-import sys, time
+import signal, sys
 from steer.judge.server import local_server
 from steer.core.models import resolve_source
 with local_server(resolve_source("embedded:smollm2-135m"), sys.argv[1], "cpu", 300) as server:
     print(server.pid, flush=True)
-    time.sleep(600)
+    signal.pause()  # holds the server until the test's signal
 """
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_sigterm_to_the_judging_process_stops_the_local_server(tmp_path):
     """A scheduler's SIGTERM unwinds the block holding the server (steer.runtime.interrupt), so the server's
     whole process group is stopped, never orphaned."""
     import signal
-    import subprocess
-    import sys
 
-    from tests.conftest import REPO
-
-    holder = subprocess.Popen(
-        [sys.executable, "-c", SERVE_UNTIL_KILLED, str(tmp_path / "server.log")],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    holder = start("-c", SERVE_UNTIL_KILLED, str(tmp_path / "server.log"))
     server_pid = int(holder.stdout.readline())  # the server answered /health and /v1/models
     assert psutil.pid_exists(server_pid)
     holder.send_signal(signal.SIGTERM)

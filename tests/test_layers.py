@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, python
 
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 LAYERS = "steer's packages by layer: imports only go down"
@@ -28,6 +28,7 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.e2e
 def test_the_tree_keeps_every_contract():
     proc = lint_imports(REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -36,6 +37,7 @@ def test_the_tree_keeps_every_contract():
     assert "Contracts: 4 kept, 0 broken." in proc.stdout
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("module", "line", "broken", "reason"),
     [
@@ -63,6 +65,7 @@ def test_a_forbidden_import_fails_the_contract(tmp_path, module, line, broken, r
     assert reason in proc.stdout
 
 
+@pytest.mark.e2e
 def test_readers_of_runs_load_no_torch():
     modules = [
         "steer.report",
@@ -83,7 +86,6 @@ def test_readers_of_runs_load_no_torch():
         f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'accelerate')))"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env)
+    proc = python("-c", code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"

@@ -4,8 +4,6 @@ config key that fixes a failure."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -14,6 +12,7 @@ from steer.datasets import load_splits
 from steer.judge.server import ServerError, free_port, wait_ready
 from steer.judge.settings import parse_settings
 from steer.stages import ConfigError, check, compose_config
+from tests.conftest import start
 
 ROW = {"question": "Q?", "answer_matching_behavior": " Yes", "answer_not_matching_behavior": " No"}
 
@@ -60,8 +59,9 @@ def test_bipo_folder_missing_test_csv(tmp_path):
         load_splits("powerseeking", {"path": str(tmp_path), "n_train": 1, "n_test": 1})
 
 
+@pytest.mark.e2e
 def test_server_timeout_names_the_real_key(tmp_path):
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    process = start("-c", "import signal; signal.pause()")  # a "server process" that never answers
     try:
         with pytest.raises(ServerError) as caught:
             wait_ready(f"http://127.0.0.1:{free_port()}", "m", process, tmp_path / "server.log", timeout=1)

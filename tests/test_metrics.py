@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from steer.core.metrics import UTIL_EPS, encode, pref_odds, util_odds
-from tests.conftest import tiny_model
+from tests.conftest import reference_logprob, tiny_model
 
 
 def util_odds_decimal(lp: float, ln: float) -> float:
@@ -64,14 +64,6 @@ def test_encode_applies_the_token_rule(smol):
     assert e.n_prompt == len(tok(prompt, add_special_tokens=False)["input_ids"])
     with pytest.raises(ValueError, match="tokenises to nothing"):
         encode(tok, prompt, "")
-
-
-def reference_logprob(model, ids: list[int], n_prompt: int) -> float:
-    """Plain transformers: full logits of one unpadded sequence, summed over the answer."""
-    with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0].double()
-    logp = torch.log_softmax(logits, -1)
-    return sum(logp[t - 1, ids[t]].item() for t in range(n_prompt, len(ids)))
 
 
 def test_pair_logprobs_match_plain_transformers_on_the_embedded_model(smol):

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +20,7 @@ from steer.core.models import (
 )
 from steer.io.provenance import file_digest
 from steer.stages import compose_config
-from tests.conftest import REPO, tiny_model
+from tests.conftest import python, tiny_model
 
 
 def test_embedded_gguf_is_the_pinned_file():
@@ -67,11 +64,11 @@ def test_failed_conversion_leaves_no_cache(tmp_path):
     assert list(tmp_path.iterdir()) == [fake], "neither the target nor a temporary folder may remain"
 
 
+@pytest.mark.e2e
 def test_offline_hub_source_names_the_key():
     """In a fresh process, so HF_HUB_OFFLINE is read at import as in a real offline session."""
     code = "from steer.core.models import load_config; load_config('google/gemma-2-9b-it')"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    proc = python("-c", code, env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode != 0
     assert "model.source='google/gemma-2-9b-it' could not be loaded" in proc.stderr
     assert "set model.source to a local folder" in proc.stderr

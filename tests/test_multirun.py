@@ -4,16 +4,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from steer.judge.server import free_port
-from tests.conftest import REPO, wandb_records
+from tests.conftest import accelerate_launch, python, run_py, wandb_records
 
 SECRETS = {"WANDB_API_KEY": "wandb-key-7f3c9e1d55aa", "OPENAI_API_KEY": "sk-judge-key-0b8d2c4e9f"}
 TINY = [
@@ -22,12 +18,6 @@ TINY = [
     "dataset.limit=2",
     "train.batch_size=2",
 ]
-
-
-def run_py(args: list[str], env: dict | None = None, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
-    command = launcher or [sys.executable]
-    return subprocess.run([*command, "run.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
 
 
 def jobs_csv(root: Path) -> pd.DataFrame:
@@ -43,6 +33,7 @@ def history(records: list) -> list[dict]:
     ]
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_submitit_multirun_table_report_and_wandb(tmp_path):
     """Four submitit jobs: two finish (DiffMean and SFT vectors), two fail at run time (a layer the
@@ -50,8 +41,9 @@ def test_submitit_multirun_table_report_and_wandb(tmp_path):
     run per finished job in one group, and no key from the environment reached any file."""
     root = tmp_path / "out"
     done = run_py(
-        ["-m", "hydra/launcher=submitit_local", *TINY, "objective=diffmean,sft", "layer=15,99", f"output_root={root}"],
+        *["-m", "hydra/launcher=submitit_local", *TINY, "objective=diffmean,sft", "layer=15,99", f"output_root={root}"],
         env={"WANDB_MODE": "offline", **SECRETS},
+        timeout=1500,
     )
     assert done.returncode != 0, done.stdout  # Hydra reports the failed jobs
     table = jobs_csv(root)
@@ -63,12 +55,7 @@ def test_submitit_multirun_table_report_and_wandb(tmp_path):
     assert done.stdout.count("Multirun: 4 job(s), 2 failed") == 1
     assert done.stdout.count("wandb sync") == 1
 
-    report = subprocess.run(
-        [sys.executable, "-m", "steer.report", "table2", "--outputs", str(root)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
+    report = python("-m", "steer.report", "table2", "--outputs", str(root))
     assert report.returncode == 0 and "## Runs used (2)" in report.stdout
 
     runs = {}
@@ -102,30 +89,29 @@ def test_submitit_multirun_table_report_and_wandb(tmp_path):
                 assert secret.encode() not in content, f"{name} leaked into {path}"
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_node_launcher_gives_each_job_a_slot(tmp_path):
     """hydra/launcher=node with 2 jobs on this 2-core CPU: each job runs with one thread."""
     root = tmp_path / "out"
     args = ["-m", "hydra/launcher=node", "node.jobs=2", "device=cpu", *TINY, "stages=[train]"]
-    done = run_py([*args, "objective=diffmean", "layer=14,15", "tracking.wandb=false", f"output_root={root}"])
+    more = ["objective=diffmean", "layer=14,15", "tracking.wandb=false", f"output_root={root}"]
+    done = run_py(*args, *more, timeout=1500)
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout + done.stderr
     assert out.count("device cpu, 1 CPU thread(s)") == 2, out
     assert list(jobs_csv(root).status) == ["completed", "completed"]
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_multirun_under_accelerate_launch(tmp_path):
     """A 2x2 multirun under two CPU processes: all four run directories complete, and the table
     is written once (by the first process)."""
     root = tmp_path / "out"
-    accelerate = str(Path(sys.executable).parent / "accelerate")
-    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    launch += ["--main_process_port", str(free_port())]
     args = ["-m", *TINY, "device=cpu", "stages=[train,sweep]", "sweep.grid=[-1,0,1]", "train.batch_size=1"]
-    done = run_py(
-        [*args, "objective=diffmean,sft", "layer=14,15", "tracking.wandb=false", f"output_root={root}"], launcher=launch
-    )
+    more = ["objective=diffmean,sft", "layer=14,15", "tracking.wandb=false", f"output_root={root}"]
+    done = run_py(*args, *more, launcher=accelerate_launch(2), timeout=1500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     dirs = sorted(p.parent for p in root.rglob("sweep.parquet"))
     assert len(dirs) == 4

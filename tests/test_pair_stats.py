@@ -8,7 +8,7 @@ import pytest
 from steer.core.metrics import encode, pref_odds, util_odds
 from steer.datacheck.stats import answer_lengths, mass_summary, unsteered_scores
 from steer.pairs import PairRecord, render_prompt
-from tests.test_metrics import reference_logprob
+from tests.conftest import reference_logprob
 
 
 def test_unsteered_scores_match_plain_transformers(smol):

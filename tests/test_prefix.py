@@ -9,9 +9,7 @@ import torch
 from steer.core.metrics import EncodedPair, pair_logprobs
 from steer.core.prefix import capture_layer_input, reuse_prefix
 from steer.core.sweep import grid_losses
-from tests.conftest import tiny_model
-from tests.test_interventions import randomised
-from tests.test_metrics import reference_logprob
+from tests.conftest import randomised, reference_logprob, tiny_model
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2"])

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -21,6 +19,7 @@ from steer.analysis.fit import curve, fit_curve
 from steer.judge.cache import AnswerCache
 from steer.judge.client import Call, JudgeClient
 from steer.judge.server import wait_ready
+from tests.conftest import start
 
 # tqdm's line: "desc: 100%|███| n/n [elapsed<remaining, rate unit/s]"
 # The bar's total, elapsed time, ETA and rate slots; a bar that ends within tqdm's refresh interval
@@ -69,13 +68,15 @@ def test_judge_calls(tmp_path, flaky_endpoint, capsys):
 
 
 class SlowServer(BaseHTTPRequestHandler):
-    """``/health`` and ``/v1/models`` as transformers serve answers them, ready ``delay`` s after start."""
+    """``/health`` and ``/v1/models`` as transformers serve answers them, ready from the ``ready_at``-th
+    request on (wait_ready polls every 0.5 s: a start-up of about 2.5 s, counted, not timed)."""
 
-    start = 0.0
-    delay = 2.5
+    requests = 0
+    ready_at = 6
 
     def do_GET(self):  # noqa: N802 (http.server's name)
-        ready = time.monotonic() - self.start >= self.delay
+        SlowServer.requests += 1
+        ready = SlowServer.requests >= self.ready_at
         body = {"/health": {"status": "ok"}, "/v1/models": {"data": [{"id": "/models/judge"}]}}.get(self.path)
         if not ready or body is None:
             self.send_response(503)
@@ -91,11 +92,12 @@ class SlowServer(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.e2e
 def test_server_start_up(tmp_path, capsys):
-    SlowServer.start = time.monotonic()
+    SlowServer.requests = 0
     server = ThreadingHTTPServer(("127.0.0.1", 0), SlowServer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # the "server process"
+    process = start("-c", "import signal; signal.pause()")  # the "server process": alive until killed
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
         wait_ready(base, "/models/judge", process, tmp_path / "server.log", timeout=30, progress=True)

@@ -137,6 +137,7 @@ def git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
 
 
+@pytest.mark.e2e
 def test_git_state_clean_dirty_and_outside(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ import torch
 
 from steer.io.artifacts import CorruptArtifact
 from steer.stages import ConfigError, compose_config, run
-from tests.conftest import REPO
+from tests.conftest import run_py
 
 FAST = ["dataset.limit=2", "sweep.grid=[-1,1]", "stages=[train,sweep]", "tracking.wandb=false", "progress=false"]
 # Nine multipliers (the fit's minimum) and one restart keep a full train → sweep → fit run short.
@@ -247,20 +245,15 @@ def test_the_same_seed_twice_gives_bitwise_identical_files(tmp_path, smol):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
 
 
-def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "run.py", *args], cwd=REPO, capture_output=True, text=True, timeout=600, **kwargs
-    )
-
-
+@pytest.mark.e2e
 @pytest.mark.slow  # a train → sweep (→ fit) run: a minute or more on a busy CPU
 def test_cli_refuses_a_bad_value_and_a_damaged_file_in_one_line_exit_2(finished, tmp_path):
-    proc = cli("seed=x", f"hydra.run.dir={tmp_path / 'fresh'}")
+    proc = run_py("seed=x", f"hydra.run.dir={tmp_path / 'fresh'}")
     assert proc.returncode == 2 and "seed must be an integer in 0..2**32-1, got 'x'" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr and not (tmp_path / "fresh").exists()
     run_dir = copy_run(finished, tmp_path)
     (run_dir / "sweep.parquet").write_bytes(b"PAR1 not really")
-    proc = cli(*FULL, f"hydra.run.dir={run_dir}")
+    proc = run_py(*FULL, f"hydra.run.dir={run_dir}")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
     assert f"{run_dir}/sweep.parquet: changed since the sweep stage wrote it" in out and "force=true" in out

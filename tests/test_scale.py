@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import time
+import queue
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ from steer.core.precision import model_dtype
 from steer.runtime.devices import claim_slot, slot_plan
 from steer.runtime.plan import Hardware, JobSpec, JudgePrice, PairTokens, estimate
 from steer.stages import ConfigError, check, compose_config
-from tests.test_paper_recipe import load_recipe
+from tests.conftest import load_experiment
 
 
 def test_precision_values(caplog):
@@ -58,33 +58,48 @@ def test_slot_plan():
         slot_plan(2, 2, None, 4)
 
 
-def _hold(lock_dir: str, jobs: int, seconds: float, tag: str, out) -> None:
+def _hold(lock_dir: str, jobs: int, tag: str, out, release) -> None:
+    """Claim a slot, report it, and hold it until the test sets ``release``."""
+    out.put((tag, "trying"))
     with claim_slot(Path(lock_dir), jobs, poll_seconds=0.05) as index:
-        out.put((tag, "claim", index, time.monotonic()))
-        time.sleep(seconds)
-        out.put((tag, "release", index, time.monotonic()))
+        out.put((tag, index))
+        release.wait(timeout=120)
 
 
 def test_running_jobs_hold_distinct_slots_and_a_third_waits(tmp_path):
-    """Real processes and real flocks: two jobs at once get slots 0 and 1; a third waits until
-    one of them ends, then takes the slot that was freed."""
+    """Real processes and real flocks: two jobs at once get slots 0 and 1; a third gets none while
+    both hold theirs, and takes the one that is freed. Each job holds its slot until the test
+    releases it: the order of events is set by the test, not by sleeps."""
     ctx = mp.get_context("fork")  # no re-import of this module (and torch) per process
     out = ctx.Queue()
-    procs = [ctx.Process(target=_hold, args=(str(tmp_path), 2, 2.0 + i, tag, out)) for i, tag in enumerate("ab")]
-    for p in procs:
-        p.start()
-    events = [out.get(timeout=120) for _ in range(2)]
-    assert sorted(index for _, _, index, _ in events) == [0, 1]
-    procs.append(ctx.Process(target=_hold, args=(str(tmp_path), 2, 0.0, "c", out)))
-    procs[-1].start()
-    events += [out.get(timeout=120) for _ in range(4)]
-    for p in procs:
-        p.join(timeout=60)
-    at = {(tag, what): (index, t) for tag, what, index, t in events}
-    first_free, second_free = sorted((at["a", "release"], at["b", "release"]), key=lambda x: x[1])
-    assert at["c", "claim"][1] >= first_free[1]  # it waited for a slot
-    if at["c", "claim"][1] < second_free[1]:  # the other one still ran: c took the freed slot
-        assert at["c", "claim"][0] == first_free[0]
+    release = {tag: ctx.Event() for tag in "abc"}
+    procs = {tag: ctx.Process(target=_hold, args=(str(tmp_path), 2, tag, out, release[tag])) for tag in "abc"}
+
+    def claimed(tag: str) -> int:
+        while True:
+            got, what = out.get(timeout=120)
+            if what != "trying":
+                assert got == tag, f"{got} claimed slot {what} before {tag} did"
+                return what
+
+    try:
+        procs["a"].start()
+        slot_a = claimed("a")
+        procs["b"].start()
+        slot_b = claimed("b")
+        assert sorted((slot_a, slot_b)) == [0, 1]
+        procs["c"].start()
+        assert out.get(timeout=120) == ("c", "trying")
+        with pytest.raises(queue.Empty):  # both slots held: c is still waiting
+            out.get(timeout=1.0)
+        release["a"].set()
+        assert claimed("c") == slot_a  # the freed slot; b still holds the other
+    finally:
+        for tag, proc in procs.items():
+            release[tag].set()
+            if proc.pid is not None:
+                proc.join(timeout=60)
+    assert all(proc.exitcode == 0 for proc in procs.values())
 
 
 def test_presets_compose():
@@ -160,7 +175,7 @@ def test_plan_estimate_by_hand():
 
 
 def test_plan_cli_smoke(capsys):
-    paper = load_recipe()
+    paper = load_experiment("paper")
     assert paper.main(["all", "--preset", "smoke", "--plan"]) == 0
     out = capsys.readouterr().out
     assert "jobs: 2" in out and "judge (gpt-4.1-mini): 0 calls" in out
@@ -170,7 +185,7 @@ def test_plan_cli_smoke(capsys):
 def test_plan_counts_the_real_data(shared_data, capsys):
     """The paper preset's jobs on one data set: 2 models x 7 form/objective runs; Psychopathy has
     no judge; the plan reads the 500/100 pairs from the local copy."""
-    paper = load_recipe()
+    paper = load_experiment("paper")
     assert (
         paper.main(["table2", "--preset", "paper", "--datasets", "psychopathy", "--data", str(shared_data), "--plan"])
         == 0
@@ -179,22 +194,19 @@ def test_plan_counts_the_real_data(shared_data, capsys):
     assert "jobs: 20" in out and "0 calls" in out
 
 
-def test_paper_preset_commands(capsys):
-    paper = load_recipe()
-    data = Path("/d")
-    runs = paper.multiruns(paper.PRESETS["paper"], "psychopathy,axbench", data)
-    assert runs == [
-        ("paper", ["dataset=psychopathy", "dataset.path=/d/anthropic-evals/persona/psychopathy.jsonl"]),
-        (
-            "paper",
-            ["dataset=axbench", "dataset.path=/d/axbench/concept10/prod_9b_l20_v1", "dataset.concept_id=range(10)"],
-        ),
-        ("paper_diffmean", ["dataset=psychopathy", "dataset.path=/d/anthropic-evals/persona/psychopathy.jsonl"]),
-        (
-            "paper_diffmean",
-            ["dataset=axbench", "dataset.path=/d/axbench/concept10/prod_9b_l20_v1", "dataset.concept_id=range(10)"],
-        ),
+def test_paper_preset_commands(shared_data, capsys):
+    """Every multirun of the paper preset composes, and each names a data set and a local copy of
+    it that exists (the paper's 10 AxBench concepts as a multirun axis)."""
+    paper = load_experiment("paper")
+    runs = paper.multiruns(paper.PRESETS["paper"], "psychopathy,axbench", shared_data)
+    assert sorted((e, o[0]) for e, o in runs) == [
+        (e, f"dataset={d}") for e in ("paper", "paper_diffmean") for d in ("axbench", "psychopathy")
     ]
+    for experiment, overrides in runs:
+        axes = [o for o in overrides if "range(" in o]
+        cfg = compose_config([f"experiment={experiment}", *(o for o in overrides if o not in axes)])
+        assert Path(cfg.dataset.path).exists() and Path(cfg.dataset.path).is_relative_to(shared_data)
+        assert axes == (["dataset.concept_id=range(10)"] if overrides[0] == "dataset=axbench" else [])
     jobs = paper.job_overrides("paper", ["dataset=axbench", "dataset.concept_id=range(10)"], [])
     assert len(jobs) == 2 * 3 * 3 * 10
     assert paper.main(["all", "--preset", "paper", "--dry-run", "--datasets", "psychopathy"]) == 0

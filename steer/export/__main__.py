@@ -18,12 +18,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--to", required=True, choices=list(EXPORTS), help="; ".join(f"{k}: {v.summary}" for k, v in EXPORTS.items())
     )
-    parser.add_argument("--out", type=Path, required=True, help="folder to write the artifact into")
+    parser.add_argument("--out", type=Path, required=True, help="folder to write the artifact into (empty or new)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="--out may hold an earlier export: replace steer's files there (files steer did not write are kept)",
+    )
     args = parser.parse_args(argv)
-    if args.out.exists() and not args.out.is_dir():
-        parser.error(f"--out {args.out} is a file: give a folder to write the artifact into")
     try:
-        paths = export(args.run_dir, args.m, args.to, args.out)
+        paths = export(args.run_dir, args.m, args.to, args.out, overwrite=args.overwrite)
     except (ExportError, CorruptArtifact, ValueError, OSError) as err:  # bad input, a damaged or unreadable run
         print(f"steer.export: {err}", file=sys.stderr)
         return 2

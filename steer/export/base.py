@@ -4,11 +4,12 @@ An export turns one trained run (``intervention.safetensors`` + ``intervention.j
 ``config.yaml``) at one multiplier m into an artifact another library loads. Every artifact records
 where it came from (``PROVENANCE`` = ``steer_export.json`` beside it, and the format's own metadata
 where it has any): the source run, m, the form and layer, the base model, and the steer version.
+``steer_export.json`` also lists the files the export wrote, so a later ``--overwrite`` replaces
+exactly steer's files (``steer.export.outdir``).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +20,8 @@ import torch
 import steer
 from steer import rundir
 from steer.core.interventions import DynamicAffine
-from steer.io.atomic import atomic_write_text
-
-PROVENANCE = "steer_export.json"
-
-
-class ExportError(ValueError):
-    """A run or multiplier an export cannot represent; the message says why and what to do."""
+from steer.export.errors import ExportError
+from steer.export.outdir import install, staging, steers_files
 
 
 @dataclass(frozen=True)
@@ -90,25 +86,28 @@ def read_source(run_dir: str | Path, m: float) -> Source:
 
 
 class Exporter:
-    """One export format. Subclasses set ``name`` and ``summary`` and implement ``check`` (cheap,
-    before any model loads; raises ExportError) and ``write`` (the artifact files into ``out``)."""
+    """One export format. Subclasses set ``name``, ``summary`` and ``owned`` (the fnmatch patterns of
+    every file the format can write, so that a re-export knows its stale files from a user's), and
+    implement ``check`` (cheap, before any model loads; raises ExportError) and ``write`` (the
+    artifact's files into an empty folder)."""
 
     name: ClassVar[str]
     summary: ClassVar[str]
+    owned: ClassVar[tuple[str, ...]]
 
     def check(self, source: Source) -> None:
         raise NotImplementedError
 
-    def write(self, source: Source, out: Path) -> list[Path]:
+    def write(self, source: Source, out: Path) -> None:
         raise NotImplementedError
 
     def export(self, source: Source, out: Path) -> list[Path]:
-        """Check, write the artifact, then the provenance file beside it."""
+        """Check, write the artifact into a staging folder, then replace steer's earlier files in
+        ``out`` with it (a user's files stay) and write the provenance; returns the files written."""
         self.check(source)
-        out.mkdir(parents=True, exist_ok=True)
-        written = self.write(source, out)
-        atomic_write_text(out / PROVENANCE, json.dumps(source.provenance(self.name), indent=2) + "\n")
-        return [*written, out / PROVENANCE]
+        with staging(out) as staged:
+            self.write(source, staged)
+            return install(staged, out, steers_files(out, self.owned), source.provenance(self.name))
 
 
 def require_residual_vector(source: Source, fmt: str) -> torch.Tensor:

@@ -22,7 +22,6 @@ import numpy as np
 
 from steer.core.models import load_config
 from steer.export.base import Exporter, ExportError, Source, require_residual_vector
-from steer.io.atomic import atomic_path
 
 FILE = "control_vector.gguf"
 ARCH = "controlvector"
@@ -31,6 +30,7 @@ ARCH = "controlvector"
 class ControlVectorExporter(Exporter):
     name = "gguf"
     summary = "vector run -> llama.cpp control vector GGUF (one direction.<layer> tensor, m folded in)"
+    owned = (FILE,)
 
     def check(self, source: Source) -> None:
         require_residual_vector(source, self.name)
@@ -40,20 +40,18 @@ class ControlVectorExporter(Exporter):
                 f"this run steers layer {source.layer}"
             )
 
-    def write(self, source: Source, out: Path) -> list[Path]:
+    def write(self, source: Source, out: Path) -> None:
         import gguf
 
         vector = require_residual_vector(source, self.name).numpy().astype(np.float32)
-        with atomic_path(out / FILE) as tmp:
-            writer = gguf.GGUFWriter(str(tmp), ARCH)
-            writer.add_string(f"{ARCH}.model_hint", load_config(source.model_source).model_type)
-            writer.add_uint32(f"{ARCH}.layer_count", 1)
-            for key, value in source.provenance(self.name).items():
-                writer.add_string(f"steer.{key}", str(value))
-            writer.add_float32("steer.multiplier", source.m)
-            writer.add_tensor(f"direction.{source.layer}", vector)
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_tensors_to_file()
-            writer.close()
-        return [out / FILE]
+        writer = gguf.GGUFWriter(str(out / FILE), ARCH)
+        writer.add_string(f"{ARCH}.model_hint", load_config(source.model_source).model_type)
+        writer.add_uint32(f"{ARCH}.layer_count", 1)
+        for key, value in source.provenance(self.name).items():
+            writer.add_string(f"steer.{key}", str(value))
+        writer.add_float32("steer.multiplier", source.m)
+        writer.add_tensor(f"direction.{source.layer}", vector)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()

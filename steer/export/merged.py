@@ -37,6 +37,31 @@ from steer.core.models import (
 )
 from steer.export.base import Exporter, ExportError, Source
 
+# What save_pretrained writes for a model and its tokenizer (transformers 5): a stale file of this set
+# beside a new model would be read with it (an old shard index, an old tokenizer's vocabulary).
+MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model-*-of-*.bin",
+    "pytorch_model.bin.index.json",
+)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
 
 def give_mlp_bias(model: nn.Module, switch: str) -> None:
     """Set ``config.<switch>`` and give every MLP Linear of every layer a zero bias, so the saved
@@ -52,6 +77,7 @@ def give_mlp_bias(model: nn.Module, switch: str) -> None:
 class MergedExporter(Exporter):
     name = "merged"
     summary = "any form -> a plain model folder with W + m·ΔW (and the bias b + m·Δb where the architecture allows)"
+    owned = MODEL_FILES + TOKENIZER_FILES
 
     def check(self, source: Source) -> None:
         weight, bias = source.intervention.dense_update()
@@ -79,7 +105,7 @@ class MergedExporter(Exporter):
                 "and its config no mlp_bias switch. Export a vector with --to steering-vectors or --to gguf instead."
             )
 
-    def write(self, source: Source, out: Path) -> list[Path]:
+    def write(self, source: Source, out: Path) -> None:
         model, tokenizer = load_model(source.model_source, dtype=source.model_dtype)
         weight, bias = source.scaled_update()
         target = site_module(model, source.layer, MLP_DOWN)
@@ -92,4 +118,3 @@ class MergedExporter(Exporter):
         model.config.steer_export = source.provenance(self.name)
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        return sorted(p for p in out.iterdir() if p.is_file())

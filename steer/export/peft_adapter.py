@@ -17,7 +17,6 @@ from safetensors.torch import save_file
 
 from steer.core.models import MLP_DOWN, load_config, resolve_source, site_module, site_path
 from steer.export.base import Exporter, ExportError, Source
-from steer.io.atomic import atomic_path, atomic_write_text
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -37,6 +36,7 @@ def down_proj_name(source: str, layer: int) -> str:
 class PeftExporter(Exporter):
     name = "peft"
     summary = "LoRA run -> PEFT adapter (adapter_config.json + adapter_model.safetensors), m in the scaling"
+    owned = (CONFIG, WEIGHTS, "adapter_model.bin")  # PEFT's pickled weights: stale beside ours
 
     def check(self, source: Source) -> None:
         if set(source.intervention.tensors()) != {"lora_A", "lora_B"}:
@@ -50,7 +50,7 @@ class PeftExporter(Exporter):
         except ValueError as err:
             raise ExportError(f"--to peft: {err}") from None
 
-    def write(self, source: Source, out: Path) -> list[Path]:
+    def write(self, source: Source, out: Path) -> None:
         tensors = source.intervention.tensors()
         rank = int(tensors["lora_A"].shape[0])
         module = down_proj_name(source.model_source, source.layer)
@@ -70,7 +70,5 @@ class PeftExporter(Exporter):
         prefix = f"base_model.model.{module}"
         weights = {f"{prefix}.lora_A.weight": tensors["lora_A"], f"{prefix}.lora_B.weight": tensors["lora_B"]}
         meta = {"format": "pt", **{f"steer_{k}": str(v) for k, v in source.provenance(self.name).items()}}
-        with atomic_path(out / WEIGHTS) as tmp:
-            save_file(weights, str(tmp), metadata=meta)
-        atomic_write_text(out / CONFIG, json.dumps(config, indent=2) + "\n")
-        return [out / CONFIG, out / WEIGHTS]
+        save_file(weights, str(out / WEIGHTS), metadata=meta)
+        (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")

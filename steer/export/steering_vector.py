@@ -17,7 +17,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from steer.export.base import Exporter, Source, require_residual_vector
-from steer.io.atomic import atomic_path
 
 FILE = "steering_vector.safetensors"
 LAYER_TYPE = "decoder_block"
@@ -27,17 +26,16 @@ PREFIX = "layer_activations."
 class SteeringVectorExporter(Exporter):
     name = "steering-vectors"
     summary = "vector run -> steering_vector.safetensors for steering-vectors' SteeringVector (m folded in)"
+    owned = (FILE,)
 
     def check(self, source: Source) -> None:
         require_residual_vector(source, self.name)
 
-    def write(self, source: Source, out: Path) -> list[Path]:
+    def write(self, source: Source, out: Path) -> None:
         vector = require_residual_vector(source, self.name).contiguous()
         meta = {"layer_type": LAYER_TYPE, "layer": str(source.layer)}
         meta.update({f"steer_{k}": str(v) for k, v in source.provenance(self.name).items()})
-        with atomic_path(out / FILE) as tmp:
-            save_file({f"{PREFIX}{source.layer}": vector}, str(tmp), metadata=meta)
-        return [out / FILE]
+        save_file({f"{PREFIX}{source.layer}": vector}, str(out / FILE), metadata=meta)
 
 
 def load_steering_vector(path: str | Path):
