@@ -87,7 +87,8 @@ class FitStage(Stage):
         """The fit needs at least as many distinct multipliers as the preference model has parameters."""
         check_restarts(cfg.fit.restarts)
         if cfg.fit.bootstrap < 0:
-            raise ConfigError(f"fit.bootstrap must be a whole number >= 0 (replicates; 0 = off), got {cfg.fit.bootstrap}")
+            n = cfg.fit.bootstrap
+            raise ConfigError(f"fit.bootstrap must be a whole number >= 0 (replicates; 0 = off), got {n}")
         distinct = len(check_grid(cfg.sweep.grid))  # finite and distinct: nine NaNs are not nine multipliers
         if distinct < len(PREF_PARAMS):
             raise ConfigError(
