@@ -1,5 +1,6 @@
 """``python -m steer.generate RUN_DIR --m ... PROMPT``: one column per m holding exactly what
-``steer.core.generate`` answers, and bad arguments exit 2 with one line."""
+``steer.core.generate`` answers, several runs composed with one ``--m`` per run, and bad
+arguments (or runs that cannot compose) exit 2 with one line."""
 
 from __future__ import annotations
 

@@ -1,8 +1,11 @@
 """``python -m steer.serve`` as a real process on 127.0.0.1, called with the real ``openai`` client:
 m = 0 is the base model, a steered request is ``steer.core.generate``'s answer, concurrent requests
 of mixed runs and m answer what they answer alone, streamed = whole, bad input gets its status and
-the server keeps serving, and the process is gone after SIGTERM. The engine itself is checked
-in-process against ``generate`` on tiny models (vector + LoRA runs, a sliding-window Gemma-2)."""
+the server keeps serving, and the process is gone after SIGTERM. A composed request equals both
+runs' hand-written hooks; every field and an m too large for the dtype are 400s; a client that
+leaves frees its row within a second; SIGTERM past the grace answers each request its own text or
+a 503, never a traceback. The engine itself is checked in-process against ``generate`` on tiny
+models (vector + LoRA runs, a sliding-window Gemma-2, non-finite logits)."""
 
 from __future__ import annotations
 

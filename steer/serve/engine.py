@@ -162,9 +162,11 @@ class Engine:
             self._accepting = False
             self._stop = True
             if cancel:
-                self._cancel_all = True
+                self._cancel_all = True  # the running rows and those being admitted, at the next step
                 for job in self._waiting:
                     job.cancelled = True
+                    job.emit(("error", CANCELLED, "cancelled"))
+                self._waiting.clear()
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
