@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from steer.core.batching import length_batches
-from steer.core.generate import generate, left_pad, stop_ids
+from steer.core.decode import left_pad
+from steer.core.generate import generate, stop_ids
 from steer.core.interventions import new_intervention
 from steer.core.metrics import collate, encode, encode_pair
 from steer.core.models import EMBEDDED_SOURCE, load_model, num_layers

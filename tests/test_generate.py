@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import steer.core.own_answers as own
-from steer.core.generate import generate, greedy_generate, sample_tokens, stop_ids, top_p_keep
+from steer.core.decode import sample_tokens, top_p_keep
+from steer.core.generate import generate, greedy_generate, stop_ids
 from steer.core.interventions import new_intervention
 from steer.core.models import model_fingerprint
 from steer.pairs import render_prompt
@@ -288,9 +289,36 @@ def test_generate_rejects_bad_arguments_with_the_argument_named(tok, prompts):
         (dict(multipliers=[]), "multipliers is empty"),
         (dict(multipliers=[1.0]), "need an intervention"),
         (dict(intervention=iv, multipliers=[float("nan")]), "finite"),
+        (dict(intervention=iv, multipliers=[1e38]), r"too large.*\|m\| <= [0-9.e+]+ for vector at layer 1"),
+        (dict(intervention=[iv, iv], multipliers=[(1.0, 2.0)]), "composed with itself"),
+        (dict(intervention=[iv, steerable("lora", len(tok))[1]], multipliers=[1.0]), "one m per intervention"),
     ]
     for kwargs, match in bad:
         with pytest.raises(ValueError, match=match):
             generate(model, tok, prompts, progress=False, **kwargs)
     with iv.attached(model), pytest.raises(RuntimeError, match="already attached"):
         generate(model, tok, prompts, intervention=iv, multipliers=1.0, progress=False)
+
+
+def test_composed_interventions_equal_their_hand_written_hooks_and_runs_at_one_site_add(tok, prompts):
+    """Two vectors at one layer and a LoRA at another, each at its own m, in one batch: the same
+    tokens as ``model.generate`` under the three hand-written hooks; with a run at 0, the others alone."""
+    model, lora = steerable("lora", len(tok))
+    a, b = (new_intervention(model, "vector", 2, init_scale=1.0, seed=s) for s in (11, 12))
+    ms = [(3.0, -2.0, 4.0), (3.0, 0.0, 0.0), (0.0, -2.0, 4.0)]
+    found = generate(
+        model, tok, prompts, intervention=[a, b, lora], multipliers=ms, max_new_tokens=6, batch_size=9, progress=False
+    )
+    for m in ms:
+        handles = [hand_hook(model, "vector", 2, iv.tensors(), x) for iv, x in ((a, m[0]), (b, m[1]))]
+        handles.append(hand_hook(model, "lora", 1, lora.tensors(), m[2]))
+        try:
+            expected = hf_generate(model, tok, prompts, 6)
+        finally:
+            for handle in handles:
+                handle.remove()
+        assert [g.token_ids for g in found if g.m == m] == expected, m
+    alone = generate(model, tok, prompts, intervention=a, multipliers=3.0, max_new_tokens=6, progress=False)
+    assert [g.token_ids for g in found if g.m == ms[1]] == [g.token_ids for g in alone]
+    assert len({tuple(g.token_ids for g in found if g.m == m) for m in ms}) == 3  # each run really steers
+    assert a._handle is b._handle is lora._handle is None

@@ -1,8 +1,11 @@
 """``python -m steer.serve`` as a real process on 127.0.0.1, called with the real ``openai`` client:
 m = 0 is the base model, a steered request is ``steer.core.generate``'s answer, concurrent requests
 of mixed runs and m answer what they answer alone, streamed = whole, bad input gets its status and
-the server keeps serving, and the process is gone after SIGTERM. The engine itself is checked
-in-process against ``generate`` on tiny models (vector + LoRA runs, a sliding-window Gemma-2)."""
+the server keeps serving, and the process is gone after SIGTERM. A composed request equals both
+runs' hand-written hooks; every field and an m too large for the dtype are 400s; a client that
+leaves frees its row within a second; SIGTERM past the grace answers each request its own text or
+a 503, never a traceback. The engine itself is checked in-process against ``generate`` on tiny
+models (vector + LoRA runs, a sliding-window Gemma-2, non-finite logits)."""
 
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import torch
 
 from steer import rundir
 from steer.core.generate import generate, greedy_generate
-from steer.core.interventions import RowInterventions, new_intervention
+from steer.core.interventions import RowInterventions, new_intervention, steering
 from steer.core.models import EMBEDDED_SOURCE
 from steer.judge.server import free_port
 from steer.pairs import render_prompt
@@ -327,7 +330,7 @@ def test_engine_decodes_mixed_runs_and_m_as_generate_does(arch, smol):
     try:
         for i, (p, r, m, t) in enumerate(cases):
             ids = tuple(tok(prompts[p], add_special_tokens=False)["input_ids"])
-            engine.submit(Job(prompts[p], ids, r, m, 12 - i % 3, t, 1.0, 5, emit=emit(i)))
+            engine.submit(Job(prompts[p], ids, steering({r: m} if r >= 0 else {}), 12 - i % 3, t, 1.0, 5, emit=emit(i)))
             if i % 4 == 0:
                 time.sleep(0.01)  # later rows join a batch that is already decoding
         for _ in cases:
@@ -401,10 +404,10 @@ def test_a_failed_round_fails_its_rows_and_the_engine_goes_on(smol):
     prompt = render_prompt(tok, PROMPTS[0])
     ids = tuple(tok(prompt, add_special_tokens=False)["input_ids"])
     try:
-        engine.submit(Job(prompt, (len(tok) + 5,), -1, 0.0, 4, emit=emit))  # a token the embedding lacks
+        engine.submit(Job(prompt, (len(tok) + 5,), (), 4, emit=emit))  # a token the embedding lacks
         assert done.acquire(timeout=60)
-        assert events[-1][0] == "error" and "IndexError" in events[-1][1]
-        engine.submit(Job(prompt, ids, -1, 0.0, 4, emit=emit))
+        assert events[-1][:2] == ("error", "failed") and "IndexError" in events[-1][2]
+        engine.submit(Job(prompt, ids, (), 4, emit=emit))
         assert done.acquire(timeout=60)
     finally:
         engine.stop()
@@ -412,3 +415,219 @@ def test_a_failed_round_fails_its_rows_and_the_engine_goes_on(smol):
     assert (
         "".join(e[1] for e in events if e[0] == "delta") == greedy_generate(model, tok, [prompt], 4, progress=False)[0]
     )
+
+
+# --- composition, validation, clients that leave, shutdown ---------------------------------------
+
+
+def test_a_composed_request_equals_both_hand_written_hooks_on_the_bare_model(client, smol, runs):
+    from safetensors.torch import load_file
+
+    from tests.test_generate import hand_greedy
+    from tests.test_interventions import hand_hook
+
+    model, tok = smol
+    prompt = render_prompt(tok, QUESTION)
+    a, b = (load_file(runs[name] / rundir.WEIGHTS) for name in ("pos15", "pos10"))
+    handles = [hand_hook(model, "vector", 15, a, 1.5), hand_hook(model, "vector", 10, b, 2.0)]
+    try:
+        expected = hand_greedy(model, tok, prompt, TOKENS)
+    finally:
+        for handle in handles:
+            handle.remove()
+    composed = chat(client, "pos15", extra_body={"m": {"pos15": 1.5, "pos10": 2}})
+    assert composed == expected
+    alone = chat(client, "pos15", extra_body={"m": 1.5})
+    other = chat(client, "pos10@2")
+    assert len({alone, other, composed}) == 3  # each run really steers the composition
+    assert chat(client, "pos15", extra_body={"m": {"pos15": 1.5, "pos10": 0}}) == alone
+    assert chat(client, "smollm2-135m", extra_body={"m": {"pos15": 0, "pos10": 2}}) == other
+    reply = client.chat.completions.create(
+        model="pos10", messages=[{"role": "user", "content": QUESTION}], max_tokens=TOKENS, temperature=0,
+        extra_body={"m": {"pos15": 1.5, "pos10": 2}},
+    )  # fmt: skip
+    assert reply.choices[0].message.content == composed and reply.model_dump()["m"] == {"pos15": 1.5, "pos10": 2.0}
+
+
+def test_bad_compositions_and_fields_are_400_naming_the_field(server):
+    def post(body: dict | str, path: str = "chat/completions") -> httpx.Response:
+        if isinstance(body, dict):
+            body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, **body})
+        return httpx.post(f"{server}/{path}", content=body, headers={"Content-Type": "application/json"}, timeout=60)
+
+    run = {"model": "pos15", "m": 1}
+    bad = [
+        ({"model": "pos15", "m": {"pos15": 1, "nope": 2}}, 404, "m"),
+        ({"model": "pos15", "m": {}}, 400, "m"),
+        ({"model": "pos15", "m": {"pos10": 1}}, 400, "model"),
+        ({"model": "pos15", "m": {"pos15": "1"}}, 400, "m"),
+        ({"model": "pos15@2", "m": {"pos15": 1, "pos10": 1}}, 400, "m"),
+        ({"model": "pos15", "m": {"smollm2-135m": 1}}, 400, "m"),
+        ({"model": "pos15", "m": "4"}, 400, "m"),
+        ({**run, "max_tokens": "8"}, 400, "max_tokens"),
+        ({**run, "max_tokens": True}, 400, "max_tokens"),
+        ({**run, "seed": 2**70}, 400, "seed"),
+        ({**run, "stream": "yes"}, 400, "stream"),
+        ({**run, "stream_options": {"include_usage": "yes"}}, 400, "include_usage"),
+        ({**run, "top_p": 0}, 400, "top_p"),
+        ({**run, "stop": ["", "a"]}, 400, "stop"),
+        ({**run, "n": 2}, 400, "n"),
+        ({**run, "frequency_penalty": 0.5}, 400, "frequency_penalty"),
+        ({**run, "presence_penalty": 9}, 400, "presence_penalty"),
+        ({**run, "logit_bias": {"1": 2}}, 400, "logit_bias"),
+        ({**run, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400, "messages[0].content"),
+        ({**run, "messages": [{"role": "user", "content": "hi", "name": 3}]}, 400, "messages[0].name"),
+    ]
+    for body, status, param in bad:
+        reply = post(body)
+        assert reply.status_code == status, (body, reply.text)
+        assert reply.json()["error"]["param"] == param, (body, reply.json())
+    twice = '{"model": "pos15", "m": {"pos15": 1, "pos15": 2}, "messages": [{"role": "user", "content": "hi"}]}'
+    assert "twice" in post(twice).json()["error"]["message"]
+    reply = post({"model": "pos15", "m": 1, "prompt": "hi", "echo": True}, "completions")
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "echo"
+
+
+def test_an_m_too_large_for_the_dtype_is_a_400_naming_the_limit(client, server):
+    for m in (1e300, 1e38, 1e20):
+        with pytest.raises(openai.BadRequestError, match=r"too large.*float32 \(\|m\| <= [0-9.e+]+ for pos15\)"):
+            chat(client, "pos15", extra_body={"m": m})
+    with pytest.raises(openai.BadRequestError, match="sum of"):
+        chat(client, "pos15", extra_body={"m": {"pos15": 1e18, "pos10": 1e18}})
+    chat(client, "pos15", extra_body={"m": 1e3})  # large but representable: served (200)
+
+
+def _health(server: str) -> dict:
+    return _get(server.removesuffix("/v1") + "/health")
+
+
+def _until(condition, timeout: float) -> float:
+    """Poll ``condition`` every 20 ms until it holds; the seconds it took (an AssertionError past ``timeout``)."""
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < timeout, f"the condition did not hold in {timeout} s"
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def _leave_after_start(server: str, stream: bool) -> float:
+    """Send a long steered request over a raw socket, wait until it decodes, close the socket:
+    the seconds until the server's /health shows no row."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(server)
+    body = json.dumps({"model": "pos15", "m": 2, "prompt": "Once upon a time", "max_tokens": 400,
+                       "temperature": 0, "stream": stream})  # fmt: skip
+    head = f"POST /v1/completions HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
+    sock = socket.create_connection((url.hostname, url.port))
+    sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n{body}".encode())
+    _until(lambda: _health(server)["running"] == 1, 60)
+    time.sleep(0.3)  # a few decode steps
+    assert _health(server)["running"] == 1  # still decoding: 400 tokens take far longer
+    sock.close()
+    return _until(lambda: _health(server)["running"] == 0 and _health(server)["waiting"] == 0, 30)
+
+
+def test_a_client_that_leaves_frees_its_row_within_a_second(client, server):
+    def timed() -> float:
+        start = time.perf_counter()
+        chat(client, "pos10", extra_body={"m": 1}, max_tokens=16)
+        return time.perf_counter() - start
+
+    timed()
+    baseline = timed()
+    assert _leave_after_start(server, stream=False) < 1.0
+    assert _leave_after_start(server, stream=True) < 1.0
+    after = timed()
+    assert after < 2 * baseline + 1.0, (after, baseline)  # slack for the other jobs on this machine
+
+
+@pytest.fixture(scope="module")
+def busy(runs):
+    """A second server with room for 32 rows and a grace of 5 s; its last test stops it."""
+    with serving(runs.values(), "--max-batch", "32", "--max-queue", "32", "--grace", "5") as (url, process):
+        yield url, process
+
+
+def _post(url: str, body: dict) -> httpx.Response:
+    return httpx.post(f"{url}/completions", json=body, timeout=300)
+
+
+@pytest.mark.slow
+def test_models_answers_while_32_requests_decode(busy):
+    url, _ = busy
+    body = {"model": "pos15", "m": 1, "prompt": "Once upon a time", "max_tokens": 24, "temperature": 0}
+    with ThreadPoolExecutor(32) as pool:
+        replies = [pool.submit(_post, url, {**body, "seed": i}) for i in range(32)]
+        _until(lambda: _health(url)["running"] == 32, 180)
+        start = time.perf_counter()
+        models = httpx.get(f"{url}/models", timeout=30)
+        waited = time.perf_counter() - start
+        assert _health(url)["running"] > 0  # the 32 rows were still decoding
+    assert models.status_code == 200 and waited < 1.0, waited
+    assert {r.result().status_code for r in replies} == {200}
+
+
+def test_sigterm_past_the_grace_returns_each_text_or_a_503_never_another(busy, smol, runs):
+    """Two long rows and a short one at SIGTERM, grace 5 s: the short one finishes (its text
+    alone) unless this machine is too busy, the long ones are cancelled with 503 overloaded;
+    nothing else, no traceback."""
+    from steer.core.interventions import DynamicAffine
+
+    url, process = busy
+    model, tok = smol
+    asks = [("pos15", 2.0, 300), ("pos10", -2.0, 300), ("pos15", 1.0, 3)]
+    prompt = "Once upon a time"
+
+    def alone(name: str, m: float, tokens: int) -> str:
+        [g] = generate(model, tok, [prompt], intervention=DynamicAffine.load(runs[name]), multipliers=m,
+                       max_new_tokens=tokens, progress=False)  # fmt: skip
+        return g.text
+
+    with ThreadPoolExecutor(3) as pool:
+        pending = []
+        for i, (name, m, tokens) in enumerate(asks):
+            body = {"model": name, "m": m, "prompt": prompt, "max_tokens": tokens, "temperature": 0}
+            pending.append(pool.submit(_post, url, body))
+            _until(lambda n=i + 1: _health(url)["running"] == n, 60)
+        process.send_signal(signal.SIGTERM)
+        replies = [p.result(timeout=120) for p in pending]
+    statuses = [r.status_code for r in replies]
+    for (name, m, tokens), reply in zip(asks, replies, strict=True):
+        if reply.status_code == 200:
+            assert reply.json()["choices"][0]["text"] == alone(name, m, tokens)
+        else:
+            assert reply.status_code == 503, reply.text
+            assert reply.json()["error"]["code"] == "overloaded"
+    assert statuses[0] == statuses[1] == 503, statuses  # 300 tokens need far more than 5 s here
+    process.wait(timeout=60)
+    log = process.stdout.read()
+    assert "Traceback" not in log and "Event loop is closed" not in log and "ERROR" not in log, log
+    assert "on SIGTERM" in log and f"{statuses.count(503)} running and 0 waiting cancelled" in log, log
+
+
+def test_a_row_whose_logits_are_not_finite_gets_an_overflow_error_not_text(smol):
+    """In-process: a Δ far past what float32 holds (no API in front to refuse its m) turns the
+    row's logits to NaN; that row is answered with an overflow error, its batch-mate decodes on."""
+    _, tok = smol
+    model = tiny_model("llama", vocab_size=len(tok))
+    huge = new_intervention(model, "vector", 1, init_scale=1e30, seed=1)
+    prompt = render_prompt(tok, PROMPTS[0])
+    ids = tuple(tok(prompt, add_special_tokens=False)["input_ids"])
+    [expected] = greedy_generate(model, tok, [prompt], 6, progress=False)
+    engine = Engine(model, tok, RowInterventions([huge]), max_batch=4, max_waiting=4).start()
+    events: dict[int, list] = {0: [], 1: []}
+    done = threading.Semaphore(0)
+
+    def emit(i):
+        return lambda event: (events[i].append(event), event[0] != "delta" and done.release())
+
+    try:
+        engine.submit(Job(prompt, ids, steering({0: 1e10}), 6, emit=emit(0)))
+        engine.submit(Job(prompt, ids, (), 6, emit=emit(1)))
+        assert done.acquire(timeout=60) and done.acquire(timeout=60)
+    finally:
+        engine.stop()
+    assert [e[:2] for e in events[0]] == [("error", "overflow")]
+    assert "".join(e[1] for e in events[1] if e[0] == "delta") == expected

@@ -7,7 +7,9 @@ costs one pass over the prompts, not k. Batches group rows of similar length and
 the left so every row's next token sits in the last column; the attention mask comes from the
 lengths, never from ``ids != pad_id`` (SmolLM2's pad token also ends every chat turn), and the
 position ids count only real tokens. Rows that reach a stop token leave the batch (their KV
-cache rows are dropped), so a batch costs what its longest answer costs, not B times that.
+cache rows are dropped), so a batch costs what its longest answer costs, not B times that. The
+decoding itself is ``steer.core.decode.DecodeBatch``'s, the batch ``steer.serve`` decodes through
+too. Several interventions compose: a row then carries one m per intervention.
 
 Greedy by default. Sampling draws one uniform number per row and step from the row's own
 generator, seeded from (seed, prompt text, m), and picks the token by inverse CDF: a row's
@@ -40,23 +42,35 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from steer.core.batching import length_batches
-from steer.core.interventions import DynamicAffine
+from steer.core.decode import DecodeBatch
+from steer.core.interventions import (
+    DynamicAffine,
+    RowInterventions,
+    Steering,
+    multiplier_limit,
+    representable,
+    steering,
+)
 from steer.core.models import model_fingerprint
 from steer.io.resumable import run_resumable
 
 log = logging.getLogger("steer")
 
 
+Multiplier = float | tuple[float, ...]  # one m, or one per intervention when several compose
+
+
 @dataclass(frozen=True)
 class Generation:
-    """One answer: ``prompts[prompt_index]`` continued under multiplier ``m``.
+    """One answer: ``prompts[prompt_index]`` continued under multiplier ``m`` (a tuple, one m per
+    intervention, when several interventions compose).
 
     ``token_ids`` are the new tokens up to (not including) the first stop token; ``text`` is their
     decoding without special tokens; ``stopped_by_eos`` is False when the row hit ``max_new_tokens``.
     """
 
     prompt_index: int
-    m: float
+    m: Multiplier
     text: str
     token_ids: tuple[int, ...]
     stopped_by_eos: bool
@@ -68,10 +82,15 @@ class Generation:
 
 @dataclass
 class _Row:
+    """A (prompt, m) row of ``steer.core.decode.DecodeBatch``."""
+
     prompt_index: int
-    m: float
+    m: Multiplier
     ids: tuple[int, ...]
+    steer: Steering
     generator: torch.Generator | None
+    temperature: float
+    top_p: float
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -88,52 +107,13 @@ def stop_ids(model: nn.Module, tokenizer) -> list[int]:
     return sorted(set(ids))
 
 
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token id lists to a rectangle; the mask marks each row's last ``len(row)`` columns."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-def row_seed(seed: int, prompt: str, m: float) -> int:
+def row_seed(seed: int, prompt: str, m: Multiplier) -> int:
     """A 63-bit generator seed from (seed, prompt text, m): the same row draws the same numbers
-    wherever it sits. ``m + 0.0`` makes -0.0 and 0.0 one multiplier."""
-    digest = hashlib.sha256(f"{int(seed)}\0{float(m) + 0.0!r}\0{prompt}".encode()).digest()
+    wherever it sits. ``m + 0.0`` makes -0.0 and 0.0 one multiplier; a composed m (one per run,
+    in the runs' order) is its tuple."""
+    key = repr(tuple(float(x) + 0.0 for x in m)) if isinstance(m, tuple) else repr(float(m) + 0.0)
+    digest = hashlib.sha256(f"{int(seed)}\0{key}\0{prompt}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def top_p_keep(probs: torch.Tensor, top_p: float, k: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nucleus filter of [B, V] probabilities: (the largest probabilities in descending order with
-    the tokens outside the nucleus set to 0, their token ids). The nucleus is the shortest prefix
-    whose mass reaches ``top_p``; a token stays when the mass strictly before it is below ``top_p``.
-    Only the top ``k`` are ranked (a full sort of the vocabulary costs more than a small model's
-    step), and ``k`` grows until every row's nucleus fits."""
-    k = min(k, probs.shape[-1])
-    top, order = probs.topk(k, dim=-1)
-    while k < probs.shape[-1] and bool((top.sum(-1) < top_p).any()):
-        k = min(8 * k, probs.shape[-1])
-        top, order = probs.topk(k, dim=-1)
-    before = top.cumsum(-1) - top
-    return top.masked_fill(before >= top_p, 0.0), order
-
-
-def sample_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """[B] tokens drawn from softmax(logits / temperature) restricted to the top-p nucleus, by
-    inverse CDF: row b takes the first token whose cumulative mass exceeds ``uniforms[b]`` times
-    the row's kept mass. Deterministic given the uniforms."""
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        probs, order = top_p_keep(probs, top_p)
-    else:
-        order = None
-    cdf = probs.cumsum(-1)
-    target = (uniforms.to(cdf.device, cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
-    index = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[-1] - 1)
-    return index.squeeze(-1) if order is None else order.gather(-1, index).squeeze(-1)
 
 
 def _check(max_new_tokens: int, batch_size: int, do_sample: bool, temperature: float, top_p: float) -> None:
@@ -149,41 +129,84 @@ def _check(max_new_tokens: int, batch_size: int, do_sample: bool, temperature: f
         )
 
 
-def _multipliers(multipliers: Sequence[float] | float, intervention: DynamicAffine | None) -> list[float]:
+def _interventions(intervention: DynamicAffine | Sequence[DynamicAffine] | None) -> list[DynamicAffine]:
+    """The interventions of ``generate``'s argument; one given twice is refused (it cannot compose
+    with itself)."""
+    ivs = (
+        []
+        if intervention is None
+        else [intervention]
+        if isinstance(intervention, DynamicAffine)
+        else list(intervention)
+    )
+    if len({id(iv) for iv in ivs}) != len(ivs):
+        raise ValueError("an intervention is given twice: a run cannot be composed with itself")
+    return ivs
+
+
+def _multipliers(multipliers, ivs: list[DynamicAffine], dtype: torch.dtype) -> list[Multiplier]:
+    """The checked multipliers (one m, or a list of them): floats for one (or no) intervention,
+    sequences of one m per intervention for several; within ``multiplier_limit`` of the dtype."""
     values = [multipliers] if isinstance(multipliers, int | float) else list(multipliers)
     if not values:
         raise ValueError("multipliers is empty: give at least one m")
-    values = [float(m) for m in values]
-    if not all(math.isfinite(m) for m in values):
+    if len(ivs) > 1:
+        bad = [m for m in values if not (isinstance(m, Sequence) and len(m) == len(ivs))]
+        if bad:
+            raise ValueError(f"multipliers {bad} need one m per intervention ({len(ivs)} compose)")
+        values = [tuple(float(x) for x in m) for m in values]
+    else:
+        values = [float(m) for m in values]
+    flat = [x for m in values for x in (m if isinstance(m, tuple) else (m,))]
+    if not all(math.isfinite(m) for m in flat):
         raise ValueError(f"multipliers must be finite numbers, got {values}")
-    if intervention is None and any(m != 0.0 for m in values):
+    if not ivs and any(m != 0.0 for m in flat):
         raise ValueError(f"multipliers {values} need an intervention; without one only m = 0 (the bare model) exists")
+    limits = [multiplier_limit(iv, dtype) for iv in ivs]
+    over = [m for m in values if ivs and not representable(m if isinstance(m, tuple) else (m,), limits)]
+    if over:
+        named = [
+            f"|m| <= {limit:.3g} for {iv.form} at layer {iv.info.layer}" for iv, limit in zip(ivs, limits, strict=True)
+        ]
+        composed = "; composed, the sum of |m| / limit must stay <= 1" if len(ivs) > 1 else ""
+        raise ValueError(
+            f"multipliers {over} are too large: the steered activations must stay representable in {dtype} "
+            f"({', '.join(named)}{composed})"
+        )
     return values
 
 
-def _continue(model: nn.Module, rows: Sequence[_Row], intervention, stops, pad_id, max_new_tokens, pick):
+def _steering(m: Multiplier) -> Steering:
+    return steering(enumerate(m if isinstance(m, tuple) else (m,)))
+
+
+def seed_multiplier(steer: Steering) -> Multiplier:
+    """The m a row's sampling is seeded from: 0 for the bare model, the one m of a single run,
+    the tuple of m (in the runs' order) of a composition; runs at m = 0 do not count, so they
+    change no sample."""
+    return 0.0 if not steer else steer[0][1] if len(steer) == 1 else tuple(m for _, m in steer)
+
+
+def _check_finite(batch: DecodeBatch) -> None:
+    bad = [row.m for row, ok in zip(batch.rows, batch.finite(), strict=True) if not ok]
+    if bad:
+        batch.keep([])
+        raise ValueError(f"the steered logits at m={bad[0]} are not finite: m is too large for the model's dtype")
+
+
+def _continue(batch: DecodeBatch, rows: Sequence[_Row], stops, max_new_tokens: int) -> list[tuple[list[int], bool]]:
     """Generate for one batch of rows: [(new token ids, stopped by EOS)] in the order of ``rows``.
 
     Prefill of the left-padded prompts, then one token per step from the KV cache. A row that
-    emits a stop token is removed from the batch: its cache rows, mask row and multiplier go.
+    emits a stop token leaves the batch (its cache rows and steering go).
     """
-    from transformers import DynamicCache
-
-    device = next(model.parameters()).device
-    ids, mask = left_pad([r.ids for r in rows], pad_id, device)
-    m = torch.tensor([r.m for r in rows], dtype=torch.float32, device=device)
-    if intervention is not None:
-        intervention.set_multiplier(m)
-    cache = DynamicCache(config=model.config)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(
-        input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
-    )
+    batch.admit(list(rows))
     active = list(range(len(rows)))
     answers: list[list[int]] = [[] for _ in rows]
     stopped = [False] * len(rows)
     for step in range(max_new_tokens):
-        tokens = pick(out.logits[:, -1], [rows[i] for i in active])
+        _check_finite(batch)
+        tokens = batch.pick()
         keep = []
         for j, (i, token) in enumerate(zip(active, tokens.tolist(), strict=True)):
             if token in stops:
@@ -193,18 +216,10 @@ def _continue(model: nn.Module, rows: Sequence[_Row], intervention, stops, pad_i
                 keep.append(j)
         if not keep or step == max_new_tokens - 1:
             break
-        if len(keep) < len(active):
-            index = torch.tensor(keep, device=device)
-            cache.batch_select_indices(index)
-            mask, tokens, m = mask[index], tokens[index], m[index]
-            if intervention is not None:
-                intervention.set_multiplier(m)
-            active = [active[j] for j in keep]
-        mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=-1)
-        positions = mask.sum(-1, keepdim=True) - 1
-        out = model(
-            input_ids=tokens.unsqueeze(-1), attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
-        )
+        batch.keep(keep)
+        active = [active[j] for j in keep]
+        batch.step(tokens[keep] if len(keep) < len(tokens) else tokens)
+    batch.keep([])
     return list(zip(answers, stopped, strict=True))
 
 
@@ -213,8 +228,8 @@ def generate(
     tokenizer,
     prompts: Sequence[str],
     *,
-    intervention: DynamicAffine | None = None,
-    multipliers: Sequence[float] | float = 0.0,
+    intervention: DynamicAffine | Sequence[DynamicAffine] | None = None,
+    multipliers: Sequence[Multiplier] | Multiplier = 0.0,
     max_new_tokens: int = 128,
     batch_size: int = 8,
     do_sample: bool = False,
@@ -233,7 +248,9 @@ def generate(
     model's answers. ``batch_size`` counts rows, i.e. (prompt, m) pairs. Greedy unless
     ``do_sample``; sampling with ``temperature`` and nucleus ``top_p`` is seeded per row from
     (``seed``, prompt text, m), so identical prompts at the same m and seed get identical samples.
-    Eval mode and ``torch.inference_mode`` inside; the model's training flag is restored.
+    Several interventions (a list) compose: each m is then a tuple with one multiplier per
+    intervention, and a row gets Δh = Σ mᵢ·(ΔWᵢ·h + Δbᵢ) in one forward. Eval mode and
+    ``torch.inference_mode`` inside; the model's training flag is restored.
 
     With ``parts_dir``, the prompts go in chunks of one batch (``batch_size`` // number of m
     prompts) whose answers are kept there as they finish (``steer.io.resumable``, under ``key`` and a
@@ -241,9 +258,10 @@ def generate(
     that were not finished, and returns what an uninterrupted run does.
     """
     _check(max_new_tokens, batch_size, do_sample, temperature, top_p)
-    ms = _multipliers(multipliers, intervention)
+    ivs = _interventions(intervention)
+    ms = _multipliers(multipliers, ivs, next(model.parameters()).dtype)
     options = {
-        "intervention": intervention, "multipliers": ms, "max_new_tokens": max_new_tokens,
+        "intervention": ivs, "multipliers": ms, "max_new_tokens": max_new_tokens,
         "batch_size": batch_size, "do_sample": do_sample, "temperature": temperature, "top_p": top_p, "seed": seed,
     }  # fmt: skip
     if parts_dir is None:
@@ -278,7 +296,9 @@ def _resumable(
     )
     rows = done.frame.itertuples(index=False)
     return [
-        Generation(int(r.prompt_index), float(r.m), str(r.text), tuple(map(int, r.token_ids)), bool(r.stopped_by_eos))
+        Generation(
+            int(r.prompt_index), _multiplier(r.m), str(r.text), tuple(map(int, r.token_ids)), bool(r.stopped_by_eos)
+        )
         for r in rows
     ]
 
@@ -287,12 +307,17 @@ def generation_key(key: str, model: nn.Module, prompts: Sequence[str], options: 
     """A digest of everything the answers depend on, so kept parts are reused only by the same
     generation: the caller's ``key``, the model, the prompts, Δ, the multipliers and the settings
     (the chunking too: a batch's composition decides greedy ties of the padding)."""
-    intervention = options["intervention"]
+    ivs = options["intervention"]
     settings = {k: v for k, v in options.items() if k != "intervention"}
     digest = hashlib.sha256(f"{key}|{model_fingerprint(model)}|{json.dumps(settings, sort_keys=True)}|".encode())
-    digest.update((intervention.digest() if intervention is not None else "bare").encode())
+    digest.update(("|".join(iv.digest() for iv in ivs) if ivs else "bare").encode())
     digest.update(json.dumps(list(prompts)).encode())
     return digest.hexdigest()
+
+
+def _multiplier(value) -> Multiplier:
+    """A multiplier read back from a kept part: a float, or a tuple where several composed."""
+    return float(value) if isinstance(value, int | float) else tuple(float(x) for x in value)
 
 
 def _generate(
@@ -300,8 +325,8 @@ def _generate(
     tokenizer,
     prompts: Sequence[str],
     *,
-    intervention: DynamicAffine | None,
-    multipliers: list[float],
+    intervention: list[DynamicAffine],
+    multipliers: list[Multiplier],
     max_new_tokens: int,
     batch_size: int,
     do_sample: bool,
@@ -311,7 +336,6 @@ def _generate(
     progress: bool,
 ) -> list[Generation]:
     """``generate`` of checked arguments, every prompt in one call."""
-    ms = multipliers
     encoded = [tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in prompts]
     empty = [i for i, ids in enumerate(encoded) if not ids]
     if empty:
@@ -319,35 +343,32 @@ def _generate(
     stops = stop_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
 
-    def generator(p: int, m: float) -> torch.Generator | None:
-        return torch.Generator().manual_seed(row_seed(seed, prompts[p], m)) if do_sample else None
+    def row(p: int, ids: tuple[int, ...], m: Multiplier) -> _Row:
+        steer = _steering(m)
+        generator = (
+            torch.Generator().manual_seed(row_seed(seed, prompts[p], seed_multiplier(steer))) if do_sample else None
+        )
+        return _Row(p, m, ids, steer, generator, temperature, top_p)
 
-    def pick(logits: torch.Tensor, batch: Sequence[_Row]) -> torch.Tensor:
-        if not do_sample:
-            return logits.argmax(-1)
-        uniforms = torch.stack([torch.rand((), generator=r.generator) for r in batch])
-        return sample_tokens(logits, uniforms, temperature, top_p)
-
-    rows = [_Row(p, m, ids, generator(p, m)) for p, ids in enumerate(encoded) for m in ms]
+    rows = [row(p, ids, m) for p, ids in enumerate(encoded) for m in multipliers]
     results: list[Generation | None] = [None] * len(rows)
     was_training = model.training
-    saved = None if intervention is None else (intervention.multiplier, intervention.bias_multiplier)
-    if intervention is not None:
-        intervention.attach(model)
+    saved = [(iv.multiplier, iv.bias_multiplier) for iv in intervention]
+    runs = RowInterventions(intervention).attach(model)
     model.eval()
     try:
         with torch.inference_mode():
-            batches = length_batches(rows, batch_size)
-            for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress):
-                done = _continue(model, [rows[i] for i in batch], intervention, stops, pad_id, max_new_tokens, pick)
+            decode = DecodeBatch(model, runs, pad_id)
+            for batch in tqdm(length_batches(rows, batch_size), desc="generate", unit="batch", disable=not progress):
+                done = _continue(decode, [rows[i] for i in batch], stops, max_new_tokens)
                 for i, (new, eos) in zip(batch, done, strict=True):
                     text = tokenizer.decode(new, skip_special_tokens=True)
                     results[i] = Generation(rows[i].prompt_index, rows[i].m, text, tuple(new), eos)
     finally:
         model.train(was_training)
-        if intervention is not None:
-            intervention.detach()
-            intervention.set_multiplier(*saved)
+        runs.detach()
+        for iv, m in zip(intervention, saved, strict=True):
+            iv.set_multiplier(*m)
     return results
 
 

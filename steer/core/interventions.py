@@ -229,15 +229,48 @@ def new_intervention(
     return DynamicAffine(info, init_scale=init_scale, generator=generator)
 
 
-class RowInterventions:
-    """Several interventions on one model, each batch row steered by at most one of them at its own m.
+# A batch row's steering: (intervention index, m) pairs, one per run that steers the row, in index
+# order; () is the bare model. Several pairs compose: Δh = Σ mᵢ·(ΔWᵢ·h + Δbᵢ), each at its own site.
+Steering = tuple[tuple[int, float], ...]
 
-    A batch that mixes runs (and the bare model) sets, for every row, which intervention steers it
-    (``-1``: none) and its multiplier. Each intervention gets the multiplier vector with its own rows'
-    m and 0 elsewhere, so a row of another run (or of the bare model) gets an exact zero from it: one
-    hook per intervention, per-row Δ of any forms and layers in one forward. An intervention none of
-    whose rows is in the batch is detached for that forward (it would add zeros), so a run costs
-    nothing while nobody asks for it; while it has rows, its Δ is computed over the whole batch.
+
+def steering(pairs: Mapping[int, float] | Sequence[tuple[int, float]]) -> Steering:
+    """The canonical ``Steering`` of (index, m) pairs: sorted, zeros dropped (m = 0 adds an exact
+    zero, so a run at 0 and no run are one row). An index given twice is a ValueError."""
+    items = list(pairs.items()) if isinstance(pairs, Mapping) else list(pairs)
+    indices = [k for k, _ in items]
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"a run is given twice in {items}: a run cannot be composed with itself")
+    return tuple(sorted((int(k), float(m) + 0.0) for k, m in items if float(m) != 0.0))
+
+
+def multiplier_limit(iv: DynamicAffine, dtype: torch.dtype) -> float:
+    """The largest |m| whose steered change stays representable in ``dtype``: ‖m·Δ‖ must keep its
+    square finite (RMSNorm squares the activations), i.e. |m| ≤ √max(dtype) / ‖Δ‖, with ‖Δ‖ the
+    update's norm at an input of unit-scale components (‖Δb‖ + ‖ΔW‖_F·√d_in). A ΔW form's real
+    input may be larger: callers also check that the steered logits stay finite."""
+    delta_w, delta_b = iv.dense_update()
+    scale = 0.0 if delta_b is None else float(delta_b.double().norm())
+    if delta_w is not None:
+        scale += float(delta_w.double().norm()) * iv.info.d_in**0.5
+    return float(torch.finfo(dtype).max) ** 0.5 / scale if scale > 0 else float(torch.finfo(torch.float32).max)
+
+
+def representable(ms: Sequence[float], limits: Sequence[float]) -> bool:
+    """Whether runs at ``ms`` with those ``multiplier_limit`` s compose to a representable change:
+    Σ |mᵢ| / limitᵢ ≤ 1 (the norm of a sum is at most the sum of the norms)."""
+    return sum(abs(m) / limit for m, limit in zip(ms, limits, strict=True)) <= 1.0
+
+
+class RowInterventions:
+    """Several interventions on one model; each batch row is steered by any of them, each at its own m.
+
+    Every row carries a ``Steering`` (which interventions steer it, at which m). Each intervention
+    gets the multiplier vector with its own rows' m and 0 elsewhere, so a row it does not steer
+    gets an exact zero from it: one hook per intervention, per-row Δ of any forms and layers in one
+    forward, and a row steered by two runs gets both Δ (two runs at one site add). An intervention
+    none of whose rows is in the batch is detached for that forward (it would add zeros), so a run
+    costs nothing while nobody asks for it; while it has rows, its Δ is computed over the whole batch.
     """
 
     def __init__(self, interventions: Sequence[DynamicAffine]) -> None:
@@ -253,20 +286,25 @@ class RowInterventions:
         return self
 
     def detach(self) -> None:
-        for iv in self.interventions:
-            iv.detach()
+        self.detach_hooks()
         self._model = None
 
-    def set_rows(self, which: torch.Tensor, m: torch.Tensor) -> None:
-        """Row b is steered by ``interventions[which[b]]`` at ``m[b]`` (``which[b] = -1``: by none)."""
+    def set_rows(self, rows: Sequence[Steering]) -> None:
+        """Row b is steered as ``rows[b]`` says until the next call. The hooks of the steering
+        interventions run in index order, so two at one site always add in the same order."""
         if self._model is None:
             raise RuntimeError("RowInterventions.set_rows before attach(model)")
-        which, m = which.to(m.device), m.float()
-        for k, iv in enumerate(self.interventions):
-            rows = which == k
-            if bool(rows.any()):
-                iv.set_multiplier(torch.where(rows, m, torch.zeros_like(m)))
-                if iv._handle is None:
-                    iv.attach(self._model)
-            else:
-                iv.detach()
+        per_row = [dict(row) for row in rows]
+        active = [k for k in range(len(self.interventions)) if any(k in row for row in per_row)]
+        if active != [k for k, iv in enumerate(self.interventions) if iv._handle is not None]:
+            self.detach_hooks()
+            for k in active:
+                self.interventions[k].attach(self._model)
+        for k in active:
+            iv = self.interventions[k]
+            m = [row.get(k, 0.0) for row in per_row]
+            iv.set_multiplier(torch.tensor(m, dtype=torch.float32, device=next(iv.parameters()).device))
+
+    def detach_hooks(self) -> None:
+        for iv in self.interventions:
+            iv.detach()

@@ -1,5 +1,9 @@
 """``python -m steer.generate RUN_DIR --m -4,0,4 "prompt" ...``: one column per m, one table per prompt.
 
+Several runs of one base model compose: ``RUN_A RUN_B --m 4,0 --m -2,0 "prompt"``. Give one
+``--m`` per run, in the runs' order, each listing the same number of values: column j steers with
+every run at its j-th value (here RUN_A at 4 and RUN_B at -2, then both at 0). The number of
+``--m`` options says how many of the leading arguments are runs (one when ``--m`` is absent).
 Each prompt is a user turn rendered through the model's chat template (``--raw``: continued as
 is); answers are greedy unless ``--temperature`` > 0 (then seeded by ``--seed``), exactly what
 ``steer.core.generate`` and ``python -m steer.serve`` return for the same run, m and seed. m = 0 is
@@ -29,9 +33,10 @@ def multipliers(text: str) -> list[float]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m steer.generate", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a trained run directory")
-    parser.add_argument("prompts", nargs="+", metavar="PROMPT")
-    parser.add_argument("--m", type=multipliers, default=[-4.0, 0.0, 4.0], help="multipliers, e.g. -4,0,4")
+    parser.add_argument("args", nargs="+", metavar="RUN_DIR... PROMPT...", help="the runs, then the prompts")
+    parser.add_argument(
+        "--m", type=multipliers, action="append", default=None, help="multipliers, e.g. -4,0,4; once per run"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -48,15 +53,47 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         else:
             glued.append(argv[i])
             i += 1
-    return parser.parse_args(glued)
+    args = parser.parse_intermixed_args(glued)
+    args.m = args.m or [[-4.0, 0.0, 4.0]]
+    if len(args.args) <= len(args.m):
+        parser.error(f"{len(args.m)} --m options name {len(args.m)} runs: give them, then at least one prompt")
+    args.run_dirs, args.prompts = args.args[: len(args.m)], args.args[len(args.m) :]
+    if len({len(m) for m in args.m}) > 1:
+        parser.error(f"every --m must list as many values (one per column), got {[len(m) for m in args.m]}")
+    return args
+
+
+def columns(ms: list[list[float]]) -> list:
+    """The multipliers of ``generate``: one m per column, a tuple of one m per run when several compose."""
+    return ms[0] if len(ms) == 1 else [tuple(m) for m in zip(*ms, strict=True)]
+
+
+def label(m) -> str:
+    return f"m = {m:g}" if isinstance(m, float) else "m = " + ", ".join(f"{x:g}" for x in m)
+
+
+def read(run_dirs: list[str], prompts: list[str]) -> list:
+    """The runs, checked to compose: one base model, none given twice, no prompt that is a run."""
+    from pathlib import Path
+
+    from steer import rundir
+    from steer.serve.runs import read_runs
+
+    resolved = [Path(d).resolve() for d in run_dirs]
+    twice = [d for i, d in enumerate(run_dirs) if resolved[i] in resolved[:i]]
+    if twice:
+        raise ValueError(f"{twice[0]} is given twice: a run cannot be composed with itself")
+    runs = read_runs(run_dirs)
+    stray = [p for p in prompts if (Path(p) / rundir.META).is_file()]
+    if stray:
+        raise ValueError(f"{stray[0]} is a run directory, read as a prompt: give one --m per run")
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from steer.serve.runs import read_run
-
     try:
-        run = read_run(args.run_dir)
+        runs = read(args.run_dirs, args.prompts)
     except ValueError as err:
         print(f"steer.generate: {err}", file=sys.stderr)
         return 2
@@ -69,24 +106,24 @@ def main(argv: list[str] | None = None) -> int:
     from steer.pairs import render_prompt
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    model, tokenizer = load_model(run.source, model_dtype(run.precision, device), device)
-    iv = DynamicAffine.load(run.run_dir, {"model": run.model})
+    model, tokenizer = load_model(runs[0].source, model_dtype(runs[0].precision, device), device)
+    ivs = [DynamicAffine.load(run.run_dir, {"model": run.model}) for run in runs]
     texts = args.prompts if args.raw else [render_prompt(tokenizer, p) for p in args.prompts]
     try:
         found = generate(
-            model, tokenizer, texts, intervention=iv, multipliers=args.m, max_new_tokens=args.max_new_tokens,
-            do_sample=args.temperature > 0, temperature=args.temperature or 1.0, top_p=args.top_p, seed=args.seed,
-            progress=False,
+            model, tokenizer, texts, intervention=ivs[0] if len(ivs) == 1 else ivs, multipliers=columns(args.m),
+            max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0, temperature=args.temperature or 1.0,
+            top_p=args.top_p, seed=args.seed, progress=False,
         )  # fmt: skip
     except ValueError as err:
         print(f"steer.generate: {err}", file=sys.stderr)
         return 2
     width = args.width or shutil.get_terminal_size((120, 24)).columns
-    print(f"{run.name}: {run.form} Δ at layer {run.layer} ({run.objective}, {run.dataset}), base {run.model}")
+    for run in runs:
+        print(f"{run.name}: {run.form} Δ at layer {run.layer} ({run.objective}, {run.dataset}), base {run.model}")
     for p, prompt in enumerate(args.prompts):
-        columns = [(f"m = {g.m:g}", g.text) for g in found if g.prompt_index == p]
         print(f"\n> {prompt}\n")
-        print(side_by_side(columns, width))
+        print(side_by_side([(label(g.m), g.text) for g in found if g.prompt_index == p], width))
     return 0
 
 

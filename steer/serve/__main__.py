@@ -9,7 +9,8 @@
                                            extra_body={"m": 4})
 
 The base model loads once; every run's Δ is checked against it. Ctrl-C or SIGTERM stops taking
-requests, lets the running ones finish for ``--grace`` seconds, cancels the rest and exits 0.
+requests (503), lets the running ones finish for ``--grace`` seconds, cancels the rest (503
+``overloaded``), closes the connections and exits 0.
 Bad arguments or runs exit 2 with one line naming the file or option.
 """
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import threading
 
 from steer.runtime.interrupt import Interrupted, signals_interrupt
 
@@ -42,9 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_served(args: argparse.Namespace, runs: list):
     """The base model once, every run's Δ on it, and the engine that batches their requests."""
+    import copy
+
     import torch
 
-    from steer.core.interventions import DynamicAffine, RowInterventions
+    from steer.core.interventions import DynamicAffine, RowInterventions, multiplier_limit
     from steer.core.models import load_model
     from steer.core.precision import model_dtype
     from steer.serve.api import Served
@@ -58,23 +60,43 @@ def load_served(args: argparse.Namespace, runs: list):
     model, tokenizer = load_model(base.source, model_dtype(base.precision, device), device)
     interventions = [DynamicAffine.load(run.run_dir, {"model": run.model}) for run in runs]
     steering = RowInterventions(interventions).attach(model)
-    lock = threading.Lock()
-    engine = Engine(
-        model, tokenizer, steering, max_batch=args.max_batch, max_waiting=args.max_queue, tokenizer_lock=lock
-    )
+    dtype = next(model.parameters()).dtype
+    engine = Engine(model, copy.deepcopy(tokenizer), steering, max_batch=args.max_batch, max_waiting=args.max_queue)
     context = int(getattr(model.config, "max_position_embeddings", 0) or tokenizer.model_max_length)
-    return Served(engine, tokenizer, runs, base.model, context, lock)
+    limits = [multiplier_limit(iv, dtype) for iv in interventions]
+    return Served(engine, tokenizer, runs, limits, base.model, str(dtype).removeprefix("torch."), context)
+
+
+def make_server(config, served, grace: float):
+    """A uvicorn server whose shutdown first lets the engine finish its rows for ``grace`` seconds
+    and cancels the rest (their requests get 503 ``overloaded``), and only then closes the
+    connections, so no handler is cut off mid-request and no row decodes without its hooks."""
+    import asyncio
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        cancelled = (0, 0)
+
+        async def shutdown(self, sockets=None) -> None:
+            if not await asyncio.to_thread(served.engine.drain, grace):
+                self.cancelled = served.engine.load
+                await asyncio.to_thread(served.engine.stop, True)
+            await super().shutdown(sockets)
+
+    return Server(config)
 
 
 def serve_until_stopped(args: argparse.Namespace, served) -> int:
-    """uvicorn until Ctrl-C or SIGTERM; then the engine cancels what is left and one line says so."""
+    """uvicorn until Ctrl-C or SIGTERM; then the engine finishes or cancels what is left and one
+    line says so."""
     import uvicorn
 
     from steer.serve.api import create_app
 
     app = create_app(served)
-    config = uvicorn.Config(app, args.host, args.port, log_level=args.log_level, timeout_graceful_shutdown=args.grace)
-    server = uvicorn.Server(config)
+    config = uvicorn.Config(app, args.host, args.port, log_level=args.log_level, timeout_graceful_shutdown=10)
+    server = make_server(config, served, args.grace)
     names = ", ".join(run.name for run in served.runs)
     print(f"steer.serve: {names} (and {served.base} at m = 0) on http://{args.host}:{args.port}/v1", flush=True)
     state = Interrupted()
@@ -85,9 +107,9 @@ def serve_until_stopped(args: argparse.Namespace, served) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        running, waiting = served.engine.load
         served.engine.stop(cancel=True)
     how = f"on {state.name}" if state.signum else "stopped"
+    running, waiting = server.cancelled
     print(
         f"steer.serve: {how} after {served.requests} requests ({running} running and {waiting} waiting cancelled)",
         flush=True,

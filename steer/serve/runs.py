@@ -79,9 +79,9 @@ def read_runs(run_dirs: Sequence[str | Path], names: Sequence[str] | None = None
     for run in runs[1:]:
         if (run.source, run.precision) != (first.source, first.precision):
             raise ValueError(
-                f"runs of different base models cannot share a server: {first.run_dir} steers "
+                f"runs of different base models cannot share a server or compose: {first.run_dir} steers "
                 f"model.source={first.source} ({first.precision}) but {run.run_dir} steers "
-                f"model.source={run.source} ({run.precision}); start one server per base model"
+                f"model.source={run.source} ({run.precision}); start one server per base model, compose runs of one"
             )
     seen: dict[str, Path] = {}
     for run in runs:
