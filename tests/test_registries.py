@@ -38,7 +38,7 @@ class Margin(Loss):
     beta: float = 1.0
 
     def __call__(self, win: Side, lose: Side) -> torch.Tensor:
-        return -F.logsigmoid(self.beta * (win.logp - lose.logp))
+        return -F.logsigmoid(self.beta * (win.logp - lose.logp)).mean()
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ TOY = [
     "intervention.form=attn_bias",
     "objective=sft",
     "objective.name=margin",
-    "~objective.per_token",
+    "~objective.reduction",
     "+objective.beta=2.0",
 ]
 FAST = ["dataset.limit=4", "tracking.wandb=false", "progress=false"]

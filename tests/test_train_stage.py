@@ -24,7 +24,9 @@ def config(*overrides: str):
     "overrides,message",
     [
         (["objective=split", "+objective.gama=1"], "objective.gama is not an option of split"),
-        (["objective=sft", "objective.per_token=maybe"], "objective.per_token='maybe' must be a bool"),
+        (["objective=sft", "objective.reduction=mean"], "objective.reduction='mean' is not one of batch_token_mean"),
+        (["objective=sft", "intervention.train.dropout=1.5"], "train.dropout=1.5 is not valid"),
+        (["objective=sft", "intervention.train.directions=minus"], "train.directions='minus' is not valid"),
         (["objective=reps", "objective.length=tokens"], "objective.length='tokens' is not one of sequence, answer"),
         (["objective=sft", "intervention.train.lr=-1"], "train.lr=-1.0 is not valid"),
         (["objective=sft", "intervention.train.train_factors=[]"], "train.train_factors=() is not valid"),

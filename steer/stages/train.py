@@ -65,6 +65,8 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
         grad_accum=train.grad_accum,
         weight_decay=number("weight_decay"),
         grad_clip=number("grad_clip"),
+        dropout=number("dropout", train.get("dropout", 0.0)),
+        directions=train.get("directions", "both"),
         seed=cfg.seed,
     )
 
