@@ -3,8 +3,10 @@ and the shared data folder (tests that need it skip with a reason when it is abs
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import struct
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -164,3 +166,12 @@ def wandb_records(path: Path) -> list:
             record.ParseFromString(pending)
             records.append(record)
     return records
+
+
+def load_experiment(name: str):
+    """The script experiments/<name>.py as a module (the experiments folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module

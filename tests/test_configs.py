@@ -9,10 +9,11 @@ from omegaconf import OmegaConf
 
 from steer.stages import CONF, compose_config
 
+# The paper's presets (conf/experiment/paper/**, generated) are composed by tests/test_paper_presets.py.
 GROUP_OPTIONS = sorted(
     (path.parent.relative_to(CONF).as_posix(), path.stem)
     for path in CONF.rglob("*.yaml")
-    if path.parent != CONF and not path.parent.relative_to(CONF).as_posix().startswith("hydra/")
+    if path.parent != CONF and not path.parent.relative_to(CONF).as_posix().startswith(("hydra/", "experiment/paper"))
 )
 
 

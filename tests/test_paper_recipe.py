@@ -3,23 +3,17 @@ the two multiruns and the report with the overrides and data sets it is given.""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
 
 from steer.runtime.resolvers import variant_overrides
 from steer.stages import STAGES, compose_config
 from steer.stages.runner import fingerprinted
-from tests.conftest import REPO
+from tests.conftest import load_experiment
 
 
 def load_recipe():
-    spec = importlib.util.spec_from_file_location("paper", REPO / "experiments" / "paper.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    """experiments/paper.py as a module."""
+    return load_experiment("paper")
 
 
 @pytest.mark.parametrize(
