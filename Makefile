@@ -19,11 +19,14 @@ DATA ?= ../shared/data
 #   make table3 DATASETS=sentiment,psychopathy,powerseeking,axbench ARGS="--data ../shared/data"
 # the paper's judge:
 #   make table3 DATASETS=psychopathy ARGS="judge=openai dataset.path=..."   (needs $OPENAI_API_KEY)
+# PROTOCOL=paper judges every method at m = 1 (the paper's Table 3); steer (default) keeps each
+# run's own choice of m (judge.select).
 DATASETS ?= sentiment
+PROTOCOL ?= steer
 PAPER := table2 table3 table5 table6 fig2 fig4 fig5
 .PHONY: $(PAPER)
 $(PAPER): setup
-	$(PY) experiments/paper.py $@ --datasets $(DATASETS) $(ARGS)
+	$(PY) experiments/paper.py $@ --datasets $(DATASETS) --protocol $(PROTOCOL) $(ARGS)
 
 # Preference-utility front of the recipes' runs (make table2 trains them). ARGS go to steer.report,
 # e.g. ARGS="--deltas 1,2,5 --bootstrap 20".

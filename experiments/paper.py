@@ -1,7 +1,7 @@
 """Recipes for the paper's R² tables and dynamics figures: the runs each needs, then its report.
 
     python experiments/paper.py TARGET [--preset dynamics|paper|smoke] [--datasets ...] [--data DIR]
-                                       [--dry-run | --plan] [HYDRA OVERRIDES...]
+                                       [--protocol steer|paper] [--dry-run | --plan] [HYDRA OVERRIDES...]
     make TARGET [DATASETS=...] [ARGS="overrides"]
 
 Every target uses the same runs: Hydra multiruns of ``run.py`` over the preset's experiments
@@ -9,9 +9,9 @@ Every target uses the same runs: Hydra multiruns of ``run.py`` over the preset's
 DiffMean on vectors, ``dynamics_diffmean.yaml``; ``paper``: the same at the paper's scale for both
 paper models, ``paper.yaml`` and ``paper_diffmean.yaml``; ``smoke``: ``smoke.yaml``) for each data
 set of ``--datasets``, with stages train → sweep → fit (table3 and all: then judge, ``judge=local``
-by default). Finished runs are skipped (``stages.json``), so after the first target the others cost
-only their report; ``all`` runs them
-once and writes every report. ``--data DIR`` reads the data sets from a local copy laid out as
+by default; ``--protocol paper`` judges every method at m = 1, as the paper's Table 3). Finished
+runs are skipped (``stages.json``), so after the first target the others cost only their report;
+``all`` runs them once and writes every report. ``--data DIR`` reads the data sets from a local copy laid out as
 ``../shared/data``. ``--plan`` prints what the runs would cost (jobs, tokens, GPU-hours, judge
 calls and dollars) and runs nothing.
 """
@@ -59,6 +59,12 @@ EXPERIMENTS = PRESETS["dynamics"].experiments
 # and train again what Table 2 trained.
 EXTRA = {"table3": ["stages=[train,sweep,fit,judge]"]}
 EXTRA["all"] = EXTRA["table3"]
+# How the judged multiplier of each run is chosen (--protocol, `make table3 PROTOCOL=...`): steer's
+# own (the runs' judge.select, fit by default) or the paper's, m = 1 fixed for every method (the
+# authors' apply_*.yaml files). judge.select.m is a fingerprinted key, so the paper protocol's runs
+# are variants with directories of their own: both protocols' runs coexist, and Table 3 labels
+# each row with how its m was chosen.
+PROTOCOLS = {"steer": [], "paper": ["judge/select=fixed", "judge.select.m=1"]}
 # Where each data set lies in a local copy laid out as ../shared/data.
 LOCAL_DATA = {
     "psychopathy": "anthropic-evals/persona/psychopathy.jsonl",
@@ -88,11 +94,18 @@ def multiruns(preset: Preset, datasets: str, data: Path | None) -> list[tuple[st
 
 
 def commands(
-    target: str, datasets: str, overrides: list[str], preset: str = "dynamics", data: Path | None = None
+    target: str,
+    datasets: str,
+    overrides: list[str],
+    preset: str = "dynamics",
+    data: Path | None = None,
+    protocol: str = "steer",
 ) -> list[list[str]]:
-    """The multiruns, then the report command(s), for ``target``."""
+    """The multiruns, then the report command(s), for ``target``; the judged targets (table3, all)
+    choose their multipliers by ``protocol`` (``PROTOCOLS``)."""
+    judged = [*EXTRA[target], *PROTOCOLS[protocol]] if target in EXTRA else []
     runs = [
-        [sys.executable, "run.py", "-m", f"experiment={name}", *extra, *EXTRA.get(target, []), *overrides]
+        [sys.executable, "run.py", "-m", f"experiment={name}", *extra, *judged, *overrides]
         for name, extra in multiruns(PRESETS[preset], datasets, data)
     ]
     outputs = output_root(PRESETS[preset], overrides)
@@ -301,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     parser.add_argument("--plan", action="store_true", help="print what the runs cost (tokens, GPU-hours, judge)")
     parser.add_argument(
+        "--protocol",
+        choices=list(PROTOCOLS),
+        default="steer",
+        help="table3's multipliers: steer (each run's judge.select) or paper (m = 1 for every method)",
+    )
+    parser.add_argument(
         "--judge-multipliers", type=int, default=1, help="steered generations per judged test prompt (plan only)"
     )
     args, overrides = parse(parser, argv)
@@ -309,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {TARGETS[args.target]} (preset {args.preset})")
     if args.plan:
         return run_plan(args, overrides)
-    for command in commands(args.target, datasets, overrides, args.preset, args.data):
+    for command in commands(args.target, datasets, overrides, args.preset, args.data, args.protocol):
         print("+ " + shlex.join(command), flush=True)
         if not args.dry_run:
             done = subprocess.run(command, cwd=REPO)

@@ -5,6 +5,7 @@ fake OpenAI-compatible judge endpoint. A test that starts a process carries ``@p
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import struct
@@ -91,7 +92,6 @@ def assert_clean_failure(done: subprocess.CompletedProcess, message: str) -> Non
 
 def load_experiment(name: str):
     """``experiments/NAME.py`` imported as module ``NAME`` (the scripts are no package)."""
-    import importlib.util
 
     spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)

@@ -15,6 +15,9 @@ COMMON = [
     "stages=[train]",
     "intervention=lora",
     "objective=split",
+    # a per-pair reduction: batch_token_mean reduces each process's micro-batch on its own, so two
+    # processes of one pair each are not one batch of two (docs/training.md, "The loop")
+    "objective.reduction=example_token_mean",
     "dataset.limit=2",
     "train.epochs=2",
     "device=cpu",

@@ -10,12 +10,14 @@ from omegaconf import OmegaConf
 from steer.stages import CONF, compose_config
 from steer.stages.schema import groups
 
-# The YAML options (steer/conf/<group>/) and the schemas' (steer/stages/schema.py).
+# The YAML options (steer/conf/<group>/) and the schemas' (steer/stages/schema.py); the paper's
+# presets (steer/conf/experiment/paper/**, generated) are composed by tests/test_paper_presets.py.
 GROUP_OPTIONS = sorted(
     [
         (path.parent.relative_to(CONF).as_posix(), path.stem)
         for path in CONF.rglob("*.yaml")
-        if path.parent != CONF and not path.parent.relative_to(CONF).as_posix().startswith("hydra/")
+        if path.parent != CONF
+        and not path.parent.relative_to(CONF).as_posix().startswith(("hydra/", "experiment/paper"))
     ]
     + [(group, name) for group, options in groups().items() for name in options]
 )

@@ -144,10 +144,10 @@ CASES = [
     ),
     (
         "train-off",
-        ["objective=sft", "stages=[sweep,fit]", "objective.per_token=true"],
-        "objective.per_token=true",
+        ["objective=sft", "stages=[sweep,fit]", "objective.reduction=sum"],
+        "objective.reduction=sum",
         "add train to stages",
-        ["objective=sft", "objective.per_token=true"],
+        ["objective=sft", "objective.reduction=sum"],
     ),
     ("fit-off", ["stages=[train,sweep]", "fit.restarts=4"], "fit.restarts=4", "add fit to stages", ["fit.restarts=4"]),
     (

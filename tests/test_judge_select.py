@@ -71,12 +71,12 @@ def test_cache_round_trip_and_key_covers_every_input(tmp_path):
     again.close()
 
 
-def write_run(root, name, loader, form, objective, vanilla, steered):
+def write_run(root, name, loader, form, objective, vanilla, steered, select="fixed"):
     """A finished run (config.yaml, fit.json: what steer.report reads) with a judge section."""
     run = root / name
     write_config(run, form=form, objective=objective, dataset=name, loader=loader)
     write_fit(run, {})
-    judge = {"m": 2.0, "select": "fixed", "vanilla": vanilla, "steered": steered, "judge": {}, "usage": {}}
+    judge = {"m": 2.0, "select": select, "vanilla": vanilla, "steered": steered, "judge": {}, "usage": {}}
     (run / "metrics.json").write_text(json.dumps({"judge": judge}))
 
 
@@ -89,21 +89,24 @@ def test_table3_rows_columns_and_family_means(tmp_path):
         tmp_path, "axb-c1", "axbench", "vector", "split", {"concept": 0.4, "hm": 0.3}, {"concept": 2.0, "hm": 1.0}
     )
     write_run(tmp_path, "axb-lora", "axbench", "lora", "sft", {"concept": 0.3, "hm": None}, {"concept": 1.5, "hm": 0.5})
+    # the same cell with m chosen by steer's fit: a row of its own, labelled
+    write_run(tmp_path, "psy-fit", "psychopathy", "vector", "split", {"accuracy": 0.5}, {"accuracy": 0.7}, "fit")
     write_config(tmp_path / "half")  # finished, not judged
     write_fit(tmp_path / "half", {})
     md, csv, tex = build_table3(tmp_path)
     text = md.read_text()
     rows = markdown_rows(text)
-    assert rows[0] == ["Model", "Layer", "Form", "Objective", "Psy Acc", "Axb Concept", "Axb HM"]
+    assert rows[0] == ["Model", "Layer", "Form", "Objective", "m chosen by", "Psy Acc", "Axb Concept", "Axb HM"]
     # Vanilla: the mean over the model's runs; vector/SPLIT: AxBench averaged over its 2 concepts
-    assert ["smollm2-135m", "15", "Vanilla", "—", "0.500", "0.300 (n=3)", "0.200 (n=2)"] in rows
-    assert ["smollm2-135m", "15", "Vector", "SPLIT", "0.900", "1.500 (n=2)", "0.800 (n=2)"] in rows
-    assert ["smollm2-135m", "15", "LoRA", "SFT", "—", "1.500", "0.500"] in rows
+    assert ["smollm2-135m", "15", "Vanilla", "—", "m = 0", "0.500 (n=2)", "0.300 (n=3)", "0.200 (n=2)"] in rows
+    assert ["smollm2-135m", "15", "Vector", "SPLIT", "fixed (m = 2)", "0.900", "1.500 (n=2)", "0.800 (n=2)"] in rows
+    assert ["smollm2-135m", "15", "Vector", "SPLIT", "fit", "0.700", "—", "—"] in rows
+    assert ["smollm2-135m", "15", "LoRA", "SFT", "fixed (m = 2)", "—", "1.500", "0.500"] in rows
     assert "half: metrics.json has no judge section" in text
-    assert csv.read_text().splitlines()[0].startswith("model,layer,form,objective,psychopathy_accuracy")
+    assert csv.read_text().splitlines()[0].startswith("model,layer,form,objective,m chosen by,psychopathy_accuracy")
     latex = tex.read_text()
     assert "\\toprule" in latex and "\\multicolumn{2}{c}{Axb}" in latex
-    assert "smollm2-135m & 15 & Vector & SPLIT & 0.900 & 1.500 (n=2) & 0.800 (n=2) \\\\" in latex
+    assert "smollm2-135m & 15 & Vector & SPLIT & fixed (m = 2) & 0.900 & 1.500 (n=2) & 0.800 (n=2) \\\\" in latex
 
 
 def test_settings_follow_the_protocol_and_sampling_is_checked():
@@ -179,9 +182,9 @@ def test_table3_bootstrap_intervals_over_test_examples(tmp_path):
     md, csv, tex = build_table3(tmp_path, bootstrap=4000, seed=1)
     text = md.read_text()
     steered = [row for row in markdown_rows(text) if row[2:4] == ["Vector", "SPLIT"]]
-    assert steered[0][4] == "0.500 [0.125, 0.875]"
+    assert steered[0][4:6] == ["fixed (m = 2)", "0.500 [0.125, 0.875]"]
     # the LaTeX carries the same cells, intervals included
-    assert "& Vector & SPLIT & 0.500 [0.125, 0.875] & " in tex.read_text()
+    assert "& Vector & SPLIT & fixed (m = 2) & 0.500 [0.125, 0.875] & " in tex.read_text()
     assert "4000 replicates per run (seed 1), 1 of 1 runs with per-example files" in text
     first = csv.read_text()
     row = [line for line in first.splitlines() if ",vector," in line][0].split(",")
@@ -196,7 +199,7 @@ def test_table3_bootstrap_intervals_over_test_examples(tmp_path):
     # without the per-example files the values stay and the interval goes
     (run / "judgments.parquet").unlink()
     plain = build_table3(tmp_path, bootstrap=100)[0].read_text()
-    assert ["Vector", "SPLIT", "0.500", "1.429", "1.571"] in [row[2:] for row in markdown_rows(plain)]
+    assert ["Vector", "SPLIT", "fixed (m = 2)", "0.500", "1.429", "1.571"] in [row[2:] for row in markdown_rows(plain)]
     assert "0 of 1 runs" in plain
 
 
@@ -224,3 +227,77 @@ def test_judge_tuning_and_front_give_one_best_m_on_a_utility_trough():
     m = np.linspace(-4, 4, 9)
     rows = pd.DataFrame({"split": "train", "example_id": "a", "m": m, "pref_odds": m, "util_odds": 0.0})
     assert front_value(rows, fit_json, "train", drop).m == pytest.approx(edge, abs=2e-3)
+
+
+def write_yes_no_run(root, name, form, objective, grid, pref, judged=None):
+    """A finished Psychopathy run with 8 test pairs (4 Yes-positive, then 4 No-positive) whose
+    sweep has PrefOdds ``pref[m]`` (8 values) at each m of ``grid``; ``judged``: the same for the
+    judge stage's accuracy.parquet."""
+    import pandas as pd
+
+    from steer.pairs import PairRecord, write_pairs
+
+    run = root / name
+    write_config(run, form=form, objective=objective, dataset="psychopathy", loader="psychopathy")
+    write_fit(run, {})
+    ids = [f"t{i}" for i in range(8)]
+    answers = [("Yes", "No")] * 4 + [("No", "Yes")] * 4
+    write_pairs(run / "pairs.jsonl", [PairRecord("test", i, "p", a, b) for i, (a, b) in zip(ids, answers, strict=True)])
+
+    def frame(values: dict) -> pd.DataFrame:
+        return pd.DataFrame(
+            [
+                {
+                    "split": "test",
+                    "example_id": i,
+                    "m": m,
+                    "loss_pos": 0.0,
+                    "loss_neg": 0.0,
+                    "pref_odds": p,
+                    "util_odds": 0.0,
+                }
+                for m, row in values.items()
+                for i, p in zip(ids, row, strict=True)
+            ]
+        )
+
+    frame({m: pref[m] for m in grid}).to_parquet(run / "sweep.parquet")
+    if judged is not None:
+        frame(judged).to_parquet(run / "accuracy.parquet")
+
+
+def test_table3_at_m1_accuracy_and_balanced_accuracy_without_a_judge(tmp_path):
+    """At m = 0 every pair prefers "Yes": accuracy 0.5 (the label balance), balanced 0.5 with no
+    spread (each class is all right or all wrong in every draw). At m = 1: 3 of 4 Yes-positive and
+    4 of 4 No-positive right: accuracy 7/8, balanced (3/4 + 1)/2."""
+    yes_prior = [1.0] * 4 + [-1.0] * 4
+    steered = [1.0, 1.0, 1.0, -1.0] + [1.0] * 4
+    write_yes_no_run(
+        tmp_path, "vec", "vector", "split", [-1.0, 0.0, 1.0], {-1.0: yes_prior, 0.0: yes_prior, 1.0: steered}
+    )
+    # a LoRA whose grid lacks 1: its m = 1 comes from the judge stage's scoring
+    write_yes_no_run(
+        tmp_path,
+        "lora",
+        "lora",
+        "sft",
+        [0.0, 2.0],
+        {0.0: yes_prior, 2.0: steered},
+        judged={0.0: yes_prior, 1.0: yes_prior},
+    )
+    write_yes_no_run(tmp_path, "lw", "local_weight", "sft", [0.0, 2.0], {0.0: yes_prior, 2.0: steered})
+    md, csv, tex = build_table3(tmp_path, bootstrap=2000, seed=0)
+    assert md.name == "table3_m1.md"  # no judged run: only the m = 1 table
+    rows = markdown_rows(md.read_text())
+    assert rows[0][:6] == ["Data set", "Model", "Layer", "Form", "Objective", "m"]
+    vanilla = next(r for r in rows if r[3] == "Vanilla")
+    vector = next(r for r in rows if r[3] == "Vector")
+    lora = next(r for r in rows if r[3] == "LoRA")
+    assert vanilla[8].startswith("0.500 [") and vanilla[9] == "0.500 [0.500, 0.500]"
+    assert vector[5] == "1" and vanilla[5] == "0" and vector[6] == "8"
+    assert vector[8].startswith("0.875 [") and vector[9].startswith("0.875 [")
+    lo, hi = (float(x) for x in vector[8].split("[")[1].rstrip("]").split(","))
+    assert lo < 0.875 < hi or hi == 1.0
+    assert lora[7] == "judge scoring" and lora[8].startswith("0.500") and vector[7] == "sweep"
+    text = md.read_text()
+    assert "lw: no test PrefOdds at m = 1" in text and "LocalWeight" not in text

@@ -1,4 +1,5 @@
-"""The three training losses against hand computations on fixed tensors."""
+"""The three training losses against hand computations on fixed tensors, and SFT/SPLIT's default
+reduction against an independent computation of the authors' formula on a real (tiny) model."""
 
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from steer.core.interventions import new_intervention
+from steer.core.metrics import EncodedPair
 from steer.objectives import SFT, SPLIT, RePS, Side, make_objective, reps_loss, sft_loss, split_loss
+from steer.objectives.training import SteeredLogprobs, batch_loss, cache_prefix
+from tests.conftest import tiny_model
 
 
 def t(*values: float, grad: bool = False) -> torch.Tensor:
@@ -61,10 +67,10 @@ def side(logp: float, ref: float = 0.0, n_answer: float = 1.0, n_sequence: float
 
 def test_objective_classes_pick_the_right_quantities():
     win, lose = side(-8.0, -12.0, n_answer=4.0, n_sequence=10.0), side(-6.0, -9.0, n_answer=3.0, n_sequence=8.0)
-    assert SFT()(win, None).item() == pytest.approx(8.0)
-    assert SFT(per_token=True)(win, None).item() == pytest.approx(2.0)
+    assert SFT(reduction="sum")(win, None).item() == pytest.approx(8.0)
+    assert SFT(reduction="example_token_mean")(win, None).item() == pytest.approx(2.0)
     # per token: L_w = 2, L_l = 2, margin 0 < 0.5: 2 + 0.5*2 + 6*0.5
-    assert SPLIT(per_token=True)(win, lose).item() == pytest.approx(6.0)
+    assert SPLIT(reduction="example_token_mean")(win, lose).item() == pytest.approx(6.0)
     # sequence lengths (AxBench): scale 3, logits = 3*(-8)/10 + 6/8 = -1.65
     assert RePS()(win, lose).item() == pytest.approx(math.log1p(math.exp(1.65)))
     # answer lengths: logits = 3*(-8)/4 + 6/3 = -4
@@ -75,11 +81,106 @@ def test_make_objective_names_bad_keys_and_values():
     assert make_objective("split", {"gamma": 4, "theta": 0.3}) == SPLIT(gamma=4, theta=0.3)
     with pytest.raises(ValueError, match="objective.gama is not an option of split"):
         make_objective("split", {"gama": 4.0})
-    with pytest.raises(ValueError, match=r"objective.per_token='yes' must be a bool"):
-        make_objective("sft", {"per_token": "yes"})
+    with pytest.raises(ValueError, match=r"objective.reduction=1 must be a str"):
+        make_objective("sft", {"reduction": 1})
+    with pytest.raises(
+        ValueError, match="objective.reduction='mean' is not one of batch_token_mean, example_token_mean, sum"
+    ):
+        make_objective("split", {"reduction": "mean"})
+    with pytest.raises(ValueError, match="objective.per_token is not an option of sft"):
+        make_objective("sft", {"per_token": True})
     with pytest.raises(ValueError, match="objective.gamma=True must be a float"):
         make_objective("split", {"gamma": True})
     with pytest.raises(ValueError, match="objective.length='tokens' is not one of"):
         make_objective("reps", {"length": "tokens"})
     with pytest.raises(ValueError, match="objective='dpo' is not one of diffmean, sft, reps, split"):
         make_objective("dpo", {})
+
+
+def rows(*values: tuple[float, float]) -> Side:
+    """A side of several rows: (summed log p, answer tokens) each."""
+    logp, n = zip(*values, strict=True)
+    return Side(t(*logp), t(*logp), t(*n), t(*n))
+
+
+def test_the_three_reductions_by_hand():
+    # winners: log p -2 over 1 token, -12 over 4; losers: -3 over 1, -16 over 4
+    win, lose = rows((-2.0, 1.0), (-12.0, 4.0)), rows((-3.0, 1.0), (-16.0, 4.0))
+    # batch: L_w = 14/5 = 2.8, L_l = 19/5 = 3.8, margin 1.0 > theta: 2.8 + 0.5*3.8
+    assert SFT()(win, lose).item() == pytest.approx(2.8)
+    assert SPLIT(theta=0.5)(win, lose).item() == pytest.approx(2.8 + 1.9)
+    # per example: (2, 3) margin 1 (off), (3, 4) margin 1 (off): mean of 3.5 and 5
+    assert SFT(reduction="example_token_mean")(win, lose).item() == pytest.approx(2.5)
+    assert SPLIT(reduction="example_token_mean", theta=0.5)(win, lose).item() == pytest.approx(4.25)
+    # sums: (2, 3) margin 1 (off); (12, 16) margin 4 (off): mean of 3.5 and 20
+    assert SPLIT(reduction="sum", theta=0.5)(win, lose).item() == pytest.approx(11.75)
+    # the hinge of the batch means is not the mean of the rows' hinges: per-row margins 0.5 and 2,
+    # batch margin 1.25 (L_w = 3, L_l = 4.25); at theta = 1.2 only the first row's binds.
+    win, lose = rows((-2.0, 1.0), (-4.0, 1.0)), rows((-2.5, 1.0), (-6.0, 1.0))
+    assert SPLIT(lambda_n=0.0, theta=1.2)(win, lose).item() == pytest.approx(3.0)
+    example = SPLIT(lambda_n=0.0, theta=1.2, reduction="example_token_mean")(win, lose).item()
+    assert example == pytest.approx(3.0 + 6 * (1.2 - 0.5) / 2)
+
+
+def official_losses(model, pairs, iv, factors):
+    """The authors' formula, computed apart from steer's packed rows: each direction's winner and
+    loser as plain sequences [prompt | answer] with labels -100 on the prompt, steered at the row's
+    factor (+m: winner A_p, -m: winner A_n), ``F.cross_entropy`` over the minibatch's answer labels
+    (the mean per answer token, as ``outputs.loss``) for the winners and for the losers."""
+    directions = [(p, p.positive, p.negative, m) for p, m in zip(pairs, factors, strict=True)]
+    directions += [(p, p.negative, p.positive, -m) for p, m in zip(pairs, factors, strict=True)]
+
+    def mean_cross_entropy(answers: list[tuple[int, ...]]) -> torch.Tensor:
+        seqs = [list(d[0].prompt) + list(a) for d, a in zip(directions, answers, strict=True)]
+        width = max(map(len, seqs))
+        ids = torch.zeros(len(seqs), width, dtype=torch.long)
+        mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        labels = torch.full((len(seqs), width), -100)
+        for row, (seq, d) in enumerate(zip(seqs, directions, strict=True)):
+            ids[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
+            labels[row, len(d[0].prompt) : len(seq)] = torch.tensor(seq[len(d[0].prompt) :])
+        with iv.attached(model, multiplier=torch.tensor([d[3] for d in directions], dtype=torch.float64)):
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
+
+    return mean_cross_entropy([d[1] for d in directions]), mean_cross_entropy([d[2] for d in directions])
+
+
+@pytest.mark.parametrize("form", ["vector", "lora"])
+def test_default_sft_and_split_equal_the_official_minibatch_formula(form):
+    model = tiny_model("llama").double()
+    pairs = [
+        EncodedPair((5, 9, 14, 3), (22, 7), (40, 41, 42, 43, 44)),
+        EncodedPair((8, 1, 2), (17, 18, 19, 20), (60,)),
+        EncodedPair((30, 31, 32, 33, 34), (90, 91, 92), (100, 101)),
+    ]
+    factors = [1.5, 0.5, 2.0]
+    iv = new_intervention(model, form, 2, rank=2, init_scale=0.5, seed=3).double()
+    with torch.no_grad():
+        for p in iv.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1), dtype=p.dtype))
+    with torch.no_grad():
+        pos, neg = official_losses(model, pairs, iv, factors)
+        cache = cache_prefix(model, pairs, 2, batch_size=3)
+        iv.attach(model)
+        module = SteeredLogprobs(iv, model)
+        ours = {
+            name: batch_loss(module, objective, cache, [0, 1, 2], factors).item()
+            for name, objective in {
+                "sft": SFT(),
+                "split": SPLIT(lambda_n=0.5, gamma=8.0, theta=0.3),
+                "split, margin binding": SPLIT(lambda_n=0.5, gamma=8.0, theta=5.0),
+                "split per example": SPLIT(lambda_n=0.5, gamma=8.0, theta=5.0, reduction="example_token_mean"),
+            }.items()
+        }
+        iv.detach()
+    official = {
+        "sft": pos.item(),
+        "split": (pos + 0.5 * neg + 8.0 * F.relu(0.3 - (neg - pos))).item(),
+        "split, margin binding": (pos + 0.5 * neg + 8.0 * F.relu(5.0 - (neg - pos))).item(),
+    }
+    assert 5.0 - (neg - pos).item() > 0  # the margin term is on in the third case
+    for name, value in official.items():
+        assert ours[name] == pytest.approx(value, abs=1e-6), name
+    # per example is another quantity (different answer lengths): the test can tell them apart
+    assert abs(ours["split per example"] - official["split, margin binding"]) > 1e-3

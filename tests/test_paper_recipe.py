@@ -3,23 +3,17 @@ the two multiruns and the report with the overrides and data sets it is given.""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
 
 from steer.runtime.resolvers import variant_overrides
 from steer.stages import STAGES, compose_config
 from steer.stages.runner import fingerprinted
-from tests.conftest import REPO
+from tests.conftest import load_experiment
 
 
 def load_recipe():
-    spec = importlib.util.spec_from_file_location("paper", REPO / "experiments" / "paper.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    """experiments/paper.py as a module."""
+    return load_experiment("paper")
 
 
 @pytest.mark.parametrize(
@@ -63,3 +57,17 @@ def test_recipe_commands(capsys):
     assert smoke[-1][-2:] == ["--outputs", "outputs/smoke"]  # the report reads where the preset's runs land
     with pytest.raises(SystemExit):
         paper.main(["table2", "--dry-run", "--not-an-override"])
+
+
+def test_table3_paper_protocol_fixes_m_1_for_every_run(capsys):
+    """``--protocol paper`` (make table3 PROTOCOL=paper): every multirun judges at m = 1, as runs of
+    their own (a variant on judge.select.m), beside steer's protocol, the default."""
+    paper = load_recipe()
+    assert paper.main(["table3", "--dry-run", "--protocol", "paper"]) == 0
+    runs = [line for line in capsys.readouterr().out.splitlines() if line.startswith("+ ") and "run.py" in line]
+    assert len(runs) == 2 and all(line.endswith("judge/select=fixed judge.select.m=1") for line in runs)
+    assert variant_overrides(paper.PROTOCOLS["paper"], {}, *fingerprinted(STAGES)) == {"judge.select.m": "1"}
+    steer = paper.commands("table3", "sentiment", [])
+    assert not any("judge/select" in word for command in steer for word in command)
+    plain = paper.commands("table2", "sentiment", [], protocol="paper")  # no judge stage: nothing added
+    assert not any("judge/select" in word for command in plain for word in command)

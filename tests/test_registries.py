@@ -38,7 +38,7 @@ class Margin(Loss):
     beta: float = 1.0
 
     def __call__(self, win: Side, lose: Side) -> torch.Tensor:
-        return -F.logsigmoid(self.beta * (win.logp - lose.logp))
+        return -F.logsigmoid(self.beta * (win.logp - lose.logp)).mean()
 
 
 @pytest.fixture

@@ -101,7 +101,7 @@ def test_batch_loss_scores_both_directions_with_swapped_roles():
 
     def objective(win, lose):
         seen.update(win=win, lose=lose)
-        return win.logp - lose.logp
+        return (win.logp - lose.logp).mean()
 
     loss = batch_loss(module, objective, cache, [0, 1], [2.0, 0.5])
     assert module.multipliers.tolist() == [2.0, 0.5, -2.0, -0.5]
@@ -133,19 +133,24 @@ def test_training_changes_only_delta_and_separates_the_answers(objective):
 
 
 def test_gradient_accumulation_matches_one_big_batch():
+    """With a per-example reduction; ``batch_token_mean`` reduces each micro-step on its own (as the
+    paper's code does each minibatch), so there accumulation is not one big batch."""
     pairs = tiny_pairs(4)
     model = tiny_model("qwen2")
-    big, _ = run_training(model, "lora", SPLIT(), pairs, batch_size=4, grad_accum=1)
-    small, report = run_training(model, "lora", SPLIT(), pairs, batch_size=2, grad_accum=2)
+    objective = SPLIT(reduction="example_token_mean")
+    big, _ = run_training(model, "lora", objective, pairs, batch_size=4, grad_accum=1)
+    small, report = run_training(model, "lora", objective, pairs, batch_size=2, grad_accum=2)
     assert report.steps == 3  # one optimiser step per epoch either way
     for name, value in big.tensors().items():
         torch.testing.assert_close(small.tensors()[name], value, rtol=1e-4, atol=1e-6)
 
 
-def test_interrupted_run_resumes_from_its_epoch_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_interrupted_run_resumes_from_its_epoch_checkpoint(tmp_path, monkeypatch, dropout):
+    """Also with dropout on Δh: its masks depend on (seed, epoch), so the resumed run draws the same."""
     pairs = tiny_pairs(6)
     model = tiny_model("gemma2")
-    straight, straight_report = run_training(model, "local_weight", RePS(), pairs, batch_size=2)
+    straight, straight_report = run_training(model, "local_weight", RePS(), pairs, batch_size=2, dropout=dropout)
 
     save = train_module._save_checkpoint
 
@@ -155,11 +160,11 @@ def test_interrupted_run_resumes_from_its_epoch_checkpoint(tmp_path, monkeypatch
 
     monkeypatch.setattr(train_module, "_save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        run_training(model, "local_weight", RePS(), pairs, tmp_path, batch_size=2)
+        run_training(model, "local_weight", RePS(), pairs, tmp_path, batch_size=2, dropout=dropout)
     assert len(pd.read_csv(tmp_path / "train_log.csv")) == 3  # the first epoch was logged
     monkeypatch.setattr(train_module, "_save_checkpoint", save)
 
-    resumed, report = run_training(model, "local_weight", RePS(), pairs, tmp_path, batch_size=2)
+    resumed, report = run_training(model, "local_weight", RePS(), pairs, tmp_path, batch_size=2, dropout=dropout)
     assert report.resumed_epochs == 1 and report.steps == 6
     log = pd.read_csv(tmp_path / "train_log.csv")
     assert list(log.columns) == LOG_COLUMNS and log["step"].tolist() == list(range(1, 10))
@@ -181,6 +186,53 @@ def test_bad_settings_name_their_key():
         settings(train_factors=())
     with pytest.raises(ValueError, match="train.epochs=0 is not valid"):
         settings(epochs=0)
+    with pytest.raises(ValueError, match=r"train.dropout=1.0 is not valid: it must be a number in \[0, 1\)"):
+        settings(dropout=1.0)
+    with pytest.raises(ValueError, match="train.directions='minus' is not valid: it must be both or positive"):
+        settings(directions="minus")
+
+
+def test_positive_direction_scores_only_plus_m():
+    cache = [Cached(EncodedPair((1, 2, 3), (4, 5), (6, 7, 8)), torch.zeros(8, 2), (-1.0, -2.0))] * 2
+    module = FixedLogprobs(torch.tensor([[-10.0, -20.0], [-30.0, -40.0]]))
+    seen = {}
+
+    def objective(win, lose):
+        seen.update(win=win, lose=lose)
+        return (win.logp - lose.logp).mean()
+
+    batch_loss(module, objective, cache, [0, 1], [2.0, 0.5], both=False)
+    assert module.multipliers.tolist() == [2.0, 0.5]
+    assert seen["win"].logp.tolist() == [-10, -30] and seen["lose"].logp.tolist() == [-20, -40]
+
+
+def test_dropout_drops_the_vector_per_row_only_while_training():
+    """Δh at the steered layer: with dropout p each row's Δb is kept whole or dropped per
+    coordinate, the same at every position, and scaled by 1/(1 - p); in eval mode it is Δb."""
+    model = tiny_model("llama")
+    iv = new_intervention(model, "vector", LAYER, rank=None, init_scale=1.0, seed=0)
+    iv.dropout = 0.5
+    iv.attach(model)
+    seen = []
+    layer = model.get_decoder().layers[LAYER]
+    handle = layer.register_forward_hook(lambda mod, args, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    ids = torch.randint(1, 128, (4, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        iv.set_multiplier(torch.zeros(4))
+        model(input_ids=ids)
+        iv.set_multiplier(torch.ones(4))
+        torch.manual_seed(0)
+        model(input_ids=ids)
+        iv.eval()
+        model(input_ids=ids)
+    handle.remove()
+    iv.detach()
+    bare, dropped, evaluated = seen
+    diff, delta_b = dropped - bare, iv.delta_b.detach()
+    torch.testing.assert_close(diff, diff[:, :1].expand_as(diff), rtol=0, atol=1e-5)  # one mask per row
+    kept = (diff[:, 0] - 2 * delta_b).abs() < 1e-5
+    assert bool((kept | (diff[:, 0].abs() < 1e-5)).all()) and 0 < kept.float().mean() < 1
+    torch.testing.assert_close(evaluated - bare, delta_b.expand_as(bare), rtol=0, atol=1e-5)
 
 
 def test_a_non_finite_loss_stops_training_with_a_clear_error(tmp_path):

@@ -23,10 +23,9 @@ def config(*overrides: str):
     "overrides,message",
     [
         (["objective=split", "+objective.gama=1"], "objective.gama is not an option of split"),
-        (
-            ["objective=sft", "objective.per_token=maybe"],
-            "objective.per_token=maybe: Value 'maybe' is not a valid bool",
-        ),
+        (["objective=sft", "objective.reduction=mean"], "objective.reduction='mean' is not one of batch_token_mean"),
+        (["objective=sft", "train.dropout=1.5"], "train.dropout=1.5 is not valid"),
+        (["objective=sft", "train.directions=minus"], "train.directions='minus' is not valid"),
         (["objective=reps", "objective.length=tokens"], "objective.length='tokens' is not one of sequence, answer"),
         (["objective=sft", "train.lr=-1"], "train.lr=-1.0 is not valid"),
         (["objective=sft", "train.factors=[]"], "train.factors=() is not valid"),

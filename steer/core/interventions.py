@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
@@ -56,6 +57,8 @@ class DynamicAffine(nn.Module):
             self.register_parameter(name, nn.Parameter(value))
         self.multiplier: Multiplier = 0.0
         self.bias_multiplier: Multiplier | None = None
+        # Training dropout on Δh, active only in train mode (``steer.objectives.training`` sets both).
+        self.dropout = 0.0
         self._handle = None
 
     @property
@@ -90,9 +93,16 @@ class DynamicAffine(nn.Module):
     def _hook(self, module, args, output):
         if isinstance(output, tuple):  # decoder layers of older transformers return tuples
             hidden = output[0]
-            return (hidden + self.delta(None).to(hidden.dtype), *output[1:])
+            return (hidden + self._dropped(self.delta(None)).to(hidden.dtype), *output[1:])
         h_in = args[0] if self.spec.needs_input else None
-        return output + self.delta(h_in).to(output.dtype)
+        return output + self._dropped(self.delta(h_in)).to(output.dtype)
+
+    def _dropped(self, delta: torch.Tensor) -> torch.Tensor:
+        """Δh with inverted dropout while training (as the authors' code drops its steering term):
+        per element of [rows, seq, d] for ΔW forms; a vector's Δh is [rows, 1, d], one mask per row."""
+        if self.dropout and self.training:
+            return F.dropout(delta, self.dropout, training=True)
+        return delta
 
     def attach(self, model: nn.Module) -> DynamicAffine:
         """Register the hook on the site of ``model``; the module follows the model's device."""

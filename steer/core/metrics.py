@@ -166,7 +166,8 @@ def pair_logprobs(model: nn.Module, batch: Sequence[EncodedPair], per_token: boo
     inputs = packed_inputs(batch, param.device, param.dtype, model.config)
     hidden = model.get_decoder()(**inputs).last_hidden_state
     rows, positions, targets, which = (torch.tensor(x, device=param.device) for x in packed_targets(batch))
-    logits = lm_logits(model, hidden[rows, positions]).float()
+    logits = lm_logits(model, hidden[rows, positions])
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # at least fp32 (a bf16 model)
     token_lp = logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     sums = torch.zeros(len(batch) * 2, dtype=token_lp.dtype, device=param.device)
     sums = sums.index_add(0, rows * 2 + which, token_lp).view(len(batch), 2)

@@ -5,6 +5,7 @@ and its line in ``OBJECTIVES``."""
 from steer.objectives.registry import (
     LENGTHS,
     OBJECTIVES,
+    REDUCTIONS,
     SFT,
     SPLIT,
     DiffMean,
@@ -23,6 +24,7 @@ from steer.objectives.registry import (
 __all__ = [
     "LENGTHS",
     "OBJECTIVES",
+    "REDUCTIONS",
     "SFT",
     "SPLIT",
     "DiffMean",

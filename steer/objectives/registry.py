@@ -8,10 +8,11 @@ registry line (or ``OBJECTIVES[name] = MyObjective`` from outside the package).
 
 The losses are functions of answer log-likelihoods.
 
-Every objective sees one *direction* of a pair at a time: under +m the winner is A_p and the loser
-A_n; under −m the roles swap (the trainer calls the loss once per direction). The plain functions
-take per-row tensors and return per-row losses; the dataclasses hold an objective's settings from
-config and apply its function to the winner's and loser's ``Side``.
+Every objective sees the *directions* of a micro-batch's pairs: under +m the winner is A_p and the
+loser A_n; under −m the roles swap (the trainer stacks both directions into one ``Side`` each for
+winner and loser). The plain functions take tensors (per row, or one value of the micro-batch) and
+return losses of the same shape; the dataclasses hold an objective's settings from config, apply
+its function to the winner's and loser's ``Side`` and return the micro-batch's loss, a scalar.
 
 * ``sft_loss``   = −log p(winner): language-model cross-entropy on the winner only.
 * ``split_loss`` = λ_w·L_w + λ_l·L_l + γ·ReLU(θ − (L_l − L_w)), with L = −log p (the paper's SPLIT;
@@ -20,6 +21,12 @@ config and apply its function to the winner's and loser's ``Side``.
   AxBench's "scaled SimPO" (β = 1, no margin), the reference being the model with the
   intervention off. As in AxBench, |·| is the length of the whole sequence (prompt + answer);
   ``length="answer"`` divides by the answer tokens instead.
+
+SFT and SPLIT take L in one of ``REDUCTIONS`` (``objective.reduction``): ``batch_token_mean`` (the
+paper's: the cross-entropy per answer token over all the micro-batch's winners, resp. losers, as
+the authors' code takes ``outputs.loss`` of the minibatch, and the margin on those two means),
+``example_token_mean`` (per token, per row, then the mean over rows) or ``sum`` (summed over the
+answer tokens, then the mean over rows).
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ class Side:
 
 
 def sft_loss(logp_win: torch.Tensor) -> torch.Tensor:
-    """−log p(winner) per row."""
+    """−log p(winner), of the same shape."""
     return -logp_win
 
 
@@ -61,8 +68,9 @@ def split_loss(
     gamma: float,
     theta: float,
 ) -> torch.Tensor:
-    """λ_w·L_w + λ_l·L_l + γ·ReLU(θ − (L_l − L_w)) per row, L = −log p. The margin term switches
-    off once the winner leads by more than θ; the likelihood terms keep both answers fluent."""
+    """λ_w·L_w + λ_l·L_l + γ·ReLU(θ − (L_l − L_w)), L = −log p, of the inputs' shape. The margin
+    term switches off once the winner leads by more than θ; the likelihood terms keep both answers
+    fluent."""
     loss_win, loss_lose = -logp_win, -logp_lose
     return lambda_win * loss_win + lambda_lose * loss_lose + gamma * F.relu(theta - (loss_lose - loss_win))
 
@@ -101,7 +109,7 @@ class Objective:
 
 
 class Loss(Objective):
-    """A trained objective: per-row loss of one direction (winner, loser) of a batch of pairs."""
+    """A trained objective: the loss of one micro-batch of directions (winner, loser), a scalar."""
 
     def __call__(self, win: Side, lose: Side) -> torch.Tensor:
         raise NotImplementedError
@@ -118,42 +126,63 @@ class Estimator(Objective):
         raise NotImplementedError
 
 
-def _per_token(side: Side, per_token: bool) -> torch.Tensor:
-    return side.logp / side.n_answer if per_token else side.logp
+# How SFT and SPLIT turn an answer's token log-probabilities into L (module docstring).
+REDUCTIONS = ("batch_token_mean", "example_token_mean", "sum")
+
+
+def reduced_logp(side: Side, reduction: str) -> torch.Tensor:
+    """log p of ``side`` under ``reduction``: the mean per answer token over all its rows (a
+    scalar), the mean per token of each row, or each row's sum."""
+    if reduction == "batch_token_mean":
+        return side.logp.sum() / side.n_answer.sum()
+    if reduction == "example_token_mean":
+        return side.logp / side.n_answer
+    return side.logp
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"objective.reduction={reduction!r} is not one of {', '.join(REDUCTIONS)}")
 
 
 @dataclass(frozen=True)
 class SFT(Loss):
-    """Cross-entropy on A_p under +m and on A_n under −m (summed over answer tokens, or the mean
-    per token with ``per_token``)."""
+    """Cross-entropy on A_p under +m and on A_n under −m, reduced by ``reduction``."""
 
     name = "sft"
-    per_token: bool = False
+    reduction: str = "batch_token_mean"
+
+    def __post_init__(self) -> None:
+        _check_reduction(self.reduction)
 
     def __call__(self, win: Side, lose: Side) -> torch.Tensor:
-        return sft_loss(_per_token(win, self.per_token))
+        return sft_loss(reduced_logp(win, self.reduction)).mean()
 
 
 @dataclass(frozen=True)
 class SPLIT(Loss):
-    """The paper's objective: likelihood of both answers plus a preference margin."""
+    """The paper's objective: likelihood of both answers plus a preference margin, on L reduced by
+    ``reduction`` (by default the paper's: the margin compares the micro-batch's per-token means)."""
 
     name = "split"
     lambda_p: float = 1.0
     lambda_n: float = 0.5
     gamma: float = 6.0
     theta: float = 0.5
-    per_token: bool = False
+    reduction: str = "batch_token_mean"
+
+    def __post_init__(self) -> None:
+        _check_reduction(self.reduction)
 
     def __call__(self, win: Side, lose: Side) -> torch.Tensor:
         return split_loss(
-            _per_token(win, self.per_token),
-            _per_token(lose, self.per_token),
+            reduced_logp(win, self.reduction),
+            reduced_logp(lose, self.reduction),
             self.lambda_p,
             self.lambda_n,
             self.gamma,
             self.theta,
-        )
+        ).mean()
 
 
 LENGTHS = ("sequence", "answer")
@@ -174,7 +203,7 @@ class RePS(Loss):
     def __call__(self, win: Side, lose: Side) -> torch.Tensor:
         n_win = win.n_sequence if self.length == "sequence" else win.n_answer
         n_lose = lose.n_sequence if self.length == "sequence" else lose.n_answer
-        return reps_loss(win.logp, lose.logp, win.ref_logp, lose.ref_logp, n_win, n_lose, self.simpo_scaler)
+        return reps_loss(win.logp, lose.logp, win.ref_logp, lose.ref_logp, n_win, n_lose, self.simpo_scaler).mean()
 
 
 @dataclass(frozen=True)

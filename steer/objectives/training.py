@@ -8,7 +8,8 @@ pass caches each pair's layer-l input (and its reference log-likelihoods, the in
 and every step runs only layers l..L (``steer.core.prefix``).
 
 Each step, each pair of the batch gets a multiplier m drawn from ``train_factors`` and is scored in
-both directions: A_p is the winner under +m, A_n under −m. The draws and the shuffling depend only
+both directions (or only the first, ``directions="positive"``): A_p is the winner under +m, A_n
+under −m. The draws and the shuffling depend only
 on (seed, epoch), so a run resumed from its end-of-epoch checkpoint continues exactly as if it had
 never stopped, and the same pairs get the same m whatever the number of processes.
 """
@@ -40,6 +41,9 @@ from steer.objectives import Objective, Side
 log = logging.getLogger("steer")
 
 LOG_COLUMNS = ["step", "epoch", "loss", "lr", "grad_norm", "seconds"]
+# Which directions of a pair train: both (+m prefers A_p, −m prefers A_n) or positive (+m only, as
+# the paper's code trains its SPLIT local weights: preference_pairs ["orig_add"]).
+DIRECTIONS = ("both", "positive")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,8 @@ class TrainSettings:
     grad_accum: int = 1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    dropout: float = 0.0
+    directions: str = "both"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -70,6 +76,8 @@ class TrainSettings:
             ),
             "grad_clip": (self.grad_clip > 0, "a number > 0"),
             "weight_decay": (math.isfinite(self.weight_decay) and self.weight_decay >= 0, "a finite number >= 0"),
+            "dropout": (0 <= self.dropout < 1, "a number in [0, 1)"),
+            "directions": (self.directions in DIRECTIONS, " or ".join(DIRECTIONS)),
         }
         for key, (ok, allowed) in checks.items():
             if not ok:
@@ -198,22 +206,29 @@ def epoch_plan(n: int, settings: TrainSettings, epoch: int) -> tuple[np.ndarray,
 
 
 def batch_loss(
-    module: nn.Module, objective: Objective, cache: Sequence[Cached], pairs: Sequence[int], factors: Sequence[float]
+    module: nn.Module,
+    objective: Objective,
+    cache: Sequence[Cached],
+    pairs: Sequence[int],
+    factors: Sequence[float],
+    both: bool = True,
 ) -> torch.Tensor:
-    """Mean objective over ``pairs`` (positions in ``cache``) in both directions, in one forward
-    pass of 2 rows per pair: at +m the winner is A_p, at −m it is A_n."""
-    rows = [cache[k] for k in pairs] * 2
-    signs = [float(m) for m in factors] + [-float(m) for m in factors]
+    """The objective's loss of ``pairs`` (positions in ``cache``) in one forward pass: a row per
+    pair at +m (winner A_p) and, with ``both``, one more at −m (winner A_n). The objective sees all
+    the rows at once, so a reduction over the micro-batch (SFT's and SPLIT's ``batch_token_mean``)
+    spans this process's micro-batch, both directions."""
+    signs = [float(m) for m in factors] + ([-float(m) for m in factors] if both else [])
+    rows = [cache[k] for k in pairs] * (2 if both else 1)
     device = next(module.parameters()).device
     logp = module(
         [c.pair for c in rows],
         torch.tensor(signs, dtype=torch.float32, device=device),
         padded_hidden([c.hidden for c in rows], device),
     )
-    winner = [0] * len(pairs) + [1] * len(pairs)  # column of the winner: 0 = A_p, 1 = A_n
+    winner = [0 if m > 0 else 1 for m in signs]  # column of the winner: 0 = A_p, 1 = A_n
     win = _side(logp, rows, winner)
     lose = _side(logp, rows, [1 - w for w in winner])
-    return objective(win, lose).mean()
+    return objective(win, lose)
 
 
 def _side(logp: torch.Tensor, rows: Sequence[Cached], columns: Sequence[int]) -> Side:
@@ -257,9 +272,9 @@ class Loop:
         for j, batch in enumerate(group):
             last = j == len(group) - 1
             with contextlib.nullcontext() if last else accelerator.no_sync(self.module):
-                loss = batch_loss(
-                    self.module, self.objective, self.cache, [self.position[i] for i in batch], factors[batch]
-                )
+                pairs = [self.position[i] for i in batch]
+                both = self.settings.directions == "both"
+                loss = batch_loss(self.module, self.objective, self.cache, pairs, factors[batch], both)
                 accelerator.backward(loss / len(group))
             running += loss.detach() / len(group)
         grad_norm = float(accelerator.clip_grad_norm_(self.params, self.settings.grad_clip))
@@ -279,6 +294,8 @@ class Loop:
         """The steps of ``epoch`` in this process: its pairs in the epoch's order, in ``n_batches``."""
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         order, factors = epoch_plan(n_pairs, self.settings, epoch)
+        # dropout masks from (seed, epoch, process): a resumed run draws what an uninterrupted one would
+        torch.manual_seed(int(np.random.default_rng([self.settings.seed, epoch, rank]).integers(2**62)))
         batches = np.array_split(np.asarray([i for i in order if i % world == rank]), n_batches)
         accum = self.settings.grad_accum
         for b in range(0, n_batches, accum):
@@ -326,7 +343,9 @@ def shard_cache(
 
 
 def freeze(intervention: DynamicAffine) -> None:
-    """After training (or an interruption): detached, at m = 0, no gradients."""
+    """After training (or an interruption): detached, at m = 0, no gradients, no dropout."""
+    intervention.eval()
+    intervention.dropout = 0.0
     intervention.detach()
     intervention.set_multiplier(0.0)
     intervention.requires_grad_(False)
@@ -381,6 +400,8 @@ def train_intervention(
     total = settings.epochs * math.ceil(n_batches / settings.grad_accum)
     key = f"{fingerprint}/{world}"  # resumed only by the same configuration and number of processes
     params, optimizer, scheduler, rows, first_epoch = start_or_resume(intervention, settings, total, checkpoint, key)
+    intervention.dropout = settings.dropout
+    intervention.train()
     intervention.attach(model)
     module = accelerator.prepare(SteeredLogprobs(intervention, model))
     loop = Loop(module, objective, cache, position, params, optimizer, scheduler, accelerator, settings)

@@ -35,11 +35,11 @@ from steer.analysis.plots import save_figure
 from steer.report.front import FORM_COLORS, OBJECTIVE_STYLES
 from steer.report.runs import FORM_LABELS, NAMES, OBJECTIVE_LABELS, REPORTS, NoRuns, rank, slug
 from steer.report.tables import Cell, markdown_table, write_table
+from steer.report.yesno import yes_no_accuracy, yes_no_classes
 
 # The method under test and what it is compared with, per form (DiffMean exists in vector form only).
 CHALLENGER = "split"
 BASELINES = ("sft", "reps", "diffmean")
-YES_NO = ("yes", "no")
 
 
 @dataclass
@@ -107,25 +107,12 @@ def value(t: Tuned, rows: np.ndarray, delta: float):
     return best_within(t.m, t.pref[rows].mean(axis=0), t.util[rows].mean(axis=0), delta)
 
 
-def yes_no_classes(t: Tuned) -> np.ndarray | None:
-    """Per test example, its positive answer lower-cased ("yes"/"no"), or None unless all are Yes/No."""
-    answers = np.array([t.positives.get(i, "").strip().lower() for i in t.ids])
-    return answers if np.isin(answers, YES_NO).all() else None
-
-
 def accuracies(t: Tuned, m: float) -> dict | None:
     """Accuracy (PrefOdds > 0) at ``m``, per-class accuracy and balanced accuracy, for Yes/No sets."""
-    classes = yes_no_classes(t)
+    classes = yes_no_classes([t.positives.get(i, "") for i in t.ids])
     if classes is None:
         return None
-    correct = t.pref[:, int(np.flatnonzero(t.m == m)[0])] > 0
-    out = {"accuracy": float(correct.mean())}
-    per_class = {c: float(correct[classes == c].mean()) for c in YES_NO if (classes == c).any()}
-    out.update({f"acc_{c}_positive": v for c, v in per_class.items()})
-    out["n_yes_positive"], out["n_no_positive"] = int((classes == "yes").sum()), int((classes == "no").sum())
-    out["balanced_accuracy"] = float(np.mean(list(per_class.values()))) if len(per_class) == 2 else None
-    out["yes_no_shift"] = len(per_class) == 2 and sorted(per_class.values()) == [0.0, 1.0]
-    return out
+    return yes_no_accuracy(t.pref[:, int(np.flatnonzero(t.m == m)[0])], classes)
 
 
 @dataclass(frozen=True)

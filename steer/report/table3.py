@@ -1,8 +1,10 @@
 """Table 3 of the paper: the judged steering results, from the ``judge`` section of the runs'
 ``metrics.json``.
 
-Rows: model (layer) × intervention form × objective at the m each run chose, plus one Vanilla row
-per model (m = 0, the mean over that model's runs: every run scores its own baseline). Columns per
+Rows: model (layer) × intervention form × objective × how m was chosen (``judge.select``: the
+paper's protocol is m = 1 fixed for every method, ``fixed (m = 1)``; ``fit`` and ``validation`` are
+steer's own), plus one Vanilla row per model (m = 0, the mean over that model's runs: every run
+scores its own baseline). Columns per
 data set family present: Psychopathy accuracy, PowerSeeking mean score, AxBench mean concept score
 and mean harmonic mean, and for the built-in sentiment set accuracy, concept and HM. Runs of one
 family (AxBench concepts) are averaged and marked (n=k); a cell without runs is "—", never 0.
@@ -13,6 +15,11 @@ recomputed as the mean of the drawn examples' scores (``example_scores``: accura
 ``accuracy.parquet``, rubric scores and harmonic means from ``judgments.parquet``), and a cell's
 interval is the percentile interval of the replicate-wise mean over its runs. Nothing is refitted or
 judged again, so it takes seconds.
+
+Yes/No data sets (Psychopathy) need no judge at a fixed m: ``table3_m1`` reads every finished run's
+test PrefOdds at m = 1 from its sweep (or, where the sweep grid lacks 1, from the judge stage's
+direct scoring at m = 1) and reports accuracy and balanced accuracy (``steer.report.yesno``) with
+the same bootstrap over test examples, Vanilla from m = 0.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from steer.report.runs import (
     skipped_lines,
 )
 from steer.report.tables import MISSING, Cell, markdown_table, write_table
+from steer.report.yesno import accuracy_replicates, yes_no_accuracy, yes_no_classes
 
 # (metric key in metrics.json, column label) per data set loader; other loaders show accuracy and HM.
 METRIC_COLUMNS = {
@@ -54,6 +62,8 @@ METRIC_COLUMNS = {
 }
 DEFAULT_COLUMNS = (("accuracy", "Acc"), ("hm", "HM"))
 CONDITIONS = ("vanilla", "steered")
+# The paper's Table 3 protocol: every method steers at this multiplier (its apply_*.yaml files).
+PAPER_M = 1.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,12 @@ class JudgedRun:
     def value(self, condition: str, metric: str) -> float | None:
         value = self.judge.get(condition, {}).get(metric)
         return None if value is None else float(value)
+
+    @property
+    def selection(self) -> str:
+        """How the run's m was chosen: ``fixed (m = 1)`` (the paper's protocol at m = 1), ``fit``, ``validation``."""
+        select = str(self.judge.get("select", "fit"))
+        return f"fixed (m = {float(self.judge.get('m', 0)):g})" if select == "fixed" else select
 
 
 def run_examples(run: JudgedRun) -> dict[str, pd.DataFrame]:
@@ -157,15 +173,17 @@ def build(runs: Sequence[JudgedRun]) -> tuple[pd.DataFrame, dict[str, str], dict
     for model, layer in sorted({(r.run.model, r.run.layer) for r in runs}):
         of_model = [r for r in runs if (r.run.model, r.run.layer) == (model, layer)]
         labels = {("", "model"): model, ("", "layer"): layer}
-        rows.append({**labels, ("", "form"): "vanilla", ("", "objective"): None, **cells(of_model, "vanilla")})
+        vanilla = {("", "form"): "vanilla", ("", "objective"): None, ("", "m chosen by"): "m = 0"}
+        rows.append({**labels, **vanilla, **cells(of_model, "vanilla")})
         keys = sorted(
-            {(r.run.form, r.run.objective) for r in of_model},
-            key=lambda k: (rank(list(FORM_LABELS), k[0]), rank(list(OBJECTIVE_LABELS), k[1])),
+            {(r.run.form, r.run.objective, r.selection) for r in of_model},
+            key=lambda k: (rank(list(FORM_LABELS), k[0]), rank(list(OBJECTIVE_LABELS), k[1]), k[2]),
         )
-        for form, objective in keys:
-            mine = [r for r in of_model if (r.run.form, r.run.objective) == (form, objective)]
-            rows.append({**labels, ("", "form"): form, ("", "objective"): objective, **cells(mine, "steered")})
-    header = [("", label) for label in ("model", "layer", "form", "objective")] + columns
+        for form, objective, selection in keys:
+            mine = [r for r in of_model if (r.run.form, r.run.objective, r.selection) == (form, objective, selection)]
+            what = {("", "form"): form, ("", "objective"): objective, ("", "m chosen by"): selection}
+            rows.append({**labels, **what, **cells(mine, "steered")})
+    header = [("", label) for label in ("model", "layer", "form", "objective", "m chosen by")] + columns
     frame = pd.DataFrame.from_records(rows, columns=pd.MultiIndex.from_tuples(header))
     return frame, metrics, {loader: family_label(loader) for loader in loaders}
 
@@ -189,15 +207,8 @@ def runs_used(runs: Sequence[JudgedRun], outputs: Path) -> list[str]:
     return ["", f"## Runs used ({len(runs)})", "", markdown_table(pd.DataFrame.from_records(records))]
 
 
-def build_table3(outputs: Path, bootstrap: int = 0, seed: int = 0) -> list[Path]:
-    """Write ``reports/table3.{md,csv,tex}`` under ``outputs``; ``bootstrap`` > 0 adds 95 % intervals
-    over test examples from that many replicates per run."""
-    runs, skipped = find_judged(outputs)
-    if not runs:
-        raise NoRuns(
-            f"no judged runs under {outputs} (a judged run has metrics.json with a judge section); run the "
-            "pipeline with the judge stage first, e.g. `python run.py stages=[train,sweep,fit,judge]`, or `make table3`"
-        )
+def judged_table(runs: list[JudgedRun], skipped, outputs: Path, bootstrap: int, seed: int) -> list[Path]:
+    """``reports/table3.{md,csv,tex}`` from the judged runs."""
     note = ""
     if bootstrap:
         start = time.perf_counter()
@@ -209,7 +220,8 @@ def build_table3(outputs: Path, bootstrap: int = 0, seed: int = 0) -> list[Path]
         )
     frame, metrics, families = build(runs)
     caption = (
-        "Rows: model (layer) × form × objective at the multiplier each run chose (table3.md lists the runs), "
+        "Rows: model (layer) × form × objective × how m was chosen (fixed (m = 1) is the paper's protocol; "
+        "fit and validation are steer's own; table3.md lists each run's m), "
         "and Vanilla (m = 0, the mean over that model's runs). Acc = share of test pairs with PrefOdds > 0; "
         "Pwr Score = mean judge score 1–4 over parseable replies; Concept / HM = mean AxBench concept score "
         f"(0–2) and mean per-sample harmonic mean of concept, instruction and fluency. {MISSING} = no run; "
@@ -221,7 +233,129 @@ def build_table3(outputs: Path, bootstrap: int = 0, seed: int = 0) -> list[Path]
         frame,
         title="Table 3: judged steering results",
         caption=caption,
-        names=NAMES | metrics | {"vanilla": "Vanilla"},
+        names=NAMES | metrics | {"vanilla": "Vanilla", "m chosen by": "m chosen by"},
         groups=families,
         appendix=[*runs_used(runs, outputs), *skipped_lines(skipped, outputs)],
     )
+
+
+def pref_odds_at(run_dir: Path, m: float) -> tuple[pd.Series, str] | None:
+    """The run's test PrefOdds per example at ``m`` and where they come from: the sweep, else the
+    judge stage's direct scoring (``accuracy.parquet``); None when neither has ``m``."""
+    for name, source in ((rundir.SWEEP, "sweep"), (rundir.ACCURACY, "judge scoring")):
+        if not (run_dir / name).is_file():
+            continue
+        frame = rundir.read_table(run_dir, name)
+        rows = frame[(frame["split"] == "test") & np.isclose(frame["m"].astype(float), m)]
+        if not rows.empty:
+            return rows.groupby("example_id")["pref_odds"].mean(), source
+    return None
+
+
+@dataclass(frozen=True)
+class YesNoRun:
+    """One finished run on a Yes/No data set: its test PrefOdds at m = 0 and at the fixed m, and
+    where each was read."""
+
+    run: Run
+    classes: np.ndarray
+    vanilla: np.ndarray
+    steered: np.ndarray
+    source: str
+    vanilla_source: str
+
+
+def yes_no_runs(runs: Sequence[Run], m: float) -> tuple[list[YesNoRun], list[tuple[Path, str]]]:
+    """The runs whose test answers are all Yes/No with test PrefOdds at 0 and ``m``; the others
+    of those data sets, with the reason."""
+    found, skipped = [], []
+    for run in runs:
+        if not (run.path / rundir.PAIRS).is_file():
+            continue
+        pairs = rundir.read_pairs(run.path, "test")
+        classes = yes_no_classes([p.positive for p in pairs])
+        if classes is None:
+            continue
+        at_m, at_0 = pref_odds_at(run.path, m), pref_odds_at(run.path, 0.0)
+        if at_m is None or at_0 is None:
+            skipped.append((run.path, f"no test PrefOdds at m = {m:g} (not in the sweep grid, not judged there)"))
+            continue
+        ids = [p.example_id for p in pairs]
+        steered, vanilla = at_m[0].reindex(ids).to_numpy(float), at_0[0].reindex(ids).to_numpy(float)
+        found.append(YesNoRun(run, classes, vanilla, steered, at_m[1], at_0[1]))
+    return found, skipped
+
+
+def yes_no_cells(runs: Sequence[YesNoRun], condition: str, bootstrap: int, seed: int) -> dict[str, Cell]:
+    """Accuracy and balanced accuracy of ``condition`` averaged over ``runs``, with intervals."""
+    values = [yes_no_accuracy(getattr(r, condition), r.classes) for r in runs]
+    out = {}
+    for metric in ("accuracy", "balanced_accuracy"):
+        got = [v[metric] for v in values if v[metric] is not None]
+        interval = None
+        if bootstrap and got:
+            reps = [accuracy_replicates(getattr(r, condition), r.classes, bootstrap, seed)[metric] for r in runs]
+            interval = percentile_interval(np.mean(reps, axis=0))
+        out[metric] = Cell(float(np.mean(got)) if got else None, len(got), interval)
+    return out
+
+
+def yes_no_table(runs: Sequence[YesNoRun], m: float, bootstrap: int, seed: int) -> pd.DataFrame:
+    """Rows: data set × model (layer): Vanilla (m = 0), then every form × objective at ``m``."""
+    rows = []
+    for dataset, model, layer in sorted({(r.run.dataset, r.run.model, r.run.layer) for r in runs}):
+        mine = [r for r in runs if (r.run.dataset, r.run.model, r.run.layer) == (dataset, model, layer)]
+        labels = {"dataset": dataset, "model": model, "layer": layer}
+        n_test = len(mine[0].classes)
+        source = mine[0].vanilla_source
+        rows.append({**labels, "form": "vanilla", "objective": None, "m": 0.0, "n test": n_test, "read from": source})
+        rows[-1].update(yes_no_cells(mine[:1], "vanilla", bootstrap, seed))
+        keys = sorted(
+            {(r.run.form, r.run.objective) for r in mine},
+            key=lambda k: (rank(list(FORM_LABELS), k[0]), rank(list(OBJECTIVE_LABELS), k[1])),
+        )
+        for form, objective in keys:
+            cell = [r for r in mine if (r.run.form, r.run.objective) == (form, objective)]
+            sources = ", ".join(sorted({r.source for r in cell}))
+            record = {**labels, "form": form, "objective": objective, "m": m, "n test": n_test, "read from": sources}
+            rows.append({**record, **yes_no_cells(cell, "steered", bootstrap, seed)})
+    return pd.DataFrame.from_records(rows)
+
+
+def fixed_m_table(outputs: Path, m: float, bootstrap: int, seed: int) -> list[Path]:
+    """``reports/table3_m1.{md,csv,tex}``: Yes/No accuracy at the fixed ``m``, no judge; [] without such runs."""
+    finished, _ = find_runs(outputs)
+    runs, skipped = yes_no_runs(finished, m)
+    if not runs:
+        return []
+    interval = f" [lo, hi] = 95 % bootstrap interval over test examples ({bootstrap} replicates, seed {seed})."
+    caption = (
+        f"The paper's Table 3 protocol on Yes/No data sets (Psychopathy): every method at m = {m:g}, no judge. "
+        "Acc = share of test pairs with PrefOdds > 0; Bal. acc = mean of the accuracies over Yes-positive and "
+        "No-positive pairs (0.5 for a direction that only shifts the Yes/No prior). Read from each run's sweep "
+        "at that m, or from the judge stage's scoring there." + (interval if bootstrap else "")
+    )
+    return write_table(
+        outputs / REPORTS,
+        "table3_m1",
+        yes_no_table(runs, m, bootstrap, seed),
+        title=f"Table 3 at m = {m:g}: Yes/No accuracy without a judge",
+        caption=caption,
+        names=NAMES | {"vanilla": "Vanilla", "accuracy": "Acc", "balanced_accuracy": "Bal. acc"},
+        appendix=skipped_lines(skipped, outputs),
+    )
+
+
+def build_table3(outputs: Path, bootstrap: int = 0, seed: int = 0, m: float = PAPER_M) -> list[Path]:
+    """Write ``reports/table3.{md,csv,tex}`` (the judged runs) and ``reports/table3_m1.*`` (Yes/No
+    accuracy at the fixed ``m``, no judge) under ``outputs``; ``bootstrap`` > 0 adds 95 % intervals
+    over test examples from that many replicates per run."""
+    runs, skipped = find_judged(outputs)
+    written = fixed_m_table(outputs, m, bootstrap, seed)
+    if not runs and not written:
+        raise NoRuns(
+            f"no judged runs under {outputs} (a judged run has metrics.json with a judge section) and no "
+            f"Yes/No runs swept at m = {m:g}; run the pipeline with the judge stage first, e.g. "
+            "`python run.py stages=[train,sweep,fit,judge]`, or `make table3`"
+        )
+    return (judged_table(runs, skipped, outputs, bootstrap, seed) if runs else []) + written

@@ -75,6 +75,10 @@ class Train:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     factors: Any = field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.6, 2.0])
+    # Dropout on the steering term Δh while training (the paper's code: 0.1; per row for a vector).
+    dropout: float = 0.0
+    # both: +m prefers A_p and -m prefers A_n; positive: +m only (the paper's SPLIT local weights).
+    directions: str = "both"
 
 
 @dataclass

@@ -59,6 +59,8 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
         grad_accum=train.grad_accum,
         weight_decay=train.weight_decay,
         grad_clip=train.grad_clip,
+        dropout=train.dropout,
+        directions=train.directions,
         seed=cfg.seed,
     )
 
