@@ -72,7 +72,8 @@ def test_server_timeout_names_the_real_key(tmp_path):
 
 def judge_config(**changes) -> dict:
     judge = compose_config(["stages=[train,sweep,fit,judge]"]).judge
-    return {**dict(judge), "generation": dict(judge.generation), **changes}
+    select = {"method": "fit", **dict(judge.select)}  # the judge stage adds the judge/select option's name
+    return {**dict(judge), "generation": dict(judge.generation), "select": select, **changes}
 
 
 def test_local_judge_model_that_is_no_folder(tmp_path):

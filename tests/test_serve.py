@@ -264,8 +264,14 @@ def test_a_judge_on_this_machine_needs_no_key(server, client, tmp_path, monkeypa
     from steer.judge.settings import LOCAL_KEY, make_client, parse_settings
 
     monkeypatch.delenv("STEER_TEST_NO_SUCH_KEY", raising=False)
-    judge = {"backend": "openai", "model": "pos15@1", "api_key_env": "STEER_TEST_NO_SUCH_KEY", "select": "fit"}
-    judge |= {"max_util_drop": 1.0, "scoring": "parsed", "temperature": 0.0, "concurrency": 2, "max_retries": 0}
+    judge = {"backend": "openai", "model": "pos15@1", "api_key_env": "STEER_TEST_NO_SUCH_KEY"}
+    judge |= {
+        "select": {"method": "fit", "max_util_drop": 1.0},
+        "scoring": "parsed",
+        "temperature": 0.0,
+        "concurrency": 2,
+        "max_retries": 0,
+    }
     judge |= {"timeout": 60.0, "generation": {"batch_size": 4}}
     with pytest.raises(ValueError, match="STEER_TEST_NO_SUCH_KEY is not set"):
         parse_settings({**judge, "base_url": "https://judge.example.com/v1"}, "axbench", [2])

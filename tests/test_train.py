@@ -241,7 +241,7 @@ def test_a_non_finite_loss_stops_training_with_a_clear_error(tmp_path):
     model = tiny_model("llama")
     iv = new_intervention(model, "vector", LAYER, init_scale=0.01, seed=1)
     before = iv.delta_b.detach().clone()
-    with pytest.raises(train_module.NonFiniteLoss, match=r"step 1 \(epoch 1\) is not finite .*intervention\.train\.lr"):
+    with pytest.raises(train_module.NonFiniteLoss, match=r"step 1 \(epoch 1\) is not finite .*train\.lr"):
         train_intervention(
             model,
             tiny_pairs(8),
