@@ -1,7 +1,8 @@
 """The one home of the tests' shared helpers: the repository and shared data paths, the embedded
 model (loaded once per session), tiny models built from a config (and saved as model folders), a
-fresh process run as a user runs steer (``python``, ``run_py``, ``start``, ``wait_for``), and the
-fake OpenAI-compatible judge endpoint. A test that starts a process carries ``@pytest.mark.e2e``."""
+real DiffMean run directory (``diffmean_run``), a fresh process run as a user runs steer
+(``python``, ``run_py``, ``start``, ``wait_for``), and the fake OpenAI-compatible judge endpoint.
+A test that starts a process carries ``@pytest.mark.e2e``."""
 
 from __future__ import annotations
 
@@ -185,6 +186,33 @@ def tiny_folder(tmp_path_factory, smol_tokenizer) -> Callable[[str], tuple[torch
         return model, str(folder)
 
     return build
+
+
+def diffmean_run(model, tok, run_dir: Path, layer: int) -> Path:
+    """A real run directory: a DiffMean vector of 8 built-in sentiment pairs at ``layer``, saved
+    through ``DynamicAffine.save``, with the config keys a run writes about its model and data."""
+    from steer import rundir
+    from steer.core.interventions import new_intervention
+    from steer.core.models import EMBEDDED_SOURCE
+    from steer.datasets import sentiment
+    from steer.objectives.diffmean import diffmean_vector
+    from steer.pairs import to_records
+
+    records = [r for r in to_records(tok, sentiment.load(n_train=8, n_test=0)) if r.split == "train"]
+    iv = new_intervention(model, "vector", layer, model_name="smollm2-135m", objective="diffmean")
+    iv.load_tensors({"delta_b": diffmean_vector(model, tok, records, layer, progress=False)})
+    iv.save(run_dir)
+    rundir.write_config(
+        run_dir,
+        {
+            "model": {"name": "smollm2-135m", "source": EMBEDDED_SOURCE},
+            "precision": "fp32",
+            "dataset": {"name": "sentiment"},
+            "objective": {"name": "diffmean"},
+            "run_id": f"sentiment/smollm2-135m/vector-diffmean/layer{layer}",
+        },
+    )
+    return run_dir
 
 
 # --- independent references: what a test compares steer's numbers with ---------------------------

@@ -14,15 +14,9 @@ from steer.core.generate import generate, greedy_generate, stop_ids
 from steer.core.interventions import new_intervention
 from steer.core.models import model_fingerprint
 from steer.pairs import render_prompt
-from tests.conftest import tiny_model
-from tests.test_interventions import hand_hook
+from tests.conftest import hand_hook, tiny_model
 
 PROMPTS = ["Say hi.", "What is 2+2? Answer with a number only.", "Name a colour that is also a fruit, please."]
-
-
-def tiny_lm(arch: str, vocab: int, seed: int = 0, dtype=torch.float32):
-    """A random tiny model of ``arch`` whose vocabulary fits the SmolLM2 tokenizer."""
-    return tiny_model(arch, seed, vocab_size=vocab).to(dtype)
 
 
 def hand_greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
@@ -40,8 +34,8 @@ def hand_greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def tok(smol):
-    return smol[1]
+def tok(smol_tokenizer):
+    return smol_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +45,7 @@ def prompts(tok):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2"])
 def test_batched_left_padded_generation_equals_hand_rolled_loop(arch, tok, prompts):
-    model = tiny_lm(arch, len(tok))
+    model = tiny_model(arch, vocab_size=len(tok))
     lengths = {len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts}
     assert len(lengths) == len(prompts)  # rows of one batch really are padded
     expected = [hand_greedy(model, tok, p, 6) for p in prompts]
@@ -60,7 +54,7 @@ def test_batched_left_padded_generation_equals_hand_rolled_loop(arch, tok, promp
 
 
 def test_generation_follows_an_attached_intervention(tok, prompts):
-    model = tiny_lm("llama", len(tok))
+    model = tiny_model("llama", vocab_size=len(tok))
     iv = new_intervention(model, "vector", 0, init_scale=1.0, seed=3)
     bare = greedy_generate(model, tok, prompts, 6, batch_size=3, progress=False)
     with iv.attached(model, multiplier=4.0):
@@ -90,10 +84,10 @@ def test_generation_rejects_bad_arguments(smol, prompts):
 
 
 def test_fingerprint_tells_models_apart(tok):
-    a, b = tiny_lm("llama", len(tok), seed=0), tiny_lm("llama", len(tok), seed=0)
+    a, b = tiny_model("llama", 0, vocab_size=len(tok)), tiny_model("llama", 0, vocab_size=len(tok))
     assert model_fingerprint(a) == model_fingerprint(b)
-    assert model_fingerprint(a) != model_fingerprint(tiny_lm("llama", len(tok), seed=1))
-    assert model_fingerprint(a) != model_fingerprint(tiny_lm("llama", len(tok), seed=0, dtype=torch.bfloat16))
+    assert model_fingerprint(a) != model_fingerprint(tiny_model("llama", 1, vocab_size=len(tok)))
+    assert model_fingerprint(a) != model_fingerprint(tiny_model("llama", 0, vocab_size=len(tok)).to(torch.bfloat16))
 
 
 def test_own_answers_are_generated_once_and_keyed_by_model_and_data(tok, prompts, tmp_path, monkeypatch):
@@ -105,7 +99,7 @@ def test_own_answers_are_generated_once_and_keyed_by_model_and_data(tok, prompts
         return greedy_generate(model, tokenizer, todo, *args)
 
     monkeypatch.setattr(own, "greedy_generate", counting)
-    model = tiny_lm("llama", len(tok))
+    model = tiny_model("llama", vocab_size=len(tok))
     first = own.own_answers(model, tok, prompts[:2], "data-a", 5, progress=False)
     assert calls == [prompts[:2]]
     assert first == [hand_greedy(model, tok, p, 5) for p in prompts[:2]]
@@ -117,7 +111,7 @@ def test_own_answers_are_generated_once_and_keyed_by_model_and_data(tok, prompts
     cached = json.loads(own.cache_file(model_fingerprint(model), "data-a", 5).read_text())
     assert cached["answers"] == dict(zip(prompts, both, strict=True))
     # another model, another data file or another length cap never reads these answers
-    own.own_answers(tiny_lm("llama", len(tok), seed=1), tok, prompts[:1], "data-a", 5, progress=False)
+    own.own_answers(tiny_model("llama", 1, vocab_size=len(tok)), tok, prompts[:1], "data-a", 5, progress=False)
     own.own_answers(model, tok, prompts[:1], "data-b", 5, progress=False)
     own.own_answers(model, tok, prompts[:1], "data-a", 4, progress=False)
     assert len(calls) == 5
@@ -126,7 +120,7 @@ def test_own_answers_are_generated_once_and_keyed_by_model_and_data(tok, prompts
 
 def test_unreadable_cache_is_an_error_naming_the_file(tok, prompts, tmp_path, monkeypatch):
     monkeypatch.setenv("STEER_CACHE", str(tmp_path))
-    model = tiny_lm("llama", len(tok))
+    model = tiny_model("llama", vocab_size=len(tok))
     path = own.cache_file(model_fingerprint(model), "d", 3)
     path.parent.mkdir(parents=True)
     path.write_text("{not json")
@@ -158,7 +152,7 @@ def hf_generate(model, tok, prompts, max_new_tokens: int) -> list[tuple[int, ...
 
 
 def steerable(form: str, vocab: int):
-    model = tiny_lm("llama", vocab)
+    model = tiny_model("llama", vocab_size=vocab)
     iv = new_intervention(model, form, 1, rank=4, init_scale=1.0, seed=3)
     if form == "lora":  # lora_B starts at zero: give it a value so the update does something
         with torch.no_grad():
@@ -199,7 +193,7 @@ def test_m_zero_is_the_bare_model_and_the_multiplier_is_restored(tok, prompts):
 
 
 def test_max_new_tokens_caps_rows_and_eos_stops_a_row_mid_batch(tok, prompts):
-    model = tiny_lm("llama", len(tok))
+    model = tiny_model("llama", vocab_size=len(tok))
     free = generate(model, tok, prompts, max_new_tokens=7, batch_size=3, progress=False)
     assert all(g.n_tokens == 7 and not g.stopped_by_eos for g in free)  # a random model never says <|im_end|>
     # make the third token of prompt 0 a stop token: that row leaves the batch, the others go on

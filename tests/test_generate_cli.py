@@ -12,7 +12,7 @@ from steer.core.interventions import DynamicAffine
 from steer.generate import side_by_side
 from steer.generate.__main__ import main
 from steer.pairs import render_prompt
-from tests.test_serve import diffmean_run
+from tests.conftest import diffmean_run
 
 
 def columns_of(table: str, n: int, width: int) -> list[str]:

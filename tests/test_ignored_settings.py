@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from steer.stages import ConfigError, check, compose_config, run
 from steer.stages.ignored import RULES, check_ignored, explicit_settings
+from tests.conftest import assert_clean_failure, run_py
 
-REPO = Path(__file__).resolve().parents[1]
 JUDGE = "stages=[train,sweep,fit,judge]"
 
 
@@ -307,38 +305,36 @@ def test_multirun_warns_when_the_reason_may_be_swept(caplog):
         check_ignored(compose_config(overrides), overrides, multirun=True)
 
 
-def run_py(*args: str) -> subprocess.CompletedProcess:
-    """``python run.py ARGS`` offline, without W&B."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    return subprocess.run(
-        [sys.executable, "run.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
+def run_offline(*args: str) -> subprocess.CompletedProcess:
+    """``python run.py ARGS`` without W&B (conftest's ``run_py`` is offline already)."""
+    return run_py(*args, env={"WANDB_MODE": "disabled"}, timeout=300)
 
 
+@pytest.mark.e2e
 def test_run_py_exits_2_and_writes_nothing(tmp_path):
     """Through Hydra's command line: the override is found in HydraConfig, exit 2, no folder left."""
     root = tmp_path / "outputs"
-    done = run_py("judge.select.m=3", f"output_root={root}")
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert "judge.select.m=3 has no effect" in done.stdout + done.stderr
-    assert "Traceback" not in done.stderr
+    done = run_offline("judge.select.m=3", f"output_root={root}")
+    assert_clean_failure(done, "judge.select.m=3 has no effect")
     assert not root.exists() or not any(root.iterdir())
 
 
+@pytest.mark.e2e
 def test_a_refused_multirun_job_is_one_line_not_a_traceback(tmp_path):
     """In a multirun the refused job is a failed row of the jobs table and one line on stderr."""
     root = tmp_path / "outputs"
-    done = run_py("-m", "node.devices=[0]", "stages=[train]", f"output_root={root}")
+    done = run_offline("-m", "node.devices=[0]", "stages=[train]", f"output_root={root}")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert "ConfigError: node.devices=[0] has no effect" in done.stderr
     assert "1 job(s), 1 failed" in done.stdout
 
 
+@pytest.mark.e2e
 def test_a_multirun_the_schema_refuses_runs_no_job(tmp_path):
     """A key no option of a swept job has fails composition: exit 2, one line, before any job."""
     root = tmp_path / "outputs"
-    done = run_py("-m", "objective=sft,diffmean", "train.lr=0.05", "stages=[train]", f"output_root={root}")
+    done = run_offline("-m", "objective=sft,diffmean", "train.lr=0.05", "stages=[train]", f"output_root={root}")
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     lines = [line for line in done.stderr.splitlines() if "has no effect" in line]

@@ -3,6 +3,9 @@ the two multiruns and the report with the overrides and data sets it is given.""
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import pytest
 
 from steer.runtime.resolvers import variant_overrides
@@ -11,9 +14,16 @@ from steer.stages.runner import fingerprinted
 from tests.conftest import load_experiment
 
 
-def load_recipe():
-    """experiments/paper.py as a module."""
-    return load_experiment("paper")
+def composed(command: list[str]):
+    """The config a recipe's ``run.py -m OVERRIDES`` command composes."""
+    return compose_config(command[command.index("-m") + 1 :])
+
+
+def report_args(command: list[str]) -> argparse.Namespace:
+    """A recipe's ``python -m steer.report ARGS`` command as steer.report parses it."""
+    from steer.report.__main__ import parser
+
+    return parser().parse_args(command[command.index("steer.report") + 1 :])
 
 
 @pytest.mark.parametrize(
@@ -30,7 +40,7 @@ def test_experiment_configs_compose(experiment, forms, objectives):
 def test_table3_reuses_the_runs_of_table2():
     """A recipe's extra overrides set no fingerprinted key: Table 3 judges Table 2's run directories
     instead of training its own; its small judge lengths come from the preset."""
-    paper = load_recipe()
+    paper = load_experiment("paper")
     for extra in paper.EXTRA.values():
         assert variant_overrides(extra, {}, *fingerprinted(STAGES)) == {}
     for experiment in paper.EXPERIMENTS:
@@ -39,22 +49,25 @@ def test_table3_reuses_the_runs_of_table2():
 
 
 def test_recipe_commands(capsys):
-    paper = load_recipe()
+    paper = load_experiment("paper")
     assert paper.main(["fig5", "--dry-run", "--datasets", "psychopathy,axbench", "output_root=/x", "seed=1"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("+ ")]
     assert len(lines) == 3
     for line, experiment in zip(lines, paper.EXPERIMENTS, strict=False):
         assert f"run.py -m experiment={experiment} dataset=psychopathy,axbench output_root=/x seed=1" in line
     assert lines[2].endswith("-m steer.report fig5 --outputs /x --dataset psychopathy --dataset axbench")
-    table = paper.commands("table2", "sentiment", [])
-    assert table[-1][-4:] == ["steer.report", "table2", "--outputs", "outputs/paper"]
-    judged = paper.commands("table3", "sentiment", ["judge.max_tokens=8"])
-    for command in judged[:2]:  # the judge stage added; the caller's overrides come last and win
-        assert command[-2:] == [*paper.EXTRA["table3"], "judge.max_tokens=8"]
-        assert paper.EXTRA["table3"] == ["stages=[train,sweep,fit,judge]"]
-    assert judged[-1][-4:] == ["steer.report", "table3", "--outputs", "outputs/paper"]
-    smoke = paper.commands("table2", "sentiment", [], preset="smoke")
-    assert smoke[-1][-2:] == ["--outputs", "outputs/smoke"]  # the report reads where the preset's runs land
+    [*runs, report] = paper.commands("table2", "sentiment", [])
+    assert [list(composed(command).stages) for command in runs] == [["train", "sweep", "fit"]] * 2
+    assert (report_args(report).target, report_args(report).outputs) == ("table2", Path("outputs/paper"))
+    *judged, report = paper.commands("table3", "sentiment", ["judge.max_tokens=8"])
+    for command in judged:  # the judge stage added; the caller's override wins over the preset's 48
+        cfg = composed(command)
+        assert list(cfg.stages) == ["train", "sweep", "fit", "judge"] and cfg.judge.max_tokens == 8
+        assert cfg.output_root == "outputs/paper"
+    assert (report_args(report).target, report_args(report).outputs) == ("table3", Path("outputs/paper"))
+    [*smoke, report] = paper.commands("table2", "sentiment", [], preset="smoke")
+    assert {composed(command).output_root for command in smoke} == {"outputs/smoke"}
+    assert report_args(report).outputs == Path("outputs/smoke")  # the report reads where the preset's runs land
     with pytest.raises(SystemExit):
         paper.main(["table2", "--dry-run", "--not-an-override"])
 
@@ -62,7 +75,7 @@ def test_recipe_commands(capsys):
 def test_table3_paper_protocol_fixes_m_1_for_every_run(capsys):
     """``--protocol paper`` (make table3 PROTOCOL=paper): every multirun judges at m = 1, as runs of
     their own (a variant on judge.select.m), beside steer's protocol, the default."""
-    paper = load_recipe()
+    paper = load_experiment("paper")
     assert paper.main(["table3", "--dry-run", "--protocol", "paper"]) == 0
     runs = [line for line in capsys.readouterr().out.splitlines() if line.startswith("+ ") and "run.py" in line]
     assert len(runs) == 2 and all(line.endswith("judge/select=fixed judge.select.m=1") for line in runs)

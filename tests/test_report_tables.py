@@ -108,6 +108,7 @@ def test_a_pipe_in_a_label_keeps_the_markdown_table_whole(tmp_path):
     assert r"| a\|b " in md.read_text()
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
 def test_latex_table_compiles(written, tmp_path):
     document = tmp_path / "doc.tex"

@@ -8,8 +8,6 @@ and the losses it writes checked against computations that share no code with st
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -19,24 +17,16 @@ from safetensors.torch import load_file
 from steer.core.interventions import DynamicAffine
 from steer.core.sweep import sweep
 from steer.pairs import read_pairs
-from tests.conftest import REPO
-from tests.test_interventions import hand_hook, randomised
+from tests.conftest import hand_hook, randomised, reference_logprob, run_py
+
+pytestmark = pytest.mark.e2e  # every test reads the run that run.py writes
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
-    cmd = [
-        sys.executable,
-        "run.py",
-        "stages=[train,sweep]",
-        "dataset.limit=8",
-        "sweep.grid=[-4,0,4]",
-        f"hydra.run.dir={out}",
-        "tracking.wandb=false",
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    overrides = ["stages=[train,sweep]", "dataset.limit=8", "sweep.grid=[-4,0,4]", f"hydra.run.dir={out}"]
+    proc = run_py(*overrides, "tracking.wandb=false", check=True)
     assert "Mean log-odds per multiplier m" in proc.stdout and str(out) in proc.stdout
     return out
 
@@ -44,10 +34,7 @@ def run_dir(tmp_path_factory):
 def plain_loss(model, tok, prompt_text: str, answer: str) -> float:
     """−Σ log p(answer) with plain transformers on one unpadded sequence, from the raw strings."""
     prompt = tok(prompt_text, add_special_tokens=False)["input_ids"]
-    ids = prompt + tok(answer, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
-    return -sum(logp[t - 1, ids[t]].item() for t in range(len(prompt), len(ids)))
+    return -reference_logprob(model, prompt + tok(answer, add_special_tokens=False)["input_ids"], len(prompt))
 
 
 def assert_plain_losses(frame: pd.DataFrame, records, m: float, model, tok) -> None:

@@ -3,8 +3,6 @@ job writes where it always did."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +12,8 @@ from steer import rundir
 from steer.runtime.resolvers import MAX_VARIANT, variant_dirname, variant_overrides
 from steer.stages import STAGES, compose_config
 from steer.stages.runner import fingerprinted
+from tests.conftest import run_py
 
-REPO = Path(__file__).resolve().parents[1]
 KEYS = fingerprinted(STAGES)
 CHOICES = {"intervention": "vector", "objective": "sft", "dataset": "sentiment", "model": "smollm2-135m"}
 
@@ -59,14 +57,12 @@ def multirun(tmp_path: Path, *extra: str) -> list[Path]:
     out = tmp_path / "out"
     args = ["objective=sft", "train.lr=0.01,0.02", "dataset.limit=2", "stages=[train]"]
     args += ["train.epochs=1", f"output_root={out}", "progress=false", "tracking.wandb=false"]
-    proc = subprocess.run(
-        [sys.executable, "run.py", "-m", *args, *extra], cwd=REPO, capture_output=True, text=True, timeout=900
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_py("-m", *args, *extra, timeout=900, check=True)
     return sorted(p.parent for p in out.rglob(rundir.WEIGHTS))
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("launcher", [[], ["hydra/launcher=node", "node.jobs=2"]], ids=["basic", "node"])
 def test_a_multirun_over_the_learning_rate_keeps_both_jobs(tmp_path, launcher):
     runs = multirun(tmp_path, *launcher)

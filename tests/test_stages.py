@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-from pathlib import Path
 
 import pytest
 
 from steer.io.secrets import scrub
 from steer.stages import ConfigError, compose_config, run
-from tests.conftest import REPO, assert_refused
+from tests.conftest import assert_clean_failure, assert_refused, run_py
 
 # Two values of m keep these tests fast; the fit stage needs at least 9, so it is left out here.
 FAST = ["dataset.limit=2", "sweep.grid=[-1,1]", "stages=[train,sweep]", "tracking.wandb=false", "progress=false"]
@@ -85,14 +83,9 @@ def test_scrub_hides_nested_secret_keys():
     assert scrub(cfg) == {"judge": {"api_key": "***", "model": "m"}, "hf_token": "***", "lr": 0.1, "tokenizer": "tok"}
 
 
+@pytest.mark.e2e
 def test_cli_bad_config_exits_2_naming_the_key(tmp_path):
     run_dir = tmp_path / "run"
-    proc = subprocess.run(
-        [str(Path(REPO, ".venv", "bin", "python")), "run.py", "layer=99", f"hydra.run.dir={run_dir}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 2
-    assert "layer=99 is out of range" in proc.stdout + proc.stderr
+    proc = run_py("layer=99", f"hydra.run.dir={run_dir}")
+    assert_clean_failure(proc, "layer=99 is out of range")
     assert not run_dir.exists()

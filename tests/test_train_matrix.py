@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import load_experiment
 
-spec = importlib.util.spec_from_file_location("train_matrix", REPO / "experiments" / "train_matrix.py")
-train_matrix = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(train_matrix)
+train_matrix = load_experiment("train_matrix")
 
 
 def curve(pref: list[float], util: list[float]) -> pd.DataFrame:

@@ -4,11 +4,8 @@ paired bootstrap and the comparison report."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -24,8 +21,8 @@ from steer.pairs import PairRecord
 from steer.report.compare import build_compare
 from steer.stages import ConfigError, compose_config
 from steer.stages.tune import check_tune, target_of
+from tests.conftest import REPO, assert_clean_failure, load_experiment, python, run_py, start, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
 GRID = [-4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0]
 
 
@@ -132,28 +129,38 @@ def test_tuning_settings_that_cannot_work_are_refused(overrides, match):
         check_tune(tune_cfg(*overrides))
 
 
+def study_of(command: list[str]) -> tuple:
+    """(config, sweeps) of a campaign's ``run.py -m OVERRIDES``: the config its plain overrides
+    compose (with Hydra's), and the parsed sweep (e.g. ``choice(8,16)``) of each key it sweeps."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = command[command.index("-m") + 1 :]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    sweeps = [(o.key_or_group, o.value()) for o in parsed if o.is_sweep_override()]
+    plain = [text for text, o in zip(overrides, parsed, strict=True) if not o.is_sweep_override()]
+    return compose_config(plain, return_hydra_config=True), sweeps
+
+
 def test_campaign_commands(monkeypatch):
     """experiments/tune.py: one study per form x trained objective plus DiffMean (vector); --quick
     caps each trial, DiffMean gets no training keys (not even the caller's), and the caller's
     overrides replace QUICK's."""
-    import importlib
-
-    monkeypatch.syspath_prepend(str(REPO / "experiments"))
-    campaign = importlib.import_module("tune")
+    monkeypatch.syspath_prepend(str(REPO / "experiments"))  # tune.py imports paper.py beside it
+    campaign = load_experiment("tune")
     assert campaign.studies(["vector", "lora"])[-1] == ("vector", "diffmean") and len(campaign.studies(["lora"])) == 3
     longer = "train.epochs=choice(8,16)"
     command = campaign.study_command("psychopathy", "vector", "split", 6, Path("/d"), True, [longer, "seed=1"])
-    assert command[command.index("-m") + 1 :][:4] == [
-        "experiment=tune_vector_split",
-        "dataset=psychopathy",
-        "dataset.path=/d/anthropic-evals/persona/psychopathy.jsonl",
-        "hydra.sweeper.n_trials=6",
-    ]
-    assert command[-2:] == [longer, "seed=1"] and "train.epochs=choice(1,2,3)" not in command
-    assert "dataset.n_test=24" in command and f"sweep.grid={campaign.QUICK_GRID['vector']}" in command
+    cfg, sweeps = study_of(command)
+    assert cfg.hydra.runtime.choices.experiment == "tune_vector_split" and cfg.hydra.sweeper.n_trials == 6
+    assert cfg.dataset.name == "psychopathy" and cfg.dataset.path == "/d/anthropic-evals/persona/psychopathy.jsonl"
+    assert [(key, sweep.list) for key, sweep in sweeps] == [("train.epochs", [8, 16])]  # the caller's, not QUICK's
+    assert (
+        cfg.seed == 1 and cfg.dataset.n_test == 24 and cfg.sweep.grid == yaml.safe_load(campaign.QUICK_GRID["vector"])
+    )
     diffmean = campaign.study_command("sentiment", "vector", "diffmean", 6, None, True, [longer])
-    assert not [o for o in diffmean if o.startswith("train")]
-    assert f"sweep.grid={campaign.QUICK_GRID['diffmean']}" in diffmean and "dataset=sentiment" in diffmean
+    cfg, sweeps = study_of(diffmean)
+    assert sweeps == [] and not [o for o in diffmean if o.startswith("train")]
+    assert cfg.sweep.grid == yaml.safe_load(campaign.QUICK_GRID["diffmean"]) and cfg.dataset.name == "sentiment"
 
 
 # ---------------------------------------------------------------- the study through run.py
@@ -184,18 +191,13 @@ def trials(db: Path) -> list[tuple[int, str]]:
 
 def run_study(out: Path, *extra: str) -> subprocess.CompletedProcess:
     """The 2-trial ``STUDY`` through run.py into ``out``; asserts it exits 0 with both trials COMPLETE."""
-    proc = subprocess.run(
-        [sys.executable, "run.py", "-m", *STUDY, *extra, f"output_root={out}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    proc = run_py("-m", *STUDY, *extra, f"output_root={out}", timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [state for _, state in trials(out / "tune" / "studies.db")] == ["COMPLETE", "COMPLETE"]
     return proc
 
 
+@pytest.mark.e2e
 def test_a_two_trial_study_end_to_end(tmp_path):
     """Two trials through run.py and the Optuna sweeper: a study in SQLite, the target of each on
     validation in metrics.json, and a best.yaml a later run composes as an experiment."""
@@ -215,27 +217,24 @@ def test_a_two_trial_study_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_a_killed_study_resumes_without_repeating_a_finished_trial(tmp_path):
     """Kill the sweep during its second trial; the same command completes exactly 2 trials, the
     first one's run untouched, the interrupted one's parameters run again."""
     out = tmp_path / "out"
-    command = [sys.executable, "run.py", "-m", *STUDY, "layer=choice(12,13,14,15,16,17,18,19,20,21)"]
-    command += [f"output_root={out}"]
+    command = ["run.py", "-m", *STUDY, "layer=choice(12,13,14,15,16,17,18,19,20,21)", f"output_root={out}"]
     db = out / "tune" / "studies.db"
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline and not (
-        db.is_file() and [s for _, s in trials(db)][-1:] == ["RUNNING"] and len(trials(db)) == 2
-    ):
-        time.sleep(0.5)
-    time.sleep(3)
+    proc = start(*command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = lambda: db.is_file() and [s for _, s in trials(db)][-1:] == ["RUNNING"] and len(trials(db)) == 2  # noqa: E731
+    wait_for(second, proc, "the second trial", 900)
+    wait_for(lambda: len(list(out.rglob(rundir.LEDGER))) == 2, proc, "the second trial's first stage", 900)
     proc.terminate()
     proc.wait(timeout=120)
     states = [s for _, s in trials(db)]
     assert states == ["COMPLETE", "RUNNING"], states
     finished = [p for p in out.rglob(rundir.LEDGER) if rundir.read_json(p).get("fit")]
     stamps = {p: p.stat().st_mtime_ns for p in finished}
-    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1200)
+    rerun = python(*command, timeout=1200)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     states = [s for _, s in trials(db)]
     assert states.count("COMPLETE") == 2 and states.count("FAIL") == 1 and len(states) == 3
@@ -246,6 +245,7 @@ def test_a_killed_study_resumes_without_repeating_a_finished_trial(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_parallel_trials_through_the_node_launcher(tmp_path):
     """hydra.sweeper.n_jobs=2 with hydra/launcher=node node.jobs=2: the sweeper asks two trials at
     once and the node launcher runs them side by side, one CPU thread each, each in its own run
@@ -303,32 +303,55 @@ def test_compare_reports_paired_verdicts_and_balanced_accuracy(tmp_path):
     assert any(p.suffix == ".png" for p in paths) and "Vanilla (m = 0)" in text and "better" in text
 
 
+def asked(sampler, storage=None, n: int = 4) -> list[float]:
+    """``n`` trials of an in-memory study (``storage``'s, continuing what it holds, else a new one)
+    asked for a learning rate by ``sampler`` and told a value: the parameters it proposed."""
+    import optuna
+    from optuna.distributions import LogUniformDistribution
+
+    storage = storage or optuna.storages.InMemoryStorage()
+    study = optuna.create_study(study_name="study", storage=storage, sampler=sampler, load_if_exists=True)
+    lrs = []
+    for _ in range(n):
+        trial = study.ask({"lr": LogUniformDistribution(1e-5, 1e-1)})
+        study.tell(trial, 0.0)
+        lrs.append(trial.params["lr"])
+    return lrs
+
+
 def test_a_resumed_study_draws_new_parameters():
-    """A study's sampler is seeded sampler.seed (else the run's seed) + trials held: a resumed
-    study does not draw the first trials' parameters again; the grid (no seed) is kept as it is."""
+    """A study's sampler is seeded sampler.seed (else the run's seed) + trials held: a real study
+    resumed after 4 trials proposes parameters it has not tried, where a sampler seeded as the first
+    proposes the first trials' parameters again; the grid (no seed) is kept as it is."""
+    import optuna
     from omegaconf import OmegaConf
 
     from steer.runtime.tuning import reseeded
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     config = OmegaConf.create({"_target_": "optuna.samplers.TPESampler", "seed": 3})
-    assert reseeded(config, "the sampler", 0, 4)._rng.rand() == pytest.approx(np.random.RandomState(7).rand())
-    config.seed = None
-    assert reseeded(config, "the sampler", 5, 0)._rng.rand() == pytest.approx(np.random.RandomState(5).rand())
-    assert reseeded(config, "the sampler", 5, 2)._rng.rand() == pytest.approx(np.random.RandomState(7).rand())
+    storage = optuna.storages.InMemoryStorage()
+    first = asked(reseeded(config, None, 0, 0), storage)
+    resumed = asked(reseeded(config, None, 0, len(first)), storage)
+    assert not set(resumed) & set(first)
+    assert asked(reseeded(config, None, 0, 0)) == first  # seeded as the first: the first trials' parameters again
+    assert asked(reseeded(config, None, 9, 0)) == first  # sampler.seed wins
+    config.seed = None  # the run's seed instead
+    assert asked(reseeded(config, None, 3, 0)) == first
+    assert asked(reseeded(config, None, 4, 0)) != first
     grid = OmegaConf.create({"_target_": "optuna.samplers.GridSampler", "_partial_": True})
     assert reseeded(grid, "the sampler", 5, 2) == "the sampler"
 
 
+@pytest.mark.e2e
 def test_a_sweeper_with_no_target_is_refused_before_the_first_trial(tmp_path):
     """hydra/sweeper=optuna without a tune_* preset: no trial could return a value. Exit 2, one
     line naming tune.split and the presets, before anything is trained or written."""
     root = tmp_path / "outputs"
     args = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "objective=sft", "dataset.limit=8"]
     args += ["dataset.validation=4", f"output_root={root}"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    done = subprocess.run([sys.executable, "run.py", *args], cwd=REPO, env=env, capture_output=True, text=True)
-    assert done.returncode == 2, done.stdout + done.stderr
+    done = run_py(*args, env={"WANDB_MODE": "disabled"})
+    assert_clean_failure(done, "tune.split")
     lines = [line for line in done.stderr.splitlines() if "config error" in line]
     assert len(lines) == 1 and "tune.split" in lines[0] and "experiment=tune_" in lines[0], done.stderr
-    assert "Traceback" not in done.stderr
     assert not root.exists()
