@@ -28,7 +28,6 @@ def config(*overrides: str):
         (["dataset.n_train=0"], "dataset=sentiment: the train split is empty"),
         (["dataset.limit=0"], "dataset.limit must be a positive integer or null, got 0"),
         (["+dataset.colour=red"], "dataset.colour is not an option of the sentiment loader"),
-        (["stages=[judge]", "judge/select=best"], "judge/select=best is not one of fit, fixed, validation"),
         (["stages=[evaluate]"], "unknown stage 'evaluate'"),
         (["stages=[]"], "stages is empty"),
         (["sweep.grid=[]"], "sweep.grid is empty"),
@@ -38,6 +37,11 @@ def config(*overrides: str):
 )
 def test_bad_config_fails_before_anything_is_written(tmp_path, overrides, message):
     assert_refused(config(*overrides), tmp_path / "run", re.escape(message))
+
+
+def test_an_unknown_group_option_is_refused_when_the_config_is_composed():
+    with pytest.raises(ConfigError, match="judge/select=best is not one of fit, fixed, validation"):
+        config("stages=[judge]", "judge/select=best")
 
 
 def test_finished_stages_are_skipped_and_changed_ones_rerun(tmp_path, smol):

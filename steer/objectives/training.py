@@ -391,8 +391,7 @@ def train_intervention(
     world, rank = accelerator.num_processes, accelerator.process_index
     if len(pairs) < world:
         raise ValueError(f"{len(pairs)} training pairs cannot feed {world} processes")
-    model.eval()
-    model.requires_grad_(False)
+    model.eval().requires_grad_(False)
     torch.manual_seed(settings.seed)
 
     cache, position, prefix_seconds = shard_cache(model, pairs, intervention, settings.batch_size, world, rank)
@@ -416,9 +415,8 @@ def train_intervention(
 
     loop_start = time.perf_counter()
     try:
-        steps_run = loop.run(
-            range(first_epoch, settings.epochs), len(pairs), n_batches, rows, bar, log_metrics, epoch_done
-        )
+        epochs = range(first_epoch, settings.epochs)
+        steps_run = loop.run(epochs, len(pairs), n_batches, rows, bar, log_metrics, epoch_done)
     except Diverged as err:
         if main:
             _write_log(log_path, rows)
