@@ -115,8 +115,9 @@ def assert_sweeps_match(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
 
 def sweep_args(run_dir: Path, stages: str) -> list[str]:
     common = [f"stages=[{stages}]", "objective=diffmean", "intervention=vector", "dataset.limit=6"]
-    sweeping = ["sweep.grid=[-4,-1,0,1,4]"] if "sweep" in stages else []  # a train-only run refuses a grid
-    return [*common, *sweeping, "sweep.batch_size=2", f"hydra.run.dir={run_dir}"]
+    # a train-only run refuses sweep settings
+    sweeping = ["sweep.grid=[-4,-1,0,1,4]", "sweep.batch_size=2"] if "sweep" in stages else []
+    return [*common, *sweeping, f"hydra.run.dir={run_dir}"]
 
 
 @pytest.mark.e2e
