@@ -259,6 +259,19 @@ def test_refused_for_psychopathy(tmp_path, persona, overrides, key, fix, accepte
     check(compose_config([*base, *accepted]), overrides=[*base, *accepted])
 
 
+def test_the_keys_that_name_the_run_count_in_any_stage():
+    """`intervention=lora objective=sft layer=10 stages=[judge]` judges that run's directory: run_id's
+    keys and their groups choose the run the stages read, so no stage list makes them ineffective."""
+    for overrides in (
+        ["stages=[judge]", "intervention=lora", "objective=sft", "layer=10"],
+        ["stages=[fit]", "dataset=sentiment", "model=smollm2-135m", "objective=diffmean"],
+    ):
+        check(compose_config(overrides), overrides=overrides)
+    with pytest.raises(ConfigError, match="objective.gamma=2 has no effect"):
+        overrides = ["stages=[judge]", "objective=split", "objective.gamma=2"]
+        check(compose_config(overrides), overrides=overrides)
+
+
 def test_every_rule_has_a_case():
     """Each rule of the table is exercised by a case above (a rule without a test is not a rule)."""
     named = {c[2].split("=")[0] for c in CASES + PSYCHOPATHY_CASES}

@@ -1,8 +1,7 @@
-"""Settings that cannot take effect, refused before any work naming the key and what would use it. The
-schema (``steer.stages.schema``) refuses a key no chosen option has; the rest depend on values: keys
-only stages outside ``stages`` read (their ``keys``) and ``RULES``. Only command-line keys count, never a
-preset's; in a multirun job a reason reading a key the overrides set (maybe swept) is only a warning.
-"""
+"""Settings that cannot take effect, refused before any work, naming the key and what would use it.
+The schema (``steer.stages.schema``) refuses a key no chosen option has; the rest depend on values:
+keys only stages outside ``stages`` read (their ``keys``), and ``RULES``. Only command-line keys count,
+never a preset's; in a multirun job a reason that reads a key the overrides set is only a warning."""
 
 from __future__ import annotations
 
@@ -115,9 +114,11 @@ RULES: tuple[Rule, ...] = (
 
 
 def stage_rule(key: str, cfg: DictConfig, stages: Sequence) -> Rule | None:
-    """No stage that reads ``key`` (the stages' declared keys) runs."""
+    """No stage that reads ``key`` (the stages' declared keys) runs; ``run_id``'s keys choose the run."""
+    names = re.findall(r"\$\{([\w.]+)\}", str(cfg._get_node("run_id")._value()))
+    running = {str(n) for n in cfg.stages} | {s.name for s in stages if s.implicit}
     readers = [s.name for s in stages if any(covers(k, key) or covers(key, k) for k in s.keys)]
-    if not readers or ({str(n) for n in cfg.stages} | {s.name for s in stages if s.implicit}) & set(readers):
+    if not readers or running & set(readers) or key in {*names, *(n.split(".")[0] for n in names)}:
         return None
     why = f"none of the stages that read it ({', '.join(readers)}) is in stages=[{','.join(map(str, cfg.stages))}]"
     also = f" (also read by {', '.join(readers[1:])})" if readers[1:] else ""
