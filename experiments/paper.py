@@ -194,7 +194,7 @@ def plan_text(runs: list[tuple[str, list[str]]], overrides: list[str], judge_mul
                     train=train,
                     test=test,
                     grid=len(cfg.sweep.grid),
-                    epochs=int(cfg.train.epochs),
+                    epochs=int(cfg.train.epochs) if cfg.get("train") else 0,  # an estimator has no train node
                     trained=get_objective(cfg.objective.name).trains,
                     generate_negatives=generate,
                     max_new_tokens=cap(dataset),
@@ -204,7 +204,7 @@ def plan_text(runs: list[tuple[str, list[str]]], overrides: list[str], judge_mul
                     size=sizes[model],
                     layer=int(cfg.layer),
                     sweep_batch=int(cfg.sweep.batch_size),
-                    train_batch=int(cfg.train.batch_size),
+                    train_batch=int(cfg.train.batch_size) if cfg.get("train") else JobSpec.train_batch,
                 )
             )
     notes.add("AxBench A_n (the model's own answer, not generated yet) counted as long as A_p, at most max_new_tokens")

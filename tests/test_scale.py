@@ -124,7 +124,7 @@ def test_presets_compose():
     diffmean = compose_config(["experiment=paper_diffmean"], return_hydra_config=True)
     assert diffmean.hydra.sweeper.params.objective == "diffmean" and diffmean.precision == "bf16"
     smoke = compose_config(["experiment=smoke"], return_hydra_config=True)
-    assert smoke.model.name == "smollm2-135m" and smoke.dataset.limit == 4 and len(smoke.sweep.grid) == 9
+    assert smoke.model.name == "smollm2-135m" and smoke.dataset.limit == 4 and len(smoke.sweep.grid) == 11
     check(compose_config(["experiment=smoke", "objective=sft"]))
 
 

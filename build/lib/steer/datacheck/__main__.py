@@ -1,0 +1,7 @@
+"""``python -m steer.datacheck``."""
+
+import sys
+
+from steer.datacheck import main
+
+sys.exit(main())
