@@ -79,7 +79,7 @@ def test_submitit_multirun_table_report_and_wandb(tmp_path):
         data = json.loads(table_file.read_text())
         assert data["columns"] == ["step", "lineKey", "lineVal"]  # wandb's line-series table: x, series, y
         assert {r[1] for r in data["data"]} == {"pref mean", "pref fit", "util mean", "util fit"}
-        assert sum(r[1] == "pref mean" for r in data["data"]) == 9  # one point per m of the grid
+        assert sum(r[1] == "pref mean" for r in data["data"]) == 11  # one point per m of the smoke grid
     assert any("fit/dynamics/path" in row for row in rows)
 
     for path in root.rglob("*"):
