@@ -72,7 +72,7 @@ def test_a_multirun_over_the_learning_rate_keeps_both_jobs(tmp_path, launcher):
     ]
     for run, lr in zip(runs, ("0.01", "0.02"), strict=True):
         assert rundir.read_overrides(run)["train.lr"] == lr
-        assert rundir.read_config(run)["intervention"]["train"]["lr"] == float(lr)
+        assert rundir.read_config(run)["train"]["lr"] == float(lr)
     a, b = (load_file(run / rundir.WEIGHTS)["delta_b"] for run in runs)
     assert (a - b).abs().max() > 0  # two trainings, not one file written twice
 
