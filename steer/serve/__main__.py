@@ -99,6 +99,7 @@ def serve_until_stopped(args: argparse.Namespace, served) -> int:
     server = make_server(config, served, args.grace)
     names = ", ".join(run.name for run in served.runs)
     print(f"steer.serve: {names} (and {served.base} at m = 0) on http://{args.host}:{args.port}/v1", flush=True)
+    logging.basicConfig(level=args.log_level.upper(), format="[%(asctime)s][%(levelname)s] %(message)s")
     state = Interrupted()
     served.engine.start()
     try:
@@ -119,7 +120,6 @@ def serve_until_stopped(args: argparse.Namespace, served) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="[%(asctime)s][%(levelname)s] %(message)s")
     from steer.io.artifacts import CorruptArtifact
     from steer.serve.runs import read_runs
 
