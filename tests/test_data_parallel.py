@@ -191,7 +191,9 @@ def test_judge_stage_under_two_processes_generates_what_one_process_does(tmp_pat
         run_job([*fitted, *judge, cache, f"hydra.run.dir={run_dir}"], processes)
         assert len(flaky_endpoint.judge.seen) == 5 * 2  # 5 test prompts x (m = 0, m = 4), judged once, by one process
         frames[processes] = [pd.read_parquet(run_dir / name) for name in ("generations.parquet", "judgments.parquet")]
-        assert (run_dir / "run.log").read_text().count("stage judge: running") == 1
+        log = (run_dir / "run.log").read_text()
+        assert log.count("stage judge: running") == 1
+        assert "HTTP Request" not in log  # the HTTP client's line per judge call stays out of the job log
         assert not (run_dir / "generations.parts").exists()
     (gen1, judged1), (gen2, judged2) = frames[1], frames[2]
     assert len(gen1) == 10 and sorted(gen1["m"].unique()) == [0.0, 4.0]
