@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from steer.stages import CONF, compose_config
-from steer.stages.schema import groups
+from steer.stages import CONF, ConfigError, compose_config, run
+from steer.stages.schema import groups, mismatched_identity
 
 # The YAML options (steer/conf/<group>/) and the schemas' (steer/stages/schema.py); the paper's
 # presets (steer/conf/experiment/paper/**, generated) are composed by tests/test_paper_presets.py.
@@ -54,3 +54,23 @@ def test_experiment_is_a_plain_group_choice():
     recipe = compose_config(["experiment=dynamics"], return_hydra_config=True)
     assert plain.output_root == "outputs" and recipe.output_root == "outputs/paper"
     assert recipe.dataset.limit == 16 and recipe.hydra.sweeper.params.objective == "sft,reps,split"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "group"),
+    [
+        ("intervention.form", "lora", "intervention"),
+        ("objective.name", "split", "objective"),
+        ("judge.backend", "openai", "judge"),
+    ],
+)
+def test_the_key_that_names_an_option_follows_the_group_choice(tmp_path, key, value, group):
+    """``intervention.form=lora`` under ``intervention=vector`` is refused before any work, naming
+    the group choice to use; the same value beside its own choice is accepted."""
+    overrides = [f"{key}={value}"]
+    with pytest.raises(
+        ConfigError, match=rf"{key}='{value}' disagrees with {group}=.*choose the option instead: {group}={value}"
+    ):
+        run(compose_config(overrides), tmp_path / "run", overrides=overrides)
+    assert not (tmp_path / "run").exists()
+    assert mismatched_identity(compose_config([f"{group}={value}", *overrides])) is None

@@ -33,7 +33,7 @@ from steer.stages.fit import FitStage
 from steer.stages.ignored import check_ignored, composition_error, failing_key
 from steer.stages.judge import JudgeStage
 from steer.stages.runner import Fingerprints, fingerprinted, kept, plan, run_stage_list
-from steer.stages.schema import choices
+from steer.stages.schema import choices, mismatched_identity
 from steer.stages.schema import register as register_schema
 from steer.stages.slots import node_slot
 from steer.stages.sweep import SweepStage
@@ -148,6 +148,8 @@ def check(cfg: DictConfig, stages: Sequence[Stage] = STAGES, overrides: Sequence
     requested ones and the implicit ones), and any of the ``overrides`` (default: Hydra's, when
     Hydra runs the job) that the config makes ineffective (``steer.stages.ignored``)."""
     check_stage_list(cfg, stages)
+    if mismatch := mismatched_identity(cfg):
+        raise ConfigError(mismatch)
     check_tune(cfg)
     check_seed(cfg.seed)
     check_device(cfg.device)

@@ -347,3 +347,23 @@ def choices(cfg: DictConfig) -> dict[str, str | None]:
         kind = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
         out[group] = next((name for name, schema in options.items() if schema is kind), None)
     return out
+
+
+# The key in a group's node that names its option: set by the group choice, never on its own.
+IDENTITY = {"intervention": "form", "objective": "name", "judge": "backend"}
+
+
+def mismatched_identity(cfg: DictConfig) -> str | None:
+    """The error when ``intervention.form``, ``objective.name`` or ``judge.backend`` names another
+    option of its group than the one chosen (``intervention.form=lora`` under ``intervention=vector``);
+    else None. A value with no option of its own (a registered form, docs/extending.md) is the way
+    to select it on top of an option's keys."""
+    chosen = choices(cfg)
+    for group, key in IDENTITY.items():
+        value = OmegaConf.select(cfg, f"{group}.{key}")
+        if chosen.get(group) is not None and value != chosen[group] and value in groups()[group]:
+            return (
+                f"{group}.{key}={value!r} disagrees with {group}={chosen[group]}: {group}.{key} follows the "
+                f"group; choose the option instead: {group}={value}"
+            )
+    return None
