@@ -229,17 +229,18 @@ def test_judge_tuning_and_front_give_one_best_m_on_a_utility_trough():
     assert front_value(rows, fit_json, "train", drop).m == pytest.approx(edge, abs=2e-3)
 
 
-def write_yes_no_run(root, name, form, objective, grid, pref, judged=None):
-    """A finished Psychopathy run with 8 test pairs (4 Yes-positive, then 4 No-positive) whose
-    sweep has PrefOdds ``pref[m]`` (8 values) at each m of ``grid``; ``judged``: the same for the
-    judge stage's accuracy.parquet."""
+def write_yes_no_run(root, name, form, objective, grid, pref, judged=None, fitted=True):
+    """A Psychopathy run with 8 test pairs (4 Yes-positive, then 4 No-positive) whose sweep has
+    PrefOdds ``pref[m]`` (8 values) at each m of ``grid``; ``judged``: the same for the judge
+    stage's accuracy.parquet; ``fitted``: whether it has a fit.json."""
     import pandas as pd
 
     from steer.pairs import PairRecord, write_pairs
 
     run = root / name
     write_config(run, form=form, objective=objective, dataset="psychopathy", loader="psychopathy")
-    write_fit(run, {})
+    if fitted:
+        write_fit(run, {})
     ids = [f"t{i}" for i in range(8)]
     answers = [("Yes", "No")] * 4 + [("No", "Yes")] * 4
     write_pairs(run / "pairs.jsonl", [PairRecord("test", i, "p", a, b) for i, (a, b) in zip(ids, answers, strict=True)])
@@ -269,11 +270,18 @@ def write_yes_no_run(root, name, form, objective, grid, pref, judged=None):
 def test_table3_at_m1_accuracy_and_balanced_accuracy_without_a_judge(tmp_path):
     """At m = 0 every pair prefers "Yes": accuracy 0.5 (the label balance), balanced 0.5 with no
     spread (each class is all right or all wrong in every draw). At m = 1: 3 of 4 Yes-positive and
-    4 of 4 No-positive right: accuracy 7/8, balanced (3/4 + 1)/2."""
+    4 of 4 No-positive right: accuracy 7/8, balanced (3/4 + 1)/2. The vector run was swept at
+    three m and never fitted (too few m for the fit): the table reads its sweep all the same."""
     yes_prior = [1.0] * 4 + [-1.0] * 4
     steered = [1.0, 1.0, 1.0, -1.0] + [1.0] * 4
     write_yes_no_run(
-        tmp_path, "vec", "vector", "split", [-1.0, 0.0, 1.0], {-1.0: yes_prior, 0.0: yes_prior, 1.0: steered}
+        tmp_path,
+        "vec",
+        "vector",
+        "split",
+        [-1.0, 0.0, 1.0],
+        {-1.0: yes_prior, 0.0: yes_prior, 1.0: steered},
+        fitted=False,
     )
     # a LoRA whose grid lacks 1: its m = 1 comes from the judge stage's scoring
     write_yes_no_run(

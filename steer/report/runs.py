@@ -1,7 +1,8 @@
 """Finished runs: finding them under an outputs folder, reading what each is, and the names and order
 the reports show them in.
 
-A finished run is a directory holding ``fit.json`` (written last by the fit stage) and ``config.yaml``.
+A finished run is a directory holding ``fit.json`` (written last by the fit stage) and ``config.yaml``;
+a swept run (``find_swept_runs``) one holding ``sweep.parquet``, for what the sweep alone answers.
 The family of a run is its data set's name (``dataset.name``) with an AxBench concept suffix ``-c<N>``
 dropped: the paper's own data get the paper's abbreviations (psychopathy → Psy, powerseeking → Pwr,
 axbench-c<N> → Axb), any other data set keeps its name.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -102,9 +103,23 @@ def find_runs(outputs: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
 
 def read_run(run_dir: Path) -> Run:
     """The run in ``run_dir``; a missing key or a fit.json without every R² and parameter is an error naming it."""
+    run = read_identity(run_dir, {})
+    fit = rundir.read_fit(run_dir)
+    for kind in COLUMNS:
+        for which in (*SPLITS, "transfer"):
+            if "r2" not in fit.get(kind, {}).get(which, {}):
+                raise KeyError(f"{run_dir / rundir.FIT} has no {kind}.{which}.r2")
+        for which in SPLITS:
+            if set(fit[kind][which].get("params", {})) != set(PARAMS[kind]):
+                raise KeyError(f"{run_dir / rundir.FIT}: {kind}.{which}.params must name {', '.join(PARAMS[kind])}")
+    return replace(run, fit=fit)
+
+
+def read_identity(run_dir: Path, fit: dict) -> Run:
+    """What the run in ``run_dir`` is, from its ``config.yaml``, with ``fit`` as its fit; a missing
+    key is an error naming it."""
     config_path = run_dir / rundir.CONFIG
     config = rundir.read_config(run_dir)
-    fit = rundir.read_fit(run_dir)
 
     def get(key: str):
         value = config
@@ -114,13 +129,6 @@ def read_run(run_dir: Path) -> Run:
             value = value[part]
         return value
 
-    for kind in COLUMNS:
-        for which in (*SPLITS, "transfer"):
-            if "r2" not in fit.get(kind, {}).get(which, {}):
-                raise KeyError(f"{run_dir / rundir.FIT} has no {kind}.{which}.r2")
-        for which in SPLITS:
-            if set(fit[kind][which].get("params", {})) != set(PARAMS[kind]):
-                raise KeyError(f"{run_dir / rundir.FIT}: {kind}.{which}.params must name {', '.join(PARAMS[kind])}")
     return Run(
         path=run_dir,
         model=str(get("model.name")),
@@ -131,6 +139,23 @@ def read_run(run_dir: Path) -> Run:
         loader=str(get("dataset.loader")),
         fit=fit,
     )
+
+
+def find_swept_runs(outputs: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
+    """Every swept run under ``outputs``, fitted or not (``fit`` is {} without ``fit.json``): what a
+    table read from the sweep alone needs (Table 3's Yes/No accuracy at a fixed m)."""
+    runs: list[Run] = []
+    skipped: list[tuple[Path, str]] = []
+    reports = outputs / REPORTS
+    for sweep_path in sorted(outputs.rglob(rundir.SWEEP)) if outputs.is_dir() else []:
+        run_dir = sweep_path.parent
+        if reports in run_dir.parents:
+            continue
+        try:
+            runs.append(read_identity(run_dir, rundir.read_fit(run_dir) if (run_dir / rundir.FIT).is_file() else {}))
+        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as err:
+            skipped.append((run_dir, str(err)))
+    return runs, skipped
 
 
 def relative(path: Path, outputs: Path) -> str:

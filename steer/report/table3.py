@@ -16,7 +16,7 @@ recomputed as the mean of the drawn examples' scores (``example_scores``: accura
 interval is the percentile interval of the replicate-wise mean over its runs. Nothing is refitted or
 judged again, so it takes seconds.
 
-Yes/No data sets (Psychopathy) need no judge at a fixed m: ``table3_m1`` reads every finished run's
+Yes/No data sets (Psychopathy) need no judge at a fixed m, nor a fit: ``table3_m1`` reads every swept run's
 test PrefOdds at m = 1 from its sweep (or, where the sweep grid lacks 1, from the judge stage's
 direct scoring at m = 1) and reports accuracy and balanced accuracy (``steer.report.yesno``) with
 the same bootstrap over test examples, Vanilla from m = 0.
@@ -46,6 +46,7 @@ from steer.report.runs import (
     Run,
     family_label,
     find_runs,
+    find_swept_runs,
     rank,
     relative,
     skipped_lines,
@@ -324,8 +325,8 @@ def yes_no_table(runs: Sequence[YesNoRun], m: float, bootstrap: int, seed: int) 
 
 def fixed_m_table(outputs: Path, m: float, bootstrap: int, seed: int) -> list[Path]:
     """``reports/table3_m1.{md,csv,tex}``: Yes/No accuracy at the fixed ``m``, no judge; [] without such runs."""
-    finished, _ = find_runs(outputs)
-    runs, skipped = yes_no_runs(finished, m)
+    swept, _ = find_swept_runs(outputs)
+    runs, skipped = yes_no_runs(swept, m)
     if not runs:
         return []
     interval = f" [lo, hi] = 95 % bootstrap interval over test examples ({bootstrap} replicates, seed {seed})."
