@@ -11,7 +11,7 @@ axbench-c<N> → Axb), any other data set keeps its name.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -82,22 +82,33 @@ def rank(order: Sequence[str], value: str) -> tuple[int, str]:
 
 def find_runs(outputs: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
     """Finished runs under ``outputs``, and the directories not used with the reason."""
+    runs, skipped = scan(outputs, rundir.FIT, read_run)
+    for sweep_path in sorted(outputs.rglob(rundir.SWEEP)) if outputs.is_dir() else []:
+        if not (sweep_path.parent / rundir.FIT).exists():
+            skipped.append((sweep_path.parent, "not finished: sweep.parquet without fit.json"))
+    return runs, skipped
+
+
+def find_swept_runs(outputs: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
+    """Every swept run under ``outputs``, fitted or not, for a table read from the sweep alone
+    (Table 3's Yes/No accuracy at a fixed m); ``fit.json`` is not read (``fit`` is {})."""
+    return scan(outputs, rundir.SWEEP, lambda run_dir: read_identity(run_dir, {}))
+
+
+def scan(outputs: Path, marker: str, read: Callable[[Path], Run]) -> tuple[list[Run], list[tuple[Path, str]]]:
+    """``read`` of every directory under ``outputs`` (outside its reports) holding ``marker``, and
+    the directories it failed on with the reason."""
     runs: list[Run] = []
     skipped: list[tuple[Path, str]] = []
-    if not outputs.is_dir():
-        return runs, skipped
     reports = outputs / REPORTS
-    for fit_path in sorted(outputs.rglob(rundir.FIT)):
-        run_dir = fit_path.parent
+    for path in sorted(outputs.rglob(marker)) if outputs.is_dir() else []:
+        run_dir = path.parent
         if reports in run_dir.parents or run_dir == reports:
             continue
         try:
-            runs.append(read_run(run_dir))
+            runs.append(read(run_dir))
         except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as err:
             skipped.append((run_dir, str(err)))
-    for sweep_path in sorted(outputs.rglob(rundir.SWEEP)):
-        if not (sweep_path.parent / rundir.FIT).exists():
-            skipped.append((sweep_path.parent, "not finished: sweep.parquet without fit.json"))
     return runs, skipped
 
 
@@ -139,23 +150,6 @@ def read_identity(run_dir: Path, fit: dict) -> Run:
         loader=str(get("dataset.loader")),
         fit=fit,
     )
-
-
-def find_swept_runs(outputs: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
-    """Every swept run under ``outputs``, fitted or not (``fit`` is {} without ``fit.json``): what a
-    table read from the sweep alone needs (Table 3's Yes/No accuracy at a fixed m)."""
-    runs: list[Run] = []
-    skipped: list[tuple[Path, str]] = []
-    reports = outputs / REPORTS
-    for sweep_path in sorted(outputs.rglob(rundir.SWEEP)) if outputs.is_dir() else []:
-        run_dir = sweep_path.parent
-        if reports in run_dir.parents:
-            continue
-        try:
-            runs.append(read_identity(run_dir, rundir.read_fit(run_dir) if (run_dir / rundir.FIT).is_file() else {}))
-        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as err:
-            skipped.append((run_dir, str(err)))
-    return runs, skipped
 
 
 def relative(path: Path, outputs: Path) -> str:

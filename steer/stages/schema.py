@@ -358,10 +358,10 @@ def mismatched_identity(cfg: DictConfig) -> str | None:
     option of its group than the one chosen (``intervention.form=lora`` under ``intervention=vector``);
     else None. A value with no option of its own (a registered form, docs/extending.md) is the way
     to select it on top of an option's keys."""
-    chosen = choices(cfg)
+    chosen, options = choices(cfg), groups()
     for group, key in IDENTITY.items():
         value = OmegaConf.select(cfg, f"{group}.{key}")
-        if chosen.get(group) is not None and value != chosen[group] and value in groups()[group]:
+        if chosen.get(group) is not None and value != chosen[group] and value in options[group]:
             return (
                 f"{group}.{key}={value!r} disagrees with {group}={chosen[group]}: {group}.{key} follows the "
                 f"group; choose the option instead: {group}={value}"
