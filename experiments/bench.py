@@ -26,9 +26,11 @@ divided by this machine's torch.matmul rate measured in the same run at the mode
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +199,23 @@ def bench_train(model, tok, records, args) -> dict:
     }
 
 
+@contextlib.contextmanager
+def profiled(path: Path, enabled: bool) -> Iterator[None]:
+    """With ``enabled``, the row under torch.profiler: its operators by self CPU time go to ``path``
+    (the breakdown of docs/development.md). The profiler slows the row; its timings are not the bench's."""
+    if not enabled:
+        yield
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        yield
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+    atomic_write_text(path, table + "\n")
+    print(f"profile -> {path}")
+
+
 ROWS = {"sweep": bench_sweep, "train": bench_train, "generate": bench_generation}
 
 
@@ -212,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-batch", type=int, default=8, help="pairs per training step of the train row")
     parser.add_argument("--rows", default="sweep,train,generate", help=f"comma-separated, of {', '.join(ROWS)}")
     parser.add_argument("--out-dir", default="outputs/bench", help="<row>.json is written here")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler per row -> <row>-profile.txt")
     args = parser.parse_args(argv)
     rows = args.rows.split(",")
     unknown = [r for r in rows if r not in ROWS]
@@ -243,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
         "matmul_gflop_per_second": round(args.matmul_flops / 1e9, 1),
     }
     for row in rows:
-        result = {**ROWS[row](model, tok, records, args), **machine}
+        with profiled(Path(args.out_dir) / f"{row}-profile.txt", args.profile):
+            result = {**ROWS[row](model, tok, records, args), **machine}
         path = Path(args.out_dir) / f"{row}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(result, indent=2) + "\n")

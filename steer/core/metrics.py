@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from steer.core.head import answer_logprobs
+
 # P_u = P(A_p) + P(A_n) can reach 1 (or pass it when one answer extends the other); the log-odds
 # then saturate at log((1 − ε)/ε) instead of turning into inf or NaN.
 UTIL_EPS = 1e-12
@@ -59,15 +61,6 @@ def collate(batch: Sequence[Encoded], device: torch.device | str) -> tuple[torch
         ids[row, : len(e.ids)] = torch.tensor(e.ids)
         mask[row, : len(e.ids)] = 1
     return ids.to(device), mask.to(device)
-
-
-def lm_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """The model's own output head on final hidden states, including Gemma-2's soft-capping."""
-    logits = model.get_output_embeddings()(hidden)
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
 
 
 def pref_odds(loss_pos, loss_neg) -> np.ndarray:
@@ -166,9 +159,8 @@ def pair_logprobs(model: nn.Module, batch: Sequence[EncodedPair], per_token: boo
     inputs = packed_inputs(batch, param.device, param.dtype, model.config)
     hidden = model.get_decoder()(**inputs).last_hidden_state
     rows, positions, targets, which = (torch.tensor(x, device=param.device) for x in packed_targets(batch))
-    logits = lm_logits(model, hidden[rows, positions])
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # at least fp32 (a bf16 model)
-    token_lp = logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    token_lp = answer_logprobs(model.get_output_embeddings(), hidden[rows, positions], targets, cap)
     sums = torch.zeros(len(batch) * 2, dtype=token_lp.dtype, device=param.device)
     sums = sums.index_add(0, rows * 2 + which, token_lp).view(len(batch), 2)
     if per_token:
